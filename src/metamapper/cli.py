@@ -1,0 +1,187 @@
+"""The ``metamapper`` command: thin subcommands over the library.
+
+    metamapper train --config configs/fashion.yaml --out runs/fashion [train.updates=100 ...]
+    metamapper evaluate --checkpoint runs/fashion --dataset fashion-open-ended --ways 2 --shots 1
+    metamapper predict --checkpoint runs/fashion --support a.jpg="This is a dax." ... --query q.jpg
+    metamapper prepare --dataset fashion-open-ended
+    metamapper export-fashion DIR --variant open_ended --ways 2 --shots 1 --tasks 500
+    metamapper demo [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_train(a: argparse.Namespace) -> None:
+    from metamapper.config import load_config
+
+    cfg = load_config(a.config, a.overrides)
+    if cfg.train.method == "standard":
+        from metamapper.train.standard import train
+    else:
+        from metamapper.train.episodic import train
+    out = train(cfg, a.out, resume=a.resume)
+    print(f"run written to {out}")
+
+
+def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from metamapper.eval.report import results_table
+    from metamapper.eval.tasksets import evaluate_run, evaluation_tasks
+    from metamapper.pretrained import load_run
+
+    run = load_run(a.checkpoint)
+    ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=a.tasks, seed=a.seed)
+    res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
+                       induction=a.task_induction, feature_cache=a.feature_cache)
+    res["dataset"] = a.dataset
+    print(results_table([res]))
+    if a.out:
+        Path(a.out).write_text(json.dumps(res, indent=2))
+        print(f"results written to {a.out}")
+
+
+def _parse_support(items: list[str]) -> tuple[list[str], list[str]]:
+    paths, captions = [], []
+    for it in items:
+        if "=" not in it:
+            raise ValueError(f"--support {it!r} must be IMAGE=CAPTION")
+        p, c = it.split("=", 1)
+        paths.append(p)
+        captions.append(c)
+    return paths, captions
+
+
+def _cmd_predict(a: argparse.Namespace) -> None:
+    from metamapper.data.images import load_image
+    from metamapper.pretrained import adapt_to_support, load_run
+
+    paths, captions = _parse_support(a.support)
+    run = load_run(a.checkpoint)
+    adapted = adapt_to_support(run, [load_image(p) for p in paths], captions, steps=a.steps,
+                               method=a.method)
+    answers = adapted.answer([load_image(q) for q in a.query], question=a.question)
+    for q, ans in zip(a.query, answers, strict=True):
+        print(ans.strip() if len(a.query) == 1 else f"{q}\t{ans.strip()}")
+
+
+def _cmd_prepare(a: argparse.Namespace) -> None:
+    from metamapper.config import load_config
+    from metamapper.data.feature_table import FeatureTable
+    from metamapper.eval.tasksets import evaluation_tasks
+    from metamapper.models.factory import build_vision
+
+    cfg = load_config(a.config, a.overrides)
+    ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=a.tasks)
+    vision = build_vision(cfg.backbones)
+    keys = [k for t in ts.tasks for k in t.image_keys()]
+    table = FeatureTable.from_cache(vision, ts.images, keys, root=cfg.data.feature_cache)
+    print(f"{len(table.index)} images cached for {vision.identity}; {len(table.skipped)} skipped")
+    for k, why in table.skipped:
+        print(f"  skipped {k}: {why}")
+
+
+def _cmd_export(a: argparse.Namespace) -> None:
+    from metamapper.data.export import export_fashion
+
+    path = export_fashion(a.dir, variant=a.variant, ways=a.ways, shots=a.shots, n_tasks=a.tasks,
+                          seed=a.seed)
+    print(f"wrote {path}")
+
+
+def _cmd_demo(a: argparse.Namespace) -> None:
+    from metamapper.demo import run_demo
+
+    run_demo(quick=a.quick, out=a.out)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from metamapper.eval.fewshot import METHODS
+
+    p = argparse.ArgumentParser(prog="metamapper", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="meta-train a mapper from a YAML config")
+    t.add_argument("--config", help="YAML config (default: the built-in Fashion-MNIST default)")
+    t.add_argument("--out", required=True, help="run folder (checkpoints, metrics, config)")
+    t.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    t.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    t.set_defaults(fn=_cmd_train)
+
+    def task_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--dataset", required=True,
+                        help="a Frozen benchmark name (open_ended_mi, real_name_mi, fast_vqa, "
+                             "guided_vqa), fashion-open-ended, fashion-real-name or synthetic")
+        sp.add_argument("--data", help="dataset folder (benchmark JSON + images; Fashion IDX files)")
+        sp.add_argument("--ways", type=int, default=2)
+        sp.add_argument("--shots", type=int, default=1)
+        sp.add_argument("--tasks", type=int, default=1000, help="tasks to use (0: all)")
+
+    e = sub.add_parser("evaluate", help="meta-test a trained run")
+    e.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    task_args(e)
+    e.add_argument("--repeats", type=int, default=0, help="show each support pair R more times")
+    e.add_argument("--task-induction", action="store_true", help="'Answer with dax or blicket.'")
+    e.add_argument("--steps", type=int, help="adaptation steps (default: as trained)")
+    e.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
+    e.add_argument("--seed", type=int, default=1234, help="seed of sampled tasks")
+    e.add_argument("--feature-cache", help="feature cache folder")
+    e.add_argument("--out", help="write the results JSON here")
+    e.set_defaults(fn=_cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="adapt to a few captioned images and answer a query")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--support", nargs="+", required=True, metavar="IMG=CAPTION")
+    pr.add_argument("--query", nargs="+", required=True, metavar="IMG")
+    pr.add_argument("--question", default="This is a", help="text after the query image")
+    pr.add_argument("--steps", type=int)
+    pr.add_argument("--method", choices=sorted(METHODS))
+    pr.set_defaults(fn=_cmd_predict)
+
+    pp = sub.add_parser("prepare", help="fill the feature cache for a dataset")
+    task_args(pp)
+    pp.add_argument("--config", help="YAML config naming the backbones")
+    pp.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    pp.set_defaults(fn=_cmd_prepare)
+
+    x = sub.add_parser("export-fashion", help="write the Fashion-MNIST benchmark in the Frozen layout")
+    x.add_argument("dir")
+    x.add_argument("--variant", choices=["open_ended", "real_name"], default="open_ended")
+    x.add_argument("--ways", type=int, default=2)
+    x.add_argument("--shots", type=int, default=1)
+    x.add_argument("--tasks", type=int, default=500)
+    x.add_argument("--seed", type=int, default=0)
+    x.set_defaults(fn=_cmd_export)
+
+    d = sub.add_parser("demo", help="the main job on the embedded default: train, evaluate, report")
+    d.add_argument("--quick", action="store_true", help="a smaller run (about 5 minutes)")
+    d.add_argument("--out", default="runs/demo", help="run folder")
+    d.set_defaults(fn=_cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except KeyboardInterrupt:
+        print("metamapper: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from metamapper.train.common import TrainingDiverged
+
+        # user mistakes (bad paths, configs, checkpoints, data) end with one line, no traceback
+        if not isinstance(e, (ValueError, KeyError, FileNotFoundError, TrainingDiverged)):
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"metamapper: error: {msg}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

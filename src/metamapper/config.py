@@ -1,0 +1,234 @@
+"""Typed experiment configuration: dataclasses with a comment on every field, YAML loading and
+dotted command-line overrides (``train.updates=300 mapper.prefix_len=8``).
+
+Example::
+
+    cfg = load_config("configs/fashion.yaml", overrides=["train.updates=50"])
+    cfg.train.lr  # 0.001
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from metamapper.meta.maml import InnerLoop
+
+
+class ConfigError(ValueError):
+    """An invalid configuration (message names the key and the problem)."""
+
+
+@dataclass
+class BackboneConfig:
+    vision: str = "efficientnet-lite0"  # registered vision encoder (metamapper.list_vision_encoders())
+    vision_path: str | None = None  # hub name or local directory, for encoders that load weights
+    vision_mode: str = "pooled"  # pooled (1 token) | grid / patch (many tokens)
+    lm: str = "smollm2-135m"  # registered language model (metamapper.list_language_models())
+    lm_path: str | None = None  # hub name or local directory (for lm: hf)
+    seed: int = 0  # seed of randomly initialised backbones (tiny-*, *-random)
+
+
+@dataclass
+class MapperConfig:
+    kind: str = "attention"  # attention (the meta-mapper) | mlp (the paper's ablation)
+    prefix_len: int = 4  # visual prefix vectors per image (paper: 4)
+    num_heads: int = 8  # attention heads; must divide the LM embedding size
+    ff_dim: int | None = None  # feed-forward hidden size (default: the LM embedding size)
+    dropout: float = 0.1  # dropout inside the mapper, training only
+    output_norm: bool = True  # layer-normalise each prefix vector and scale it to the LM's token-embedding norm
+
+
+@dataclass
+class DataConfig:
+    source: str = "fashion-mnist"  # registered task source: fashion-mnist | frozen-benchmark | coco | synthetic
+    root: str | None = None  # data folder (default: the source's own default)
+    variant: str = "open_ended"  # fashion-mnist evaluation variant: open_ended | real_name
+    benchmark: str = "open_ended_mi"  # frozen-benchmark name (its JSON prefix)
+    ways: int = 2  # classes per task (N)
+    shots: int = 1  # support examples per class (k)
+    queries_per_class: int = 1  # query images per class in meta-training tasks
+    naming: str = "made_up"  # meta-training words: made_up | mixed | real (made-up words force binding)
+    images_per_class: int | None = 2000  # training images per class read from the source (None: all)
+    feature_cache: str | None = None  # feature cache folder (default: ~/.cache/metamapper/features)
+
+
+@dataclass
+class TrainConfig:
+    method: str = "in_context"  # maml (the paper) | in_context (support in the LM context) | standard (non-episodic captioning)
+    updates: int = 300  # outer (meta-)updates
+    meta_batch: int = 32  # tasks per meta-update (paper: 4); mini-batch of pairs for standard
+    lr: float = 1e-3  # AdamW learning rate (paper: 1e-3)
+    weight_decay: float = 0.01  # AdamW weight decay
+    clip: float = 1.0  # gradient-norm clip (paper: 1.0)
+    warmup: int = 0  # linear warm-up updates
+    cosine: bool = False  # cosine decay to 0 after warm-up
+    inner: InnerLoop = field(default_factory=lambda: InnerLoop(steps=0))  # inner loop (maml: steps=5, lr=0.01)
+    step_weights: list[float] | None = None  # query-loss weight per inner step (None: last step only)
+    feature_noise: float = 0.0  # std of Gaussian noise added to visual features in training (relative to their std)
+    val_every: int = 50  # validate every this many updates (0: never)
+    val_tasks: int = 100  # held-out tasks per validation
+    checkpoint_every: int = 50  # write a checkpoint every this many updates
+    keep_last: int = 3  # checkpoints kept
+    seed: int = 0  # seed of task sampling and initialisation
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    max_bad_updates: int = 10  # stop after this many non-finite losses/gradients in a row
+
+
+@dataclass
+class EvalConfig:
+    tasks: int = 1000  # evaluation tasks per setting
+    shots: list[int] = field(default_factory=lambda: [1, 5])  # shots evaluated
+    variants: list[str] = field(default_factory=lambda: ["open_ended", "real_name"])  # fashion variants
+    steps: int | None = None  # adaptation steps at test time (None: as trained)
+    max_new_tokens: int = 8  # generation length limit
+    batch_tasks: int = 32  # tasks answered together
+    seed: int = 1234  # seed of the fixed evaluation tasks
+
+
+@dataclass
+class Config:
+    backbones: BackboneConfig = field(default_factory=BackboneConfig)
+    mapper: MapperConfig = field(default_factory=MapperConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``typ``."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if dataclasses.is_dataclass(typ):
+        if isinstance(value, typ):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return _from_dict(typ, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    for k in data:
+        if k not in known:
+            where = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(f"unknown config key {where!r}; known: {', '.join(sorted(known))}")
+    kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def _set_dotted(data: dict[str, Any], dotted: str) -> None:
+    if "=" not in dotted:
+        raise ConfigError(f"override {dotted!r} is not of the form key.sub=value")
+    key, raw = dotted.split("=", 1)
+    value = yaml.safe_load(raw) if raw else ""
+    node = data
+    parts = key.strip().split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
+    """Build and validate a ``Config`` from a nested dict plus dotted overrides."""
+    data = dict(data or {})
+    for o in overrides or []:
+        _set_dotted(data, o)
+    cfg = _from_dict(Config, data)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config file (None: defaults) and apply ``key.sub=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(p)!r} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {str(p)!r} is not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(p)!r} must hold a mapping at the top level")
+    try:
+        return config_from_dict(data, overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that types alone cannot express."""
+    d, t = cfg.data, cfg.train
+    if d.ways < 2:
+        raise ConfigError(f"data.ways must be >= 2, got {d.ways}")
+    if d.shots < 1:
+        raise ConfigError(f"data.shots must be >= 1, got {d.shots}")
+    if d.queries_per_class < 1:
+        raise ConfigError(f"data.queries_per_class must be >= 1, got {d.queries_per_class}")
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr must be > 0, got {t.lr}")
+    if t.updates < 0 or t.meta_batch < 1:
+        raise ConfigError("train.updates must be >= 0 and train.meta_batch >= 1")
+    if t.method not in ("maml", "in_context", "standard"):
+        raise ConfigError(f"train.method must be maml, in_context or standard, got {t.method!r}")
+    if cfg.mapper.kind not in ("attention", "mlp"):
+        raise ConfigError(f"mapper.kind must be attention or mlp, got {cfg.mapper.kind!r}")
+    if cfg.mapper.prefix_len < 1:
+        raise ConfigError(f"mapper.prefix_len must be >= 1, got {cfg.mapper.prefix_len}")
+    if d.naming not in ("made_up", "mixed", "real"):
+        raise ConfigError(f"data.naming must be made_up, mixed or real, got {d.naming!r}")
+
+
+def dump_config(cfg: Config) -> str:
+    """The config as YAML text."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

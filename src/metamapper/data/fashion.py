@@ -1,0 +1,353 @@
+"""Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package: the embedded default benchmark.
+
+The four gzip IDX files live in ``/usr/share/datasets/fashion-mnist/``. Classes 0-5 of the train
+split are the meta-training classes, classes 6-9 of the test split the held-out test classes; the
+two are never mixed, so test tasks use classes and images that meta-training never saw.
+
+- Meta-training tasks (``split="train"``) name classes with made-up words drawn per task
+  (``variant="open_ended"``, default naming ``"made_up"``) or with real names half of the time
+  (``variant="real_name"``, default naming ``"mixed"``).
+- Test tasks (``split="test"``) follow Frozen: Real-Name ("This is a {name}.", answer the lower-case
+  real name) and Open-Ended (the five nonsense words ``TEST_WORDS``, assigned at random per task).
+
+Example::
+
+    from metamapper.data.fashion import FashionImageSource, fashion_tasks
+    tasks = fashion_tasks("test", "open_ended", ways=2, shots=1, n_tasks=100, seed=0)
+    images = FashionImageSource(split="test")
+    images.load(tasks[0].queries[0].image)          # 28x28 RGB PIL image
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from metamapper.data.images import ImageLoadError
+from metamapper.data.tasks import Task, TaskSet, sample_task
+from metamapper.data.words import TEST_WORDS
+from metamapper.registry import TASK_SOURCES
+
+DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
+CLASS_NAMES: tuple[str, ...] = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+TRAIN_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+"""Meta-training classes, taken from the train split only."""
+TEST_CLASSES: tuple[int, ...] = (6, 7, 8, 9)
+"""Held-out test classes, taken from the test split only."""
+SPLITS = {"train": "train", "test": "t10k"}
+VARIANTS = ("open_ended", "real_name")
+_IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class IdxFormatError(ValueError):
+    """A file that is not a valid (gzip) IDX file; the message names the file and the problem."""
+
+
+class FashionMNISTNotFoundError(FileNotFoundError):
+    """The Fashion-MNIST files are missing (install ``dataset-fashion-mnist`` or pass ``root``)."""
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an IDX file (gzip-compressed or plain) into a numpy array.
+
+    Args:
+        path: the file, e.g. ``train-images-idx3-ubyte.gz``.
+
+    Returns:
+        An array of the file's shape and dtype (native byte order), e.g. ``(60000, 28, 28)``
+        uint8.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        IdxFormatError: bad gzip data, bad magic number, unknown dtype code, or a data size that
+            does not match the header (truncated or trailing bytes).
+
+    Example::
+
+        >>> read_idx("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").shape
+        (10000,)
+    """
+    p = Path(path)
+    raw = p.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise IdxFormatError(f"{p}: corrupt gzip data ({e})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise IdxFormatError(f"{p}: not an IDX file (bad magic number)")
+    code, ndim = raw[2], raw[3]
+    if code not in _IDX_DTYPES:
+        raise IdxFormatError(f"{p}: unknown IDX data type code 0x{code:02x}")
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise IdxFormatError(f"{p}: truncated IDX header ({ndim} dimensions)")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
+    dtype = np.dtype(_IDX_DTYPES[code])
+    expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise IdxFormatError(f"{p}: header says shape {shape} ({expected} data bytes) but the "
+                             f"file has {len(raw) - header} data bytes")
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def _find(root: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.gz", stem):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+@lru_cache(maxsize=4)
+def _load(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    prefix = SPLITS[split]
+    stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+    files = [_find(Path(root), s) for s in stems]
+    missing = [s + ".gz" for s, f in zip(stems, files, strict=True) if f is None]
+    if missing:
+        raise FashionMNISTNotFoundError(
+            f"Fashion-MNIST {split} files missing in {root!r}: {', '.join(missing)}; install "
+            "them with 'sudo apt-get install dataset-fashion-mnist' or pass root= to a folder "
+            "holding the four IDX files"
+        )
+    images, labels = read_idx(files[0]), read_idx(files[1])
+    if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
+        raise IdxFormatError(f"{files[0]}: expected uint8 images (n, 28, 28), got "
+                             f"{images.dtype} {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise IdxFormatError(f"{files[1]}: expected {len(images)} labels, got shape {labels.shape}")
+    if labels.size and (labels.min() < 0 or labels.max() >= len(CLASS_NAMES)):
+        raise IdxFormatError(f"{files[1]}: labels outside 0..{len(CLASS_NAMES) - 1}")
+    images.setflags(write=False)
+    labels = labels.astype(np.int64)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+
+
+@dataclass(frozen=True)
+class FashionMNIST:
+    """One split of Fashion-MNIST, loaded once per process (read-only arrays).
+
+    Attributes:
+        images: ``(n, 28, 28)`` uint8.
+        labels: ``(n,)`` int64 class indices (names in ``CLASS_NAMES``).
+
+    Example::
+
+        >>> ds = FashionMNIST(split="test")
+        >>> ds.images.shape, CLASS_NAMES[ds.labels[0]]
+        ((10000, 28, 28), 'Ankle boot')
+    """
+
+    root: str = DEFAULT_ROOT
+    split: str = "train"
+
+    def __post_init__(self) -> None:
+        _check_split(self.split)
+        object.__setattr__(self, "root", str(Path(self.root).resolve()))
+        _load(self.root, self.split)  # fail now, not at first use, if the files are missing
+
+    @property
+    def images(self) -> np.ndarray:
+        """``(n, 28, 28)`` uint8 pictures (read-only)."""
+        return _load(self.root, self.split)[0]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """``(n,)`` int64 class indices into ``CLASS_NAMES`` (read-only)."""
+        return _load(self.root, self.split)[1]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class FashionImageSource:
+    """An ``ImageSource`` over one Fashion-MNIST split; keys look like ``"train/000123"``.
+
+    Images are the 28x28 greyscale pictures converted to RGB (the encoders resize them).
+
+    Args:
+        root: the folder of the IDX files.
+        split: ``"train"`` or ``"test"``.
+
+    Example::
+
+        >>> src = FashionImageSource(split="train")
+        >>> src.load("train/000000").size, src.load("train/000000").mode
+        ((28, 28), 'RGB')
+    """
+
+    def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT, split: str = "train") -> None:
+        self.data = FashionMNIST(str(root), split)
+        self.split = split
+        self.identity = f"fashion-mnist:{self.data.root}:{split}"
+
+    def __repr__(self) -> str:
+        return f"FashionImageSource({self.data.root!r}, {self.split!r})"
+
+    def key(self, index: int) -> str:
+        """The key of image ``index``."""
+        return f"{self.split}/{index:06d}"
+
+    def index(self, key: str) -> int:
+        """The image index of ``key``; raises ``ImageLoadError`` for a key of another split."""
+        prefix, _, num = key.partition("/")
+        if prefix != self.split or not num.isdigit() or not 0 <= int(num) < len(self.data):
+            raise ImageLoadError(f"image key {key!r} is not a key of Fashion-MNIST "
+                                 f"{self.split} ({self.split}/000000 .. {len(self.data) - 1})")
+        return int(num)
+
+    def load(self, key: str) -> Image.Image:
+        """The RGB image of ``key``."""
+        return Image.fromarray(self.data.images[self.index(key)]).convert("RGB")
+
+    def keys(self) -> list[str]:
+        """All keys of the split."""
+        return [self.key(i) for i in range(len(self.data))]
+
+
+def _default_classes(split: str) -> tuple[int, ...]:
+    return TRAIN_CLASSES if split == "train" else TEST_CLASSES
+
+
+def class_to_keys(
+    split: str = "train",
+    classes: tuple[int, ...] | None = None,
+    images_per_class: int | None = None,
+    seed: int = 0,
+    *,
+    root: str | os.PathLike[str] = DEFAULT_ROOT,
+) -> dict[str, list[str]]:
+    """Class name -> image keys of one split, for ``sample_task``.
+
+    Train tasks may only use ``TRAIN_CLASSES`` and test tasks only ``TEST_CLASSES``.
+
+    Args:
+        split: ``"train"`` or ``"test"``.
+        classes: class indices (default: the split's classes).
+        images_per_class: keep a seeded random subset of this many images per class
+            (default: all).
+        seed: seed of that subset.
+        root: the folder of the IDX files.
+
+    Returns:
+        ``{"Shirt": ["test/000004", ...], ...}`` in class-index order, keys sorted.
+
+    Example::
+
+        >>> {c: len(k) for c, k in class_to_keys("test", images_per_class=50).items()}
+        {'Shirt': 50, 'Sneaker': 50, 'Bag': 50, 'Ankle boot': 50}
+    """
+    _check_split(split)
+    allowed = _default_classes(split)
+    classes = allowed if classes is None else tuple(classes)
+    bad = [c for c in classes if c not in allowed]
+    if bad:
+        raise ValueError(f"classes {bad} are not {split} classes {allowed}: meta-training uses "
+                         "train classes 0-5 of the train split, tests classes 6-9 of the test "
+                         "split, never mixed")
+    labels = FashionMNIST(str(root), split).labels
+    rng = np.random.default_rng(seed)
+    out = {}
+    for c in classes:
+        idx = np.flatnonzero(labels == c)
+        if images_per_class is not None:
+            if images_per_class > len(idx):
+                raise ValueError(f"class {CLASS_NAMES[c]!r} has {len(idx)} {split} images, "
+                                 f"asked for {images_per_class}")
+            idx = np.sort(rng.choice(idx, size=images_per_class, replace=False))
+        out[CLASS_NAMES[c]] = [f"{split}/{int(i):06d}" for i in idx]
+    return out
+
+
+REAL_NAMES = {name: name.lower() for name in CLASS_NAMES}
+"""Class name -> the real-name answer (lower case, e.g. ``"ankle boot"``)."""
+
+
+def fashion_tasks(
+    split: str = "train",
+    variant: str = "open_ended",
+    *,
+    ways: int = 2,
+    shots: int = 1,
+    queries_per_class: int = 1,
+    n_tasks: int = 100,
+    seed: int = 0,
+    naming: str | None = None,
+    images_per_class: int | None = None,
+    root: str | os.PathLike[str] = DEFAULT_ROOT,
+) -> list[Task]:
+    """Sample Fashion-MNIST few-shot tasks (seeded, reproducible).
+
+    Captions are ``"This is a {word}."``, the query question ``"This is a"``, the answer the
+    query's word. Default naming: train ``open_ended`` -> ``"made_up"`` (a fresh made-up word per
+    class per task), train ``real_name`` -> ``"mixed"`` (real names in half of the tasks), test
+    ``open_ended`` -> ``"fixed"`` (``TEST_WORDS`` assigned at random per task), test ``real_name``
+    -> ``"real"`` (lower-case class names).
+
+    Args:
+        split: ``"train"`` (classes 0-5) or ``"test"`` (classes 6-9).
+        variant: ``"open_ended"`` or ``"real_name"``.
+        ways: N (<= 6 for train, <= 4 for test).
+        shots: k.
+        queries_per_class: queries per class.
+        n_tasks: number of tasks.
+        seed: seed of the sampler (and of the ``images_per_class`` subset).
+        naming: override the naming (see ``sample_task``).
+        images_per_class: sample from a fixed random subset of this many images per class.
+        root: the folder of the IDX files.
+
+    Returns:
+        ``n_tasks`` tasks with ids ``"fashion-{split}-{variant}-{ways}w{shots}s-seed{seed}-{i}"``.
+
+    Example::
+
+        >>> t = fashion_tasks("test", "real_name", ways=2, shots=1, n_tasks=1)[0]
+        >>> t.support[0].caption
+        'This is a sneaker.'
+    """
+    _check_split(split)
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if naming is None:
+        naming = {("train", "open_ended"): "made_up", ("train", "real_name"): "mixed",
+                  ("test", "open_ended"): "fixed", ("test", "real_name"): "real"}[split, variant]
+    keys = class_to_keys(split, None, images_per_class, seed, root=root)
+    rng = np.random.default_rng(seed)
+    prefix = f"fashion-{split}-{variant}-{ways}w{shots}s-seed{seed}"
+    return [
+        sample_task(keys, ways=ways, shots=shots, queries_per_class=queries_per_class, rng=rng,
+                    naming=naming, words=TEST_WORDS if naming == "fixed" else None,
+                    real_names=REAL_NAMES, task_id=f"{prefix}-{i:05d}")
+        for i in range(n_tasks)
+    ]
+
+
+@TASK_SOURCES.register("fashion-mnist")
+def build_fashion_tasks(
+    *, split: str = "train", variant: str = "open_ended",
+    root: str | os.PathLike[str] = DEFAULT_ROOT, **kwargs: Any,
+) -> TaskSet:
+    """Task source ``"fashion-mnist"``: ``fashion_tasks(...)`` with its ``FashionImageSource``.
+
+    Example::
+
+        >>> ts = TASK_SOURCES.build("fashion-mnist", split="test", ways=2, n_tasks=10)
+    """
+    tasks = fashion_tasks(split, variant, root=root, **kwargs)
+    return TaskSet(tasks, FashionImageSource(root, split))

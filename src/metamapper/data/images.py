@@ -1,0 +1,123 @@
+"""Loading images safely, and an image source over a folder of files.
+
+``load_image`` returns a fully decoded RGB image with its EXIF orientation applied, and turns every
+failure (missing, empty, corrupt or truncated file, decompression bomb) into an ``ImageLoadError``
+whose message names the file and the problem. PIL's decompression-bomb limit stays on.
+
+Example::
+
+    from metamapper.data.images import FolderImageSource, load_image
+    image = load_image("photos/cat.jpg")                  # PIL.Image, mode "RGB"
+    source = FolderImageSource("photos")
+    source.load("cat.jpg").size, source.identity          # ((w, h), 'folder:/abs/photos')
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class ImageLoadError(ValueError):
+    """An image that cannot be loaded; the message names the file or key and the problem."""
+
+
+def load_image(path: str | os.PathLike[str]) -> Image.Image:
+    """Load an image file as RGB, EXIF orientation applied, fully decoded.
+
+    Args:
+        path: the image file.
+
+    Returns:
+        A ``PIL.Image.Image`` in mode ``"RGB"`` whose pixels are already read (the file is
+        closed).
+
+    Raises:
+        ImageLoadError: the file is missing, empty, not an image, corrupt or truncated, or
+            larger than PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
+
+    Example::
+
+        >>> load_image("cat.jpg").mode
+        'RGB'
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+    except FileNotFoundError:
+        raise ImageLoadError(f"image file {str(p)!r} does not exist") from None
+    except OSError as e:
+        raise ImageLoadError(f"image file {str(p)!r} cannot be read: {e}") from None
+    if not p.is_file():
+        raise ImageLoadError(f"image path {str(p)!r} is not a file")
+    if size == 0:
+        raise ImageLoadError(f"image file {str(p)!r} is empty (0 bytes)")
+    try:
+        with Image.open(p) as im:
+            im.load()  # decode now: truncation and corruption surface here, not later
+            out = ImageOps.exif_transpose(im)
+            out = out.convert("RGB")
+            out.load()
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(f"image file {str(p)!r} exceeds PIL's decompression-bomb "
+                             f"limit: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"image file {str(p)!r} is not a readable image "
+                             "(corrupt or unknown format)") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(f"image file {str(p)!r} is corrupt or truncated: {e}") from None
+    return out
+
+
+class FolderImageSource:
+    """An ``ImageSource`` over a folder: keys are file paths relative to ``root`` (with ``/``).
+
+    A key that escapes the folder (``../x.jpg``, an absolute path, a symlink pointing outside)
+    is refused with an ``ImageLoadError`` naming it.
+
+    Args:
+        root: the folder.
+        extensions: file name endings that ``keys()`` lists (case-insensitive).
+
+    Example::
+
+        >>> src = FolderImageSource("data/open_ended_mi")
+        >>> src.load("open_ended_mi_shots_1_ways_2_id_0001_question.jpg").mode
+        'RGB'
+    """
+
+    def __init__(
+        self, root: str | os.PathLike[str], *, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
+    ) -> None:
+        self.root = Path(root).resolve()
+        self.extensions = tuple(e.lower() for e in extensions)
+        self.identity = f"folder:{self.root}"
+
+    def __repr__(self) -> str:
+        return f"FolderImageSource({str(self.root)!r})"
+
+    def path(self, key: str) -> Path:
+        """The file of ``key``; raises ``ImageLoadError`` if the key escapes the folder."""
+        if not key or os.path.isabs(key) or Path(key).is_absolute():
+            raise ImageLoadError(f"image key {key!r} is not a relative path inside {self.root}")
+        p = (self.root / key).resolve()
+        if not p.is_relative_to(self.root):
+            raise ImageLoadError(f"image key {key!r} escapes the image folder {self.root}")
+        return p
+
+    def load(self, key: str) -> Image.Image:
+        """The RGB image of ``key`` (see ``load_image``)."""
+        return load_image(self.path(key))
+
+    def keys(self) -> list[str]:
+        """All image files under the folder (recursively), as sorted relative keys."""
+        out = []
+        for dirpath, _dirs, files in os.walk(self.root):
+            for f in files:
+                if f.lower().endswith(self.extensions):
+                    out.append(Path(dirpath, f).relative_to(self.root).as_posix())
+        return sorted(out)

@@ -1,0 +1,150 @@
+"""Turning few-shot tasks into LM input rows.
+
+A task's images are looked up in the feature cache once; its support and query sets become rows
+of ``Item`` s (see ``models/metamapper.py``). Three row formats:
+
+* ``caption_rows`` — the paper's support input: ``[p(x_i); caption_i]``, the caption is the target;
+* ``query_rows`` — the paper's query input: ``[p(x_q); question]`` with the answer as target;
+* ``in_context_rows`` — the support in the LM context before the query:
+  ``[p(x_1); caption_1; ...; p(x_S); caption_S; p(x_q); question]`` with the answer as target.
+
+Captions are made sentences (a final period is added when missing) and every piece of text
+starts with a space, so that words tokenise as they do inside running text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from metamapper.models.metamapper import Item, Text
+
+
+def sentence(text: str) -> str:
+    """``"This is a dax"`` -> ``"This is a dax."`` (keeps an existing final . ! or ?)."""
+    text = text.strip()
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _space(text: str) -> str:
+    text = text.strip()
+    return " " + text if text else ""
+
+
+@dataclass
+class Episode:
+    """One task with its visual features.
+
+    Attributes:
+        features: ``(S + Q, n_tokens, dim)`` support features then query features.
+        captions: the ``S`` support captions.
+        questions: the ``Q`` query questions ("" when there is none).
+        answers: the ``Q`` answers.
+    """
+
+    features: torch.Tensor
+    captions: list[str]
+    questions: list[str]
+    answers: list[str]
+
+    @property
+    def n_support(self) -> int:
+        return len(self.captions)
+
+    @property
+    def n_query(self) -> int:
+        return len(self.questions)
+
+
+def episode_from_task(task: object, features_of: Callable[[list[str]], torch.Tensor]) -> Episode:
+    """Build an ``Episode`` from a ``data.tasks.Task`` (apply ``with_repeats`` and
+    ``with_task_induction`` from ``metamapper.data`` to the task first).
+
+    Args:
+        task: a task with ``support`` (image, caption) and ``queries`` (image, question, answer).
+        features_of: image keys -> features ``(len(keys), n_tokens, dim)`` (the feature cache).
+    """
+    support = list(task.support)  # type: ignore[attr-defined]
+    queries = list(task.queries)  # type: ignore[attr-defined]
+    keys = [ex.image for ex in support] + [q.image for q in queries]
+    return Episode(
+        features=features_of(keys),
+        captions=[ex.caption for ex in support],
+        questions=[q.question for q in queries],
+        answers=[q.answer for q in queries],
+    )
+
+
+def caption_rows(ep: Episode, offset: int = 0) -> list[list[Item]]:
+    """The paper's support input: one row ``[p(x_i); caption_i]`` per support example."""
+    return [[offset + i, Text(_space(sentence(c)), target=True)] for i, c in enumerate(ep.captions)]
+
+
+def _question(ep: Episode, j: int) -> list[Item]:
+    q = ep.questions[j].strip()
+    return [Text(_space(q))] if q else []
+
+
+def _answer(ep: Episode, j: int) -> list[Item]:
+    return [Text(_space(sentence(ep.answers[j])), target=True)]
+
+
+def query_rows(ep: Episode, offset: int = 0, *, with_answer: bool = True) -> list[list[Item]]:
+    """The paper's query input: ``[p(x_q); question]`` (+ the answer as target)."""
+    rows: list[list[Item]] = []
+    for j in range(ep.n_query):
+        row: list[Item] = [offset + ep.n_support + j, *_question(ep, j)]
+        if with_answer:
+            row += _answer(ep, j)
+        rows.append(row)
+    return rows
+
+
+def in_context_rows(ep: Episode, offset: int = 0, *, with_answer: bool = True) -> list[list[Item]]:
+    """Support in context: ``[p(x_1); c_1; ...; p(x_S); c_S; p(x_q); question]`` per query."""
+    context: list[Item] = []
+    for i, c in enumerate(ep.captions):
+        context += [offset + i, Text(_space(sentence(c)))]
+    rows: list[list[Item]] = []
+    for j in range(ep.n_query):
+        row = [*context, offset + ep.n_support + j, *_question(ep, j)]
+        if with_answer:
+            row += _answer(ep, j)
+        rows.append(row)
+    return rows
+
+
+ROW_FORMATS: dict[str, Callable[..., list[list[Item]]]] = {
+    "prefix": query_rows,
+    "in_context": in_context_rows,
+}
+
+
+@dataclass
+class EpisodeBatch:
+    """Several episodes' rows packed side by side.
+
+    ``features`` concatenates all episodes' features; ``row_task[r]`` is the episode of row r.
+    """
+
+    features: torch.Tensor
+    rows: list[list[Item]]
+    row_task: list[int]
+
+
+def batch_rows(
+    episodes: Sequence[Episode], make_rows: Callable[..., list[list[Item]]], **kwargs: object
+) -> EpisodeBatch:
+    """Rows of many episodes with image indices offset into one concatenated features tensor."""
+    rows: list[list[Item]] = []
+    row_task: list[int] = []
+    offset = 0
+    for t, ep in enumerate(episodes):
+        r = make_rows(ep, offset, **kwargs)
+        rows += r
+        row_task += [t] * len(r)
+        offset += ep.features.shape[0]
+    features = torch.cat([ep.features for ep in episodes])  # (sum S+Q, n_tokens, dim)
+    return EpisodeBatch(features=features, rows=rows, row_task=row_task)

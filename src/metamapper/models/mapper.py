@@ -1,0 +1,185 @@
+"""The meta-mapper: visual features -> a visual prefix of ``l`` vectors in the LM's embedding space.
+
+Two mappers, both self-contained ``nn.Module`` s whose parameters can be swapped functionally
+(``torch.func.functional_call``) so the MAML code adapts them without touching the module:
+
+* ``AttentionMapper`` — the paper's meta-mapper. ``l`` learnable prefix vectors ``p`` are
+  concatenated with the projected visual features ``x``; one set multi-head attention block
+  (Q = K = V = [p; x]) with residuals, layer norms and a feed-forward residual; the first ``l``
+  outputs are the visual prefix ``p*``.
+* ``MLPMapper`` — the paper's ablation: one hidden layer, pooled feature -> ``l`` prefix vectors.
+
+Example::
+
+    mapper = AttentionMapper(visual_dim=512, embed_dim=768, prefix_len=4, num_heads=8)
+    prefix = mapper(torch.randn(2, 1, 512))    # (2, 4, 768)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+
+class MapperShapeError(ValueError):
+    """Visual features whose size does not match the mapper."""
+
+
+class AttentionMapper(nn.Module):
+    """Set multi-head attention over ``[prefix; projected visual tokens]``.
+
+    Args:
+        visual_dim: size of one visual token from the encoder.
+        embed_dim: the LM's embedding size (also the prefix vectors' size).
+        prefix_len: number of prefix vectors ``l`` (paper: 4).
+        num_heads: attention heads; must divide ``embed_dim`` (paper: 8 for 768).
+        ff_dim: hidden size of the feed-forward block (default: ``embed_dim``).
+        dropout: dropout on attention output and feed-forward (only in train mode).
+        output_scale: if set, each output vector is layer-normalised and multiplied by this
+            (e.g. the typical norm of the LM's token embeddings); None keeps the raw output.
+    """
+
+    def __init__(
+        self,
+        *,
+        visual_dim: int,
+        embed_dim: int,
+        prefix_len: int = 4,
+        num_heads: int = 8,
+        ff_dim: int | None = None,
+        dropout: float = 0.1,
+        output_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
+        if prefix_len < 1:
+            raise ValueError(f"prefix_len must be >= 1, got {prefix_len}")
+        self.visual_dim, self.embed_dim, self.prefix_len = visual_dim, embed_dim, prefix_len
+        self.num_heads, self.head_dim = num_heads, embed_dim // num_heads
+        self.output_scale = output_scale
+        ff_dim = ff_dim or embed_dim
+        self.prefix = nn.Parameter(torch.empty(prefix_len, embed_dim))
+        self.visual_proj = nn.Linear(visual_dim, embed_dim)
+        self.qkv = nn.Linear(embed_dim, 3 * embed_dim)
+        self.out = nn.Linear(embed_dim, embed_dim)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.ff = nn.Sequential(
+            nn.Linear(embed_dim, ff_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(ff_dim, embed_dim)
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier-uniform weights, zero biases (the prefix is Xavier-initialised too)."""
+        nn.init.xavier_uniform_(self.prefix)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Visual features ``(batch, n_tokens, visual_dim)`` -> prefix ``(batch, l, embed_dim)``."""
+        if features.dim() == 2:
+            features = features.unsqueeze(1)  # (B, d) pooled -> (B, 1, d)
+        if features.shape[-1] != self.visual_dim:
+            raise MapperShapeError(
+                f"visual features have size {features.shape[-1]}, the mapper expects "
+                f"{self.visual_dim} (features from another encoder or mode?)"
+            )
+        b = features.shape[0]
+        x = self.visual_proj(features)  # (B, n, D)
+        h = torch.cat([self.prefix.expand(b, -1, -1), x], dim=1)  # (B, l + n, D)
+        q, k, v = rearrange(self.qkv(h), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
+        # scaled_dot_product_attention scales scores by 1/sqrt(head_dim)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, l + n, head_dim)
+        h = self.norm1(h + self.dropout(self.out(rearrange(a, "b h t d -> b t (h d)"))))
+        h = self.norm2(h + self.dropout(self.ff(h)))
+        out = h[:, : self.prefix_len]  # (B, l, D)
+        if self.output_scale is not None:
+            out = F.layer_norm(out, (self.embed_dim,)) * self.output_scale
+        return out
+
+
+class MLPMapper(nn.Module):
+    """One hidden layer from the pooled feature to ``l`` prefix vectors (the paper's ablation).
+
+    Multi-token features are mean-pooled first.
+    """
+
+    def __init__(
+        self,
+        *,
+        visual_dim: int,
+        embed_dim: int,
+        prefix_len: int = 4,
+        hidden_dim: int | None = None,
+        dropout: float = 0.1,
+        output_scale: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.visual_dim, self.embed_dim, self.prefix_len = visual_dim, embed_dim, prefix_len
+        self.output_scale = output_scale
+        hidden_dim = hidden_dim or (embed_dim * prefix_len) // 2
+        self.net = nn.Sequential(
+            nn.Linear(visual_dim, hidden_dim), nn.Tanh(), nn.Dropout(dropout),
+            nn.Linear(hidden_dim, prefix_len * embed_dim),
+        )
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Visual features ``(batch, n_tokens, visual_dim)`` -> prefix ``(batch, l, embed_dim)``."""
+        if features.dim() == 3:
+            features = features.mean(1)  # (B, n, d) -> (B, d)
+        if features.shape[-1] != self.visual_dim:
+            raise MapperShapeError(
+                f"visual features have size {features.shape[-1]}, the mapper expects "
+                f"{self.visual_dim} (features from another encoder or mode?)"
+            )
+        out = rearrange(self.net(features), "b (l d) -> b l d", l=self.prefix_len)
+        if self.output_scale is not None:
+            out = F.layer_norm(out, (self.embed_dim,)) * self.output_scale
+        return out
+
+
+def attention_mapper_param_count(
+    visual_dim: int, embed_dim: int, prefix_len: int, ff_dim: int | None = None
+) -> int:
+    """Exact trainable parameters of ``AttentionMapper`` (the formula the tests check).
+
+    prefix l*D + projection (V+1)*D + qkv (D+1)*3D + out (D+1)*D + two LayerNorms 4D
+    + feed-forward (D+1)*F + (F+1)*D.
+    """
+    d, f = embed_dim, ff_dim or embed_dim
+    return (
+        prefix_len * d + (visual_dim + 1) * d + (d + 1) * 3 * d + (d + 1) * d + 4 * d
+        + (d + 1) * f + (f + 1) * d
+    )
+
+
+MAPPERS = {"attention": AttentionMapper, "mlp": MLPMapper}
+
+
+def build_mapper(kind: str, **kwargs: object) -> nn.Module:
+    """Build a mapper by kind (``"attention"`` or ``"mlp"``) with keyword arguments."""
+    if kind not in MAPPERS:
+        raise ValueError(f"unknown mapper {kind!r}; choose from {', '.join(MAPPERS)}")
+    return MAPPERS[kind](**kwargs)
+
+
+def _typical_embedding_norm(weight: torch.Tensor) -> float:
+    """Median L2 norm of the rows of a token-embedding matrix."""
+    return float(weight.norm(dim=-1).median())
+
+
+def suggested_output_scale(embedding_weight: torch.Tensor) -> float:
+    """A prefix scale matching the LM's token embeddings (their median norm / sqrt(D))."""
+    return _typical_embedding_norm(embedding_weight) / math.sqrt(embedding_weight.shape[-1])

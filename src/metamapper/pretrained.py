@@ -1,0 +1,151 @@
+"""Loading a trained run for inference, and the few-shot Python API.
+
+Example::
+
+    from metamapper import MetaMapper
+    model = MetaMapper.from_pretrained("runs/demo")
+    adapted = model.adapt([img_a, img_b], ["This is a dax.", "This is a blicket."])
+    adapted.answer([query_img], question="This is a")   # ['blicket']
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from metamapper.checkpoint import (
+    CheckpointError,
+    check_compatible,
+    latest_checkpoint,
+    read_checkpoint,
+)
+from metamapper.config import Config, config_from_dict
+from metamapper.meta.episode import ROW_FORMATS, Episode
+from metamapper.meta.maml import InnerLearningRates, InnerLoop, adapt
+from metamapper.models.metamapper import MetaMapper
+
+
+@dataclass
+class LoadedRun:
+    """A trained model with the config and checkpoint record it came from."""
+
+    model: MetaMapper
+    config: Config
+    meta: dict[str, Any]
+    lrs: InnerLearningRates | None = None
+    path: Path = field(default_factory=Path)
+
+    @property
+    def method(self) -> str:
+        from metamapper.train.common import eval_method_for
+
+        return eval_method_for(self.config)
+
+
+def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
+             with_vision: bool = True) -> LoadedRun:
+    """Rebuild the backbones named in a run's checkpoint and load its mapper.
+
+    Args:
+        run_dir: a run folder written by ``metamapper train`` (or a checkpoint folder inside it).
+        checkpoint: a specific ``checkpoints/step-*`` folder (default: the newest valid one).
+        with_vision: also build the image encoder (not needed with cached features).
+
+    Raises:
+        CheckpointError: missing run, no valid checkpoint, or other backbones.
+    """
+    from metamapper.models.factory import build_model
+
+    path = Path(run_dir)
+    if (path / "meta.json").is_file() and checkpoint is None:  # a checkpoint folder itself
+        ckpt = read_checkpoint(path)
+    elif checkpoint is not None:
+        ckpt = read_checkpoint(checkpoint)
+    else:
+        ckpt = latest_checkpoint(path)
+    cfg = config_from_dict(ckpt.meta["config"])
+    model = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"],
+                        with_vision=with_vision)
+    check_compatible(ckpt.meta, vision=model.vision.identity if model.vision is not None else None,
+                     lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
+                     embed_dim=model.lm.embed_dim, where=str(ckpt.path))
+    mapper_w = {k[7:]: v for k, v in ckpt.weights.items() if k.startswith("mapper.")}
+    try:
+        model.mapper.load_state_dict(mapper_w)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit its mapper config: {e}") from None
+    lrs = None
+    lr_w = {k[10:]: v for k, v in ckpt.weights.items() if k.startswith("inner_lrs.")}
+    if lr_w:
+        from metamapper.meta.maml import adapted_names
+
+        names = adapted_names(model, cfg.train.inner)
+        lrs = InnerLearningRates({k: model.mapper_params()[k] for k in names}, init=0.0,
+                                 steps=cfg.train.inner.steps, per_step=cfg.train.inner.per_step_lr)
+        lrs.load_state_dict(lr_w)
+    model.eval()
+    return LoadedRun(model=model, config=cfg, meta=ckpt.meta, lrs=lrs, path=ckpt.path)
+
+
+@dataclass
+class AdaptedMetaMapper:
+    """A model adapted to one support set; ``answer`` names new images of its concepts."""
+
+    model: MetaMapper
+    params: dict[str, torch.Tensor]
+    support: torch.Tensor  # (S, n_tokens, dim) support features
+    captions: list[str]
+    query_format: str
+    support_losses: list[float] = field(default_factory=list)
+
+    def answer(self, images: Sequence[Image.Image], question: str | None = None,
+               *, max_new_tokens: int = 8) -> list[str]:
+        """Answer each image (optionally after ``question``, e.g. ``"This is a"``)."""
+        feats = self.model.encode_images(list(images))
+        ep = Episode(features=torch.cat([self.support, feats]), captions=self.captions,
+                     questions=[question or ""] * len(images), answers=[""] * len(images))
+        rows = ROW_FORMATS[self.query_format](ep, with_answer=False)
+        return self.model.generate(ep.features, rows, self.params or None,
+                                   max_new_tokens=max_new_tokens)
+
+
+def adapt_to_support(
+    run: LoadedRun, images: Sequence[Image.Image], captions: Sequence[str], *,
+    steps: int | None = None, method: str | None = None,
+) -> AdaptedMetaMapper:
+    """Adapt a loaded run's model to a support set of (image, caption) pairs."""
+    from metamapper.eval.fewshot import get_method
+
+    if len(images) != len(captions) or not images:
+        raise ValueError(f"need as many captions as support images (got {len(images)} images, "
+                         f"{len(captions)} captions), at least one")
+    if any(not c.strip() for c in captions):
+        raise ValueError("support captions must not be empty")
+    m = get_method(method or run.method)
+    n_steps = m.default_steps if m.default_steps is not None else (
+        steps if steps is not None else run.config.train.inner.steps or 5)
+    if steps is not None:
+        n_steps = steps
+    inner = run.config.train.inner
+    loop = InnerLoop(steps=n_steps, lr=inner.lr, adapt=inner.adapt, meta_sgd=inner.meta_sgd,
+                     per_step_lr=inner.per_step_lr)
+    feats = run.model.encode_images(list(images))
+    ep = Episode(features=feats, captions=list(captions), questions=[], answers=[])
+    params: dict[str, torch.Tensor] = {}
+    losses: list[float] = []
+    if n_steps > 0:
+        from metamapper.meta.episode import caption_rows
+        from metamapper.meta.maml import task_losses
+
+        traj = adapt(run.model, [ep], loop=loop, lrs=run.lrs)
+        with torch.no_grad():
+            losses = [float(task_losses(run.model, [ep], s, caption_rows)[0]) for s in traj]
+        params = {k: v.detach() for k, v in traj[-1][0].items()}
+    return AdaptedMetaMapper(model=run.model, params=params, support=feats, captions=list(captions),
+                             query_format=m.query_format, support_losses=losses)

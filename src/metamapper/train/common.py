@@ -1,0 +1,199 @@
+"""Plain functions shared by the training recipes (no inheritance between recipes)."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from metamapper.checkpoint import (
+    check_compatible,
+    latest_checkpoint,
+    load_trainer_state,
+    save_checkpoint,
+)
+from metamapper.config import Config, dump_config
+from metamapper.models.metamapper import MetaMapper
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: Config) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW with optional linear warm-up and cosine decay (a LambdaLR schedule)."""
+    t = cfg.train
+    opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    def factor(step: int) -> float:
+        if t.warmup and step < t.warmup:
+            return (step + 1) / t.warmup
+        if t.cosine:
+            span = max(1, t.updates - t.warmup)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - t.warmup) / span)))
+        return 1.0
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def checkpoint_meta(model: MetaMapper, cfg: Config) -> dict[str, Any]:
+    """What a checkpoint records besides its weights (enough to rebuild and to refuse misuse)."""
+    return {
+        "format": "metamapper-checkpoint-1",
+        "method": cfg.train.method,
+        "vision_identity": model.vision.identity if model.vision is not None else None,
+        "lm_identity": model.lm.identity,
+        "visual_dim": model.mapper.visual_dim,
+        "embed_dim": model.lm.embed_dim,
+        "prefix_len": model.prefix_len,
+        "mapper": cfg.mapper.kind,
+        "config": cfg.to_dict(),
+    }
+
+
+def trainable_state(model: MetaMapper, lrs: nn.Module | None) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint stores: the mapper's, plus Meta-SGD's learned rates."""
+    state = {f"mapper.{k}": v for k, v in model.mapper.state_dict().items()}
+    if lrs is not None:
+        state.update({f"inner_lrs.{k}": v for k, v in lrs.state_dict().items()})
+    return state
+
+
+def load_trainable_state(model: MetaMapper, lrs: nn.Module | None, weights: dict[str, torch.Tensor]) -> None:
+    model.mapper.load_state_dict({k[7:]: v for k, v in weights.items() if k.startswith("mapper.")})
+    if lrs is not None:
+        lrs.load_state_dict({k[10:]: v for k, v in weights.items() if k.startswith("inner_lrs.")})
+
+
+def rng_state() -> dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save(run_dir: Path, step: int, model: MetaMapper, cfg: Config, opt: torch.optim.Optimizer,
+         sched: Any, lrs: nn.Module | None, extra: dict[str, Any] | None = None) -> Path:
+    """Write a resumable checkpoint of the current training state."""
+    state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
+             **(extra or {})}
+    return save_checkpoint(run_dir, step=step, weights=trainable_state(model, lrs),
+                           meta=checkpoint_meta(model, cfg), trainer_state=state,
+                           keep_last=cfg.train.keep_last)
+
+
+def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: Any,
+           lrs: nn.Module | None) -> tuple[int, dict[str, Any]]:
+    """Restore the newest valid checkpoint; returns (step, trainer state)."""
+    ckpt = latest_checkpoint(run_dir, trainer=True)
+    check_compatible(ckpt.meta, vision=None, lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
+                     embed_dim=model.lm.embed_dim, where=str(ckpt.path))
+    load_trainable_state(model, lrs, ckpt.weights)
+    state = load_trainer_state(ckpt)
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    return ckpt.step, state
+
+
+def write_run_config(run_dir: Path, cfg: Config) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(cfg))
+
+
+class MetricsLog:
+    """Append-only JSONL metrics (``metrics.jsonl`` in the run folder)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / "metrics.jsonl"
+        self.start = time.time()
+
+    def write(self, **record: Any) -> None:
+        record.setdefault("time_s", round(time.time() - self.start, 2))
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def grads_finite(params: list[nn.Parameter]) -> bool:
+    return all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+
+
+def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
+    """Sample the run's tasks, fill/load the feature caches, build the model.
+
+    Returns a dict with ``model``, ``train_tasks``, ``val_tasks``, ``table``, ``val_table``.
+    """
+    from metamapper.data.feature_table import FeatureTable
+    from metamapper.data.tasks import filter_tasks
+    from metamapper.models.factory import build_model, build_vision
+    from metamapper.train.sources import training_tasks
+
+    t = cfg.train
+    train_set, val_set = training_tasks(cfg.data, max(1, t.updates * t.meta_batch), t.seed)
+    vision = build_vision(cfg.backbones)
+    tables = []
+    for ts in (train_set, val_set):
+        keys = [k for task in ts.tasks for k in task.image_keys()]
+        tables.append(FeatureTable.from_cache(vision, ts.images, keys, root=cfg.data.feature_cache,
+                                              progress=progress))
+    train_tasks = filter_tasks(train_set.tasks, [k for k, _ in tables[0].skipped])
+    val_tasks = filter_tasks(val_set.tasks, [k for k, _ in tables[1].skipped])
+    seed_everything(t.seed)  # the mapper's initialisation depends only on the seed
+    model = build_model(cfg.backbones, cfg.mapper, vision=vision)
+    return {"model": model, "train_tasks": train_tasks, "val_tasks": val_tasks,
+            "table": tables[0], "val_table": tables[1]}
+
+
+def eval_method_for(cfg: Config) -> str:
+    """The evaluation method that matches how a run was trained."""
+    m, steps = cfg.train.method, cfg.train.inner.steps
+    if m == "in_context":
+        return "in-context-maml" if steps > 0 else "in-context"
+    if m == "maml":
+        return "maml"
+    return "no-adapt"
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many non-finite updates in a row; the last good checkpoint is kept."""
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGINT into a flag checked between updates, so that training saves a
+    checkpoint and exits cleanly instead of losing the work since the last one."""
+
+    def __init__(self) -> None:
+        import signal
+
+        self.stop = False
+        self._signal = signal
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (self._signal.SIGTERM, self._signal.SIGINT):
+                self._old[sig] = self._signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.stop:  # a second Ctrl-C: give up at once
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, old in self._old.items():
+            self._signal.signal(sig, old)

@@ -1,0 +1,124 @@
+"""Episodic meta-training: sample tasks -> adapt on support -> query loss -> outer step.
+
+``method: maml`` is the paper's recipe (inner SGD on the support captions, query answered from
+``[p(x_q); question]``); ``method: in_context`` meta-trains the mapper on the support pairs placed
+in the LM context before the query (optionally with inner steps too).
+
+Example::
+
+    cfg = load_config("configs/smoke.yaml")
+    run_dir = train(cfg, "runs/smoke")
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from metamapper.config import Config
+from metamapper.eval.fewshot import evaluate
+from metamapper.meta.episode import ROW_FORMATS, Episode, episode_from_task
+from metamapper.meta.maml import InnerLearningRates, adapt, meta_loss
+from metamapper.train import common
+
+
+def _noisy(ep: Episode, std: float, gen: torch.Generator) -> Episode:
+    noise = torch.randn(ep.features.shape, generator=gen) * std
+    return Episode(features=ep.features + noise, captions=ep.captions, questions=ep.questions,
+                   answers=ep.answers)
+
+
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+    """Meta-train a mapper with ``cfg`` into ``run_dir`` (resuming from its last checkpoint).
+
+    Returns:
+        ``run_dir``; it holds ``config.yaml``, ``metrics.jsonl`` and ``checkpoints/``.
+    """
+    run_dir = Path(run_dir)
+    t = cfg.train
+    common.seed_everything(t.seed)
+    run = common.prepare_run(cfg, progress=progress)
+    model, table, tasks = run["model"], run["table"], run["train_tasks"]
+    lrs = None
+    if t.inner.meta_sgd:
+        from metamapper.meta.maml import adapted_names
+
+        names = adapted_names(model, t.inner)
+        lrs = InnerLearningRates({k: model.mapper_params()[k] for k in names}, init=t.inner.lr,
+                                 steps=t.inner.steps, per_step=t.inner.per_step_lr)
+    params = list(model.mapper.parameters()) + (list(lrs.parameters()) if lrs is not None else [])
+    opt, sched = common.make_optimizer(params, cfg)
+    start = 0
+    if resume and (run_dir / "checkpoints").exists():
+        start, _ = common.resume(run_dir, model, opt, sched, lrs)
+    common.write_run_config(run_dir, cfg)
+    log = common.MetricsLog(run_dir)
+    query_format = ROW_FORMATS["in_context" if t.method == "in_context" else "prefix"]
+    noise_std = t.feature_noise * float(table.features.std()) if t.feature_noise else 0.0
+    eval_method = common.eval_method_for(cfg)
+    deadline = time.time() + 60 * t.max_minutes if t.max_minutes else math.inf
+    bad_in_row = skipped = 0
+    model.train()
+    bar = tqdm(range(start, t.updates), initial=start, total=t.updates, desc=f"meta-train ({t.method})",
+               disable=not progress)
+    if t.updates == 0:  # an untrained (initialised) mapper, e.g. as a baseline
+        common.save(run_dir, 0, model, cfg, opt, sched, lrs)
+    with common.StopSignal() as stop:
+        for step in bar:
+            t0 = time.time()
+            # sample -> adapt -> query loss -> outer step
+            batch_tasks = [tasks[(step * t.meta_batch + i) % len(tasks)] for i in range(t.meta_batch)]
+            episodes = [episode_from_task(task, table) for task in batch_tasks]
+            if noise_std:
+                gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
+                episodes = [_noisy(ep, noise_std, gen) for ep in episodes]
+            if t.inner.steps > 0:
+                traj = adapt(model, episodes, loop=t.inner, lrs=lrs)  # traj[s][task] = params
+            else:
+                traj = [[{} for _ in episodes]]  # no inner loop: the mapper's own parameters
+            loss = meta_loss(model, episodes, traj, query_format, step_weights=t.step_weights)
+            opt.zero_grad(set_to_none=True)
+            ok = bool(torch.isfinite(loss))
+            gnorm = float("nan")
+            if ok:
+                loss.backward()
+                gnorm = float(torch.nn.utils.clip_grad_norm_(params, t.clip))
+                ok = math.isfinite(gnorm)
+            if ok:
+                opt.step()
+                bad_in_row = 0
+            else:  # a non-finite loss or gradient: skip the update, keep the weights
+                skipped += 1
+                bad_in_row += 1
+            sched.step()
+            done = step + 1
+            log.write(step=done, loss=loss.item(), grad_norm=gnorm, skipped=skipped,
+                      tasks_per_s=round(t.meta_batch / (time.time() - t0), 2), lr=sched.get_last_lr()[0])
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if bad_in_row >= t.max_bad_updates:
+                raise common.TrainingDiverged(
+                    f"{bad_in_row} non-finite updates in a row at update {done}; the last good "
+                    f"checkpoint in {run_dir} is kept (lower train.lr or train.inner.lr?)"
+                )
+            if t.val_every and (done % t.val_every == 0 or done == t.updates):
+                res = evaluate(model, run["val_tasks"][: t.val_tasks], run["val_table"],
+                               method=eval_method, steps=t.inner.steps, loop=t.inner, lrs=lrs,
+                               support_fit=t.method == "maml", progress=False)
+                log.write(step=done, val_accuracy=res.accuracy, val_ci95=res.ci95,
+                          val_support_fit=res.support_fit, val_method=eval_method)
+                bar.write(f"update {done}: validation accuracy {res.accuracy:.3f} +/- {res.ci95:.3f}"
+                          + (f", support fit {res.support_fit:.3f}" if res.support_fit is not None else ""))
+                model.train()
+            out_of_time = time.time() > deadline
+            if done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stop.stop:
+                common.save(run_dir, done, model, cfg, opt, sched, lrs)
+            if out_of_time or stop.stop:
+                why = "a stop signal" if stop.stop else f"train.max_minutes={t.max_minutes}"
+                bar.write(f"stopped after {done} updates ({why}); checkpoint saved, resume with --resume")
+                break
+    bar.close()
+    return run_dir

@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny random backbones written to disk and loaded through the real loaders.
+
+The backbones are frozen (eval mode, no gradients), so tests may share one session-wide copy;
+a test must not change their parameters, modes or ``requires_grad`` flags.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from metamapper.models.backbones import (
+    LanguageModel,
+    VisionEncoder,
+    build_language_model,
+    build_vision_encoder,
+    make_tiny_backbones,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny CLIP vision tower and a tiny Llama LM (seed 0) saved as model folders."""
+    return make_tiny_backbones(tmp_path_factory.mktemp("tiny-llama"), seed=0, arch="llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs_gpt2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Like ``tiny_dirs`` with a GPT-2 LM."""
+    return make_tiny_backbones(tmp_path_factory.mktemp("tiny-gpt2"), seed=0, arch="gpt2")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_dirs: dict[str, Path]) -> LanguageModel:
+    """The tiny Llama (hidden 32, EOS = BOS = pad = 0) loaded with ``build_language_model("hf")``."""
+    return build_language_model("hf", path=str(tiny_dirs["lm"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_gpt2(tiny_dirs_gpt2: dict[str, Path]) -> LanguageModel:
+    return build_language_model("hf", path=str(tiny_dirs_gpt2["lm"]))
+
+
+@pytest.fixture(scope="session")
+def tiny_vision(tiny_dirs: dict[str, Path]) -> VisionEncoder:
+    """The tiny CLIP vision tower in pooled mode: features ``(B, 1, 16)``."""
+    return build_vision_encoder("clip", path=str(tiny_dirs["vision"]), mode="pooled")
+
+
+@pytest.fixture(scope="session")
+def tiny_vision_patch(tiny_dirs: dict[str, Path]) -> VisionEncoder:
+    """The tiny CLIP vision tower in patch mode: features ``(B, 17, 32)``."""
+    return build_vision_encoder("clip", path=str(tiny_dirs["vision"]), mode="patch")
+
+
+@pytest.fixture
+def images():
+    """Three small random RGB images of different sizes."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        for h, w in ((40, 40), (48, 64), (33, 50))
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)

@@ -1,0 +1,266 @@
+"""Tests for batched, KV-cached generation from embeddings (tiny random Llama and GPT-2)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metamapper.models.backbones import LanguageModel, build_language_model
+from metamapper.models.generation import (
+    _full_mask,
+    cut_answer,
+    generate,
+    stop_token_ids,
+)
+
+ARCHS = ("llama", "gpt2")
+NEVER_STOP = frozenset()
+
+
+def _sharp_tiny_lm(arch: str) -> LanguageModel:
+    """A tiny random LM whose greedy output actually depends on the context.
+
+    With small random weights the residual stream is dominated by the input embedding, so a
+    tied-embedding model just repeats one token forever; a test on such output would pass even
+    with broken positions or masks. Scaling the transformer's matrices (not the embeddings)
+    makes the layers matter: rows then produce varied, position-sensitive tokens.
+    """
+    lm = build_language_model("tiny-lm", seed=0, arch=arch)
+    with torch.no_grad():
+        for name, p in lm.model.named_parameters():
+            if p.ndim == 2 and not any(k in name for k in ("wte", "wpe", "embed_tokens")):
+                p.mul_(10.0)
+    return lm
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def lm(request: pytest.FixtureRequest) -> LanguageModel:
+    return _sharp_tiny_lm(request.param)
+
+
+def _batch(
+    lm: LanguageModel, lengths: list[int], *, side: str, seed: int = 0, pad: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """Random prompts scaled like token embeddings, padded on ``side``.
+
+    Returns:
+        (inputs_embeds (B, T, d), attention_mask (B, T), the unpadded prompts).
+    """
+    g = torch.Generator().manual_seed(seed)
+    scale = lm.model.get_input_embeddings().weight.std()
+    prompts = [torch.randn(n, lm.embed_dim, generator=g) * scale for n in lengths]
+    width = max(lengths)
+    # padding holds garbage on purpose: only the mask may decide what is real
+    embeds = torch.randn(len(lengths), width, lm.embed_dim, generator=g) * 100
+    if pad is not None:
+        embeds.fill_(pad)
+    mask = torch.zeros(len(lengths), width, dtype=torch.long)
+    for b, p in enumerate(prompts):
+        sl = slice(0, len(p)) if side == "right" else slice(width - len(p), width)
+        embeds[b, sl] = p
+        mask[b, sl] = 1
+    return embeds, mask, prompts
+
+
+def _one_at_a_time(lm: LanguageModel, prompts: list[torch.Tensor], **kw) -> list[list[int]]:
+    return [
+        generate(lm, p[None], torch.ones(1, len(p), dtype=torch.long), **kw).token_ids[0]
+        for p in prompts
+    ]
+
+
+class _Script:
+    """Forces the LM's next tokens: a forward hook on the LM head adds a large logit to
+    ``script[row][step]``, so stops happen at known steps while the real model, masks and
+    cache still run."""
+
+    def __init__(self, lm: LanguageModel, script: list[list[int]]) -> None:
+        self.script = torch.tensor(script)  # (B, steps)
+        self.step = 0
+        self.handle = lm.head.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, logits: torch.Tensor) -> torch.Tensor:
+        boost = torch.zeros_like(logits[:, -1])
+        boost.scatter_(1, self.script[:, self.step, None], 1e4)
+        self.step += 1
+        return logits + boost[:, None]
+
+    def close(self) -> None:
+        self.handle.remove()
+
+
+# --------------------------------------------------------------------------- batching
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_batched_equals_one_at_a_time(lm: LanguageModel, side: str) -> None:
+    embeds, mask, prompts = _batch(lm, [7, 2, 5, 1, 7], side=side)
+    out = generate(lm, embeds, mask, max_new_tokens=8, stop_ids=NEVER_STOP)
+    assert out.token_ids == _one_at_a_time(lm, prompts, max_new_tokens=8, stop_ids=NEVER_STOP)
+    assert all(len(ids) == 8 for ids in out.token_ids)
+    # guard against a degenerate model that would make the comparison vacuous
+    assert len({t for ids in out.token_ids for t in ids}) > 8
+
+
+def test_batched_with_stops_equals_one_at_a_time(lm: LanguageModel) -> None:
+    embeds, mask, prompts = _batch(lm, [6, 3, 4, 1], side="right", seed=1)
+    free = generate(lm, embeds, mask, max_new_tokens=8, stop_ids=NEVER_STOP).token_ids
+    # stop on tokens the rows really produce, so that rows end at different steps
+    stops = frozenset({free[0][5], free[1][1], free[2][3]})
+    out = generate(lm, embeds, mask, max_new_tokens=8, stop_ids=stops)
+    assert out.token_ids == _one_at_a_time(lm, prompts, max_new_tokens=8, stop_ids=stops)
+    for ids, full in zip(out.token_ids, free, strict=True):
+        cut = next((i for i, t in enumerate(full) if t in stops), len(full))
+        assert ids == full[:cut]  # a row's tokens do not depend on when the others stop
+    assert len({len(ids) for ids in out.token_ids}) > 1
+
+
+@pytest.mark.parametrize("pad", [0.0, float("nan"), float("inf")])
+def test_padding_side_and_content_do_not_matter(lm: LanguageModel, pad: float) -> None:
+    kw = dict(max_new_tokens=6, stop_ids=NEVER_STOP)
+    right = generate(lm, *_batch(lm, [4, 9, 2], side="right", seed=2)[:2], **kw)
+    left = generate(lm, *_batch(lm, [4, 9, 2], side="left", seed=2, pad=pad)[:2], **kw)
+    assert right.token_ids == left.token_ids
+
+
+# --------------------------------------------------------------------------- KV cache
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_cached_equals_uncached(lm: LanguageModel, side: str) -> None:
+    embeds, mask, _ = _batch(lm, [5, 1, 8, 3], side=side, seed=3)
+    kw = dict(max_new_tokens=8, stop_ids=NEVER_STOP)
+    cached = generate(lm, embeds, mask, use_cache=True, **kw)
+    uncached = generate(lm, embeds, mask, use_cache=False, **kw)
+    assert cached.token_ids == uncached.token_ids
+
+
+def test_cached_equals_uncached_when_sampling(lm: LanguageModel) -> None:
+    embeds, mask, _ = _batch(lm, [5, 2, 7], side="right", seed=4)
+    kw = dict(max_new_tokens=8, stop_ids=NEVER_STOP, do_sample=True, top_k=50, top_p=0.9,
+              temperature=0.8, seed=11)
+    assert (generate(lm, embeds, mask, use_cache=True, **kw).token_ids
+            == generate(lm, embeds, mask, use_cache=False, **kw).token_ids)
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_rows_stop_at_eos_newline_and_period(lm: LanguageModel, use_cache: bool) -> None:
+    tok = lm.tokenize
+    period, newline, eos = tok(".")[0], tok("\n")[0], lm.eos_token_id
+    dax, a_blicket, junk = tok(" dax"), tok(" a blicket"), tok(" bag")[0]
+    n = 6
+    script = [
+        dax + [period] + [junk] * (n - len(dax) - 1),
+        a_blicket + [newline] + [junk] * (n - len(a_blicket) - 1),
+        [eos] + [junk] * (n - 1),
+        [junk] * n,  # never stops: runs to max_new_tokens
+    ]
+    embeds, mask, _ = _batch(lm, [3, 5, 2, 4], side="right", seed=5)
+    hook = _Script(lm, script)
+    try:
+        out = generate(lm, embeds, mask, max_new_tokens=n, use_cache=use_cache)
+    finally:
+        hook.close()
+    assert out.token_ids == [dax, a_blicket, [], [junk] * n]
+    assert out.texts == ["dax", "a blicket", "", lm.decode([junk] * n).strip()]
+
+
+def test_generation_ends_when_all_rows_are_done(lm: LanguageModel) -> None:
+    period = lm.tokenize(".")[0]
+    embeds, mask, _ = _batch(lm, [3, 4], side="left", seed=6)
+    hook = _Script(lm, [[period] * 10, [period] * 10])
+    try:
+        out = generate(lm, embeds, mask, max_new_tokens=10)
+        steps = hook.step
+    finally:
+        hook.close()
+    assert out.token_ids == [[], []]
+    assert steps == 1  # one forward pass: no decoding past the point where all rows stopped
+
+
+def test_stop_token_ids() -> None:
+    lm = build_language_model("tiny-lm", arch="gpt2")
+    stops = stop_token_ids(lm.tokenizer, lm.eos_token_id)
+    assert lm.eos_token_id in stops
+    assert lm.tokenize(".")[0] in stops and lm.tokenize("\n")[0] in stops
+    assert lm.tokenize(" dax")[0] not in stops
+    for i in stops - {lm.eos_token_id}:
+        text = lm.tokenizer.decode([i])
+        assert "." in text or "\n" in text
+    assert stop_token_ids(lm.tokenizer, lm.eos_token_id) is stops  # cached per tokenizer
+
+
+def test_cut_answer() -> None:
+    assert cut_answer(" a dax.\nThis is") == "a dax"
+    assert cut_answer(" blicket\n. x") == "blicket"
+    assert cut_answer("perpo") == "perpo"
+    assert cut_answer(".") == ""
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def test_sampling_is_reproducible_and_depends_on_seed(lm: LanguageModel) -> None:
+    embeds, mask, _ = _batch(lm, [4, 6, 2, 5], side="right", seed=7)
+    kw = dict(max_new_tokens=8, stop_ids=NEVER_STOP, do_sample=True, temperature=1.5)
+    a = generate(lm, embeds, mask, seed=1, **kw).token_ids
+    assert a == generate(lm, embeds, mask, seed=1, **kw).token_ids
+    assert a != generate(lm, embeds, mask, seed=2, **kw).token_ids
+
+
+def test_top_k_1_and_tiny_top_p_equal_greedy(lm: LanguageModel) -> None:
+    embeds, mask, _ = _batch(lm, [4, 6, 2], side="left", seed=8)
+    kw = dict(max_new_tokens=8, stop_ids=NEVER_STOP)
+    greedy = generate(lm, embeds, mask, **kw).token_ids
+    assert generate(lm, embeds, mask, do_sample=True, top_k=1, seed=3, **kw).token_ids == greedy
+    # the nucleus always keeps the most likely token
+    assert generate(lm, embeds, mask, do_sample=True, top_p=1e-6, seed=3, **kw).token_ids == greedy
+
+
+# --------------------------------------------------------------------------- padding safety
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_heavy_padding_gives_finite_logits(impl: str, side: str) -> None:
+    lm = _sharp_tiny_lm("llama")
+    lm.model.set_attn_implementation(impl)
+    embeds, mask, prompts = _batch(lm, [1, 40, 2, 1], side=side, seed=9)
+    finite: list[bool] = []
+    hook = lm.head.register_forward_hook(lambda m, a, out: finite.append(bool(out.isfinite().all())))
+    try:
+        out = generate(lm, embeds, mask, max_new_tokens=6, stop_ids=NEVER_STOP)
+    finally:
+        hook.remove()
+    assert finite and all(finite)
+    assert out.token_ids == _one_at_a_time(lm, prompts, max_new_tokens=6, stop_ids=NEVER_STOP)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+def test_full_mask_has_no_empty_rows_and_hides_padding(impl: str) -> None:
+    lm = build_language_model("tiny-lm", arch="gpt2")
+    lm.model.set_attn_implementation(impl)
+    real = torch.tensor([[0, 0, 0, 1, 1], [0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
+    mask = _full_mask(lm.model, real, torch.float32)
+    allowed = mask if mask.dtype == torch.bool else mask == 0
+    allowed = allowed[:, 0]  # (B, T_q, T_kv)
+    # padded queries are fully masked under a plain causal+padding mask: here they see themselves
+    assert allowed.any(-1).all()
+    # real queries see exactly the real keys at or before them
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    expected = causal[None] & real[:, None, :]
+    assert torch.equal(allowed & real[:, :, None], expected & real[:, :, None])
+
+
+def test_invalid_masks_are_rejected() -> None:
+    lm = build_language_model("tiny-lm", arch="llama")
+    embeds = torch.zeros(2, 4, lm.embed_dim)
+    with pytest.raises(ValueError, match="contiguous"):
+        generate(lm, embeds, torch.tensor([[1, 0, 1, 0], [1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="at least one"):
+        generate(lm, embeds, torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]))
+    with pytest.raises(ValueError, match="does not match"):
+        generate(lm, embeds, torch.ones(2, 3))

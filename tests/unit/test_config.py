@@ -1,0 +1,169 @@
+"""Config loading: YAML, dotted overrides, type and range errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from metamapper.config import (
+    Config,
+    ConfigError,
+    config_from_dict,
+    dump_config,
+    load_config,
+)
+from metamapper.meta.maml import InnerLoop
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+
+
+def test_smoke_yaml_loads_with_its_values_and_defaults_elsewhere() -> None:
+    cfg = load_config(SMOKE)
+    assert isinstance(cfg, Config)
+    assert (cfg.backbones.vision, cfg.backbones.lm, cfg.backbones.seed) == ("tiny-clip", "tiny-lm", 0)
+    assert (cfg.mapper.prefix_len, cfg.mapper.num_heads) == (2, 4)
+    assert (cfg.data.source, cfg.train.method, cfg.train.updates, cfg.train.meta_batch) == (
+        "synthetic", "in_context", 20, 4)
+    assert cfg.eval.shots == [1]
+    assert cfg.train.lr == 1e-3 and cfg.train.keep_last == 3  # defaults
+
+
+def test_no_file_gives_the_defaults() -> None:
+    assert load_config(None) == Config()
+
+
+def test_dotted_overrides_reach_nested_sections_with_types() -> None:
+    cfg = load_config(SMOKE, [
+        "train.inner.steps=5", "train.inner.lr=0.05", "train.inner.first_order=false",
+        "train.updates=7", "mapper.prefix_len=3", "eval.shots=[1, 5]", "data.feature_cache=/tmp/x",
+        "train.step_weights=[0, 0, 0.25, 0.25, 0.25, 0.25]", "train.lr=0.01",
+    ])
+    assert isinstance(cfg.train.inner, InnerLoop)
+    assert (cfg.train.inner.steps, cfg.train.inner.lr, cfg.train.inner.first_order) == (5, 0.05, False)
+    assert cfg.train.inner.adapt == "all"  # untouched fields keep their defaults
+    assert (cfg.train.updates, cfg.mapper.prefix_len, cfg.eval.shots) == (7, 3, [1, 5])
+    assert cfg.data.feature_cache == "/tmp/x"
+    assert cfg.train.step_weights == [0.0, 0.0, 0.25, 0.25, 0.25, 0.25]
+    assert isinstance(cfg.train.lr, float) and cfg.train.lr == 0.01
+    assert cfg.train.meta_batch == 4  # from the file
+
+
+def test_override_of_an_int_field_with_an_int_converts_to_float() -> None:
+    assert load_config(SMOKE, ["train.lr=1"]).train.lr == 1.0
+
+
+def test_exponent_notation_override_is_a_number() -> None:
+    # PyYAML reads "1e-4" (no dot) as a string; learning rates are usually written that way.
+    assert load_config(SMOKE, ["train.lr=1e-4"]).train.lr == pytest.approx(1e-4)
+
+
+def test_nested_yaml_section(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  method: maml\n  inner:\n    steps: 3\n    meta_sgd: true\n")
+    cfg = load_config(p)
+    assert cfg.train.method == "maml"
+    assert (cfg.train.inner.steps, cfg.train.inner.meta_sgd) == (3, True)
+
+
+def test_dump_and_load_round_trip(tmp_path: Path) -> None:
+    cfg = load_config(SMOKE, ["train.inner.steps=2", "train.step_weights=[0.5, 0.5, 1.0]"])
+    p = tmp_path / "dumped.yaml"
+    p.write_text(dump_config(cfg))
+    assert load_config(p) == cfg
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("train.bogus=1", "train.bogus"), ("train.inner.bogus=1", "train.inner.bogus"),
+     ("bogus.x=1", "bogus"), ("mapper.prefix=4", "mapper.prefix")],
+)
+def test_unknown_key_error_names_the_key(override: str, key: str) -> None:
+    with pytest.raises(ConfigError, match="unknown config key") as e:
+        load_config(SMOKE, [override])
+    assert repr(key) in str(e.value)
+
+
+def test_unknown_key_in_the_file_names_the_key_and_the_file(tmp_path: Path) -> None:
+    p = tmp_path / "bad.yaml"
+    p.write_text("data:\n  wayz: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "'data.wayz'" in str(e.value) and str(p) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "what"),
+    [
+        ("train.updates=abc", "train.updates", "integer"),
+        ("train.updates=1.5", "train.updates", "integer"),
+        ("mapper.prefix_len=true", "mapper.prefix_len", "integer"),
+        ("train.lr=fast", "train.lr", "number"),
+        ("train.cosine=3", "train.cosine", "true/false"),
+        ("train.method=3", "train.method", "string"),
+        ("eval.shots=5", "eval.shots", "list"),
+        ("eval.shots=[1, x]", "eval.shots[1]", "integer"),
+        ("train.inner=5", "train.inner", "mapping"),
+    ],
+)
+def test_wrong_types_name_the_key(override: str, key: str, what: str) -> None:
+    with pytest.raises(ConfigError, match=what) as e:
+        load_config(SMOKE, [override])
+    assert key in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.lr=-0.1", "train.lr"),
+        ("train.lr=0", "train.lr"),
+        ("data.ways=1", "data.ways"),
+        ("data.shots=0", "data.shots"),
+        ("data.queries_per_class=0", "data.queries_per_class"),
+        ("train.method=reptile", "train.method"),
+        ("mapper.kind=lstm", "mapper.kind"),
+        ("mapper.prefix_len=0", "mapper.prefix_len"),
+        ("data.naming=weird", "data.naming"),
+        ("train.meta_batch=0", "train.meta_batch"),
+        ("train.updates=-1", "train.updates"),
+        ("train.inner.steps=-1", "inner steps"),
+        ("train.inner.lr=-0.5", "inner learning rate"),
+    ],
+)
+def test_out_of_range_values_are_refused(override: str, key: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(SMOKE, [override])
+    assert key in str(e.value)
+
+
+def test_valid_edge_values_are_accepted() -> None:
+    cfg = load_config(SMOKE, ["data.ways=2", "data.shots=1", "train.updates=0", "train.inner.steps=0"])
+    assert (cfg.data.ways, cfg.data.shots, cfg.train.updates) == (2, 1, 0)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="does not exist") as e:
+        load_config(tmp_path / "nope.yaml")
+    assert "nope.yaml" in str(e.value)
+
+
+def test_invalid_yaml_and_non_mapping(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    lst = tmp_path / "list.yaml"
+    lst.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(lst)
+
+
+def test_override_without_equals_sign() -> None:
+    with pytest.raises(ConfigError, match="key.sub=value"):
+        load_config(SMOKE, ["train.updates"])
+
+
+def test_config_error_is_a_value_error() -> None:
+    # the CLI turns ValueError into a one-line message with exit code 2
+    assert issubclass(ConfigError, ValueError)
