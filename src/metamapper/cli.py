@@ -25,19 +25,27 @@ def _cmd_train(a: argparse.Namespace) -> None:
     else:
         from metamapper.train.episodic import train
     out = train(cfg, a.out, resume=a.resume)
-    print(f"run written to {out}")
+    from metamapper.train.distributed import is_main
+
+    if is_main():
+        print(f"run written to {out}")
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
     from metamapper.eval.report import results_table
     from metamapper.eval.tasksets import evaluate_run, evaluation_tasks
     from metamapper.pretrained import load_run
+    from metamapper.train.distributed import init_from_env
 
+    rank, _ = init_from_env()  # under torchrun, ranks share the tasks; rank 0 reports
     run = load_run(a.checkpoint)
     ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=a.tasks, seed=a.seed)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
-                       induction=a.task_induction, feature_cache=a.feature_cache)
+                       induction=a.task_induction, feature_cache=a.feature_cache,
+                       progress=rank == 0)
     res["dataset"] = a.dataset
+    if rank != 0:
+        return
     print(results_table([res]))
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=2))
@@ -165,7 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # config overrides (key.sub=value) may stand anywhere on the line, before or after options
+    args, extra = parser.parse_known_args(argv)
+    bad = [x for x in extra if x.startswith("-") or "=" not in x or not hasattr(args, "overrides")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = [*(args.overrides or []), *extra]
     try:
         args.fn(args)
     except KeyboardInterrupt:

@@ -124,6 +124,7 @@ def evaluate(
     support_fit: bool = False,
     progress: bool = True,
     n_examples: int = 5,
+    distributed: bool = False,
 ) -> EvalResult:
     """Meta-test ``model`` on ``tasks`` with ``method``; exact match with a 95% CI.
 
@@ -137,7 +138,13 @@ def evaluate(
         lrs: learned inner learning rates (Meta-SGD), if the model was trained with them.
         batch_tasks: tasks adapted and answered together.
         support_fit: also measure whether the adapted model names its own support images.
+        distributed: in a ``torchrun`` job, each rank answers a disjoint share of the tasks and
+            every rank gets the gathered result (identical to one process's).
     """
+    from metamapper.train import distributed as dist_utils
+
+    rank, world = dist_utils.rank_world() if distributed else (0, 1)
+    tasks = dist_utils.shard(tasks, rank, world)
     m = get_method(method)
     n_steps = m.default_steps if m.default_steps is not None else steps
     base = loop or InnerLoop()
@@ -177,6 +184,16 @@ def evaluate(
     finally:
         bar.close()
         model.train(was_training)
+    if world > 1:  # back in the original task order: rank r held tasks r, r + world, ...
+        parts = dist_utils.gather((per_task, fits, n_queries, examples))
+        ordered: list[float] = [0.0] * sum(len(p[0]) for p in parts)
+        for r, p in enumerate(parts):
+            for i, v in enumerate(p[0]):
+                ordered[i * world + r] = v  # rank r held task r + i * world
+        per_task = ordered
+        fits = [f for p in parts for f in p[1]]
+        n_queries = sum(p[2] for p in parts)
+        examples = [e for p in parts for e in p[3]][:n_examples]
     acc, ci = mean_ci95(per_task)
     fit = sum(fits) / len(fits) if fits else None
     return EvalResult(method=method, accuracy=acc, ci95=ci, n_tasks=len(per_task),

@@ -74,13 +74,14 @@ def evaluate_run(run: object, taskset: TaskSet, *, method: str | None = None, st
         raise ValueError("no task left to evaluate (every task has an unreadable image)")
     loop = replace(cfg.train.inner, steps=n_steps)
     res: EvalResult = evaluate(model, tasks, table, method=method, steps=n_steps, loop=loop,
-                               lrs=run.lrs, batch_tasks=batch_tasks, progress=progress)  # type: ignore[attr-defined]
+                               lrs=run.lrs, batch_tasks=batch_tasks, progress=progress,  # type: ignore[attr-defined]
+                               distributed=True)
     out = res.to_dict()
     out.update(ways=tasks[0].ways, shots=tasks[0].shots, repeats=repeats, induction=induction,
                skipped_images=[k for k, _ in table.skipped])
     if with_zero_steps and m.default_steps is None and res.steps > 0:
         zero = evaluate(model, tasks, table, method=method, steps=0, loop=replace(loop, steps=0),
-                        batch_tasks=batch_tasks, progress=progress)
+                        batch_tasks=batch_tasks, progress=progress, distributed=True)
         out["accuracy_0_steps"] = zero.accuracy
         out["ci95_0_steps"] = zero.ci95
     return out

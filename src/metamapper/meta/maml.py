@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -133,7 +134,7 @@ def task_losses(
     row_task = torch.tensor(eb.row_task)
     prefixes = task_prefixes(model, eb.features, batch, row_task, params)  # (S, l, D)
     per_row = model.loss(eb.features, batch, prefixes=prefixes, per_row=True)  # (rows,)
-    sums = torch.zeros(len(episodes), device=per_row.device).index_add(0, row_task.to(per_row.device), per_row)
+    sums = torch.zeros(len(episodes), device=per_row.device, dtype=per_row.dtype).index_add(0, row_task.to(per_row.device), per_row)
     counts = torch.bincount(row_task, minlength=len(episodes)).clamp(min=1).to(per_row.device)
     return sums / counts
 
@@ -171,7 +172,8 @@ def adapt(
         current = [{k: _task_copy(base[k]) for k in names} for _ in episodes]
         traj = [current]
         for step in range(loop.steps):
-            losses = task_losses(model, episodes, current, support_rows, batched=batched)
+            with _double_backward_safe(create_graph):
+                losses = task_losses(model, episodes, current, support_rows, batched=batched)
             flat = [p for d in current for p in d.values()]
             grads = iter(torch.autograd.grad(losses.sum(), flat, create_graph=create_graph))
             new = []
@@ -185,6 +187,16 @@ def adapt(
             current = new
             traj.append(current)
     return traj
+
+
+def _double_backward_safe(create_graph: bool) -> contextlib.AbstractContextManager[None]:
+    """Second-order MAML differentiates the support forward twice; fused CPU/GPU attention
+    kernels have no double backward, so that forward uses the plain-math SDPA kernel."""
+    if not create_graph:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def _task_copy(p: torch.Tensor) -> torch.Tensor:

@@ -188,7 +188,9 @@ def _pick(
 
 def _check_inputs(inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
     if inputs_embeds.ndim != 3:
-        raise ValueError(f"inputs_embeds must be (batch, length, dim), got {tuple(inputs_embeds.shape)}")
+        raise ValueError(
+            f"inputs_embeds must be (batch, length, dim), got {tuple(inputs_embeds.shape)}"
+        )
     if attention_mask.shape != inputs_embeds.shape[:2]:
         raise ValueError(
             f"attention_mask {tuple(attention_mask.shape)} does not match inputs_embeds "
@@ -287,7 +289,7 @@ def generate(
                         position_ids=positions, use_cache=use_cache, logits_to_keep=1)
         else:
             # one new real token per row: its query always sees itself, so the 2D mask is safe
-            out = model(inputs_embeds=embeds[:, -1:], attention_mask=real.long(),
+            out = model(inputs_embeds=embeds, attention_mask=real.long(),
                         position_ids=positions[:, -1:], use_cache=True, logits_to_keep=1,
                         **{cache_kw: cache})
         cache = _output_cache(out) if use_cache else None
@@ -300,13 +302,15 @@ def generate(
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         # finished rows keep decoding in the batch (cheaper than reshaping the cache); their
-        # tokens after the stop are ignored
-        embeds = torch.cat([embeds, lm.embed(token)[:, None].to(embeds.dtype)], 1)
+        # tokens after the stop are ignored. With the cache only the new embedding is fed.
+        new_embed = lm.embed(token)[:, None].to(embeds.dtype)  # (B, 1, d)
+        embeds = new_embed if use_cache else torch.cat([embeds, new_embed], 1)
         real = torch.cat([real, real.new_ones(batch, 1)], 1)
         positions = torch.cat([positions, positions[:, -1:] + 1], 1)
 
     token_ids = [new_tokens[b, : int(n_new[b])].tolist() for b in range(batch)]
-    texts = [_answer_text(lm, ids, int(s)) for ids, s in zip(token_ids, stop_token.tolist(), strict=True)]
+    stops_hit = stop_token.tolist()  # -1: no stop token (ran to max_new_tokens)
+    texts = [_answer_text(lm, ids, s) for ids, s in zip(token_ids, stops_hit, strict=True)]
     return GenerationOutput(token_ids=token_ids, texts=texts)
 
 

@@ -224,11 +224,13 @@ class MetaMapper(nn.Module):
         labels = batch.labels.to(emb.device)[:, 1:]  # the token predicted at position t is t+1
         sel = labels != IGNORE  # (B, T-1)
         logits = self.lm.head(hidden[:, :-1][sel])  # (n_targets, vocab)
-        tok_loss = F.cross_entropy(logits.float(), labels[sel], reduction="none")
+        # at least float32 for the softmax (a float64 model stays float64)
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        tok_loss = F.cross_entropy(logits, labels[sel], reduction="none")
         if not per_row:
             return tok_loss.mean()
         rows = sel.nonzero()[:, 0]
-        sums = torch.zeros(batch.n_rows, device=emb.device).index_add(0, rows, tok_loss)
+        sums = torch.zeros(batch.n_rows, device=emb.device, dtype=tok_loss.dtype).index_add(0, rows, tok_loss)
         counts = sel.sum(1).clamp(min=1)
         return sums / counts  # (B,)
 

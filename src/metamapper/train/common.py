@@ -116,11 +116,14 @@ def write_run_config(run_dir: Path, cfg: Config) -> None:
 class MetricsLog:
     """Append-only JSONL metrics (``metrics.jsonl`` in the run folder)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, enabled: bool = True) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.start = time.time()
+        self.enabled = enabled  # only rank 0 logs in distributed runs
 
     def write(self, **record: Any) -> None:
+        if not self.enabled:
+            return
         record.setdefault("time_s", round(time.time() - self.start, 2))
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
@@ -138,14 +141,20 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.tasks import filter_tasks
     from metamapper.models.factory import build_model, build_vision
+    from metamapper.train import distributed
     from metamapper.train.sources import training_tasks
 
     t = cfg.train
     train_set, val_set = training_tasks(cfg.data, max(1, t.updates * t.meta_batch), t.seed)
     vision = build_vision(cfg.backbones)
+    rank, world = distributed.rank_world()
     tables = []
     for ts in (train_set, val_set):
-        keys = [k for task in ts.tasks for k in task.image_keys()]
+        keys = list(dict.fromkeys(k for task in ts.tasks for k in task.image_keys()))
+        if world > 1:  # ranks encode disjoint shares of the images in parallel, then all load all
+            FeatureTable.from_cache(vision, ts.images, distributed.shard(keys, rank, world),
+                                    root=cfg.data.feature_cache, progress=progress)
+            distributed.barrier()
         tables.append(FeatureTable.from_cache(vision, ts.images, keys, root=cfg.data.feature_cache,
                                               progress=progress))
     train_tasks = filter_tasks(train_set.tasks, [k for k, _ in tables[0].skipped])

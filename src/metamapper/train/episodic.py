@@ -23,7 +23,7 @@ from metamapper.config import Config
 from metamapper.eval.fewshot import evaluate
 from metamapper.meta.episode import ROW_FORMATS, Episode, episode_from_task
 from metamapper.meta.maml import InnerLearningRates, adapt, meta_loss
-from metamapper.train import common
+from metamapper.train import common, distributed
 
 
 def _noisy(ep: Episode, std: float, gen: torch.Generator) -> Episode:
@@ -40,6 +40,11 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     """
     run_dir = Path(run_dir)
     t = cfg.train
+    rank, world = distributed.init_from_env()
+    if t.meta_batch % world:
+        raise ValueError(f"train.meta_batch={t.meta_batch} must be a multiple of the {world} processes")
+    main = rank == 0
+    progress = progress and main
     common.seed_everything(t.seed)
     run = common.prepare_run(cfg, progress=progress)
     model, table, tasks = run["model"], run["table"], run["train_tasks"]
@@ -55,8 +60,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     start = 0
     if resume and (run_dir / "checkpoints").exists():
         start, _ = common.resume(run_dir, model, opt, sched, lrs)
-    common.write_run_config(run_dir, cfg)
-    log = common.MetricsLog(run_dir)
+    if main:
+        common.write_run_config(run_dir, cfg)
+    log = common.MetricsLog(run_dir, enabled=main)
     query_format = ROW_FORMATS["in_context" if t.method == "in_context" else "prefix"]
     noise_std = t.feature_noise * float(table.features.std()) if t.feature_noise else 0.0
     eval_method = common.eval_method_for(cfg)
@@ -65,13 +71,15 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     model.train()
     bar = tqdm(range(start, t.updates), initial=start, total=t.updates, desc=f"meta-train ({t.method})",
                disable=not progress)
-    if t.updates == 0:  # an untrained (initialised) mapper, e.g. as a baseline
+    if t.updates == 0 and main:  # an untrained (initialised) mapper, e.g. as a baseline
         common.save(run_dir, 0, model, cfg, opt, sched, lrs)
+    say = bar.write if main else (lambda *_a, **_k: None)  # rank 0 speaks for the job
     with common.StopSignal() as stop:
         for step in bar:
             t0 = time.time()
             # sample -> adapt -> query loss -> outer step
             batch_tasks = [tasks[(step * t.meta_batch + i) % len(tasks)] for i in range(t.meta_batch)]
+            batch_tasks = distributed.shard(batch_tasks, rank, world)  # this rank's share
             episodes = [episode_from_task(task, table) for task in batch_tasks]
             if noise_std:
                 gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
@@ -82,10 +90,11 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                 traj = [[{} for _ in episodes]]  # no inner loop: the mapper's own parameters
             loss = meta_loss(model, episodes, traj, query_format, step_weights=t.step_weights)
             opt.zero_grad(set_to_none=True)
-            ok = bool(torch.isfinite(loss))
+            ok = distributed.all_true(bool(torch.isfinite(loss)))
             gnorm = float("nan")
             if ok:
                 loss.backward()
+                distributed.average_gradients(params)  # identical gradients on every rank
                 gnorm = float(torch.nn.utils.clip_grad_norm_(params, t.clip))
                 ok = math.isfinite(gnorm)
             if ok:
@@ -96,7 +105,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                 bad_in_row += 1
             sched.step()
             done = step + 1
-            log.write(step=done, loss=loss.item(), grad_norm=gnorm, skipped=skipped,
+            distributed.fault_hook(rank, done)
+            log.write(step=done, loss=distributed.mean_across(loss.item()), grad_norm=gnorm, skipped=skipped,
                       tasks_per_s=round(t.meta_batch / (time.time() - t0), 2), lr=sched.get_last_lr()[0])
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if bad_in_row >= t.max_bad_updates:
@@ -107,18 +117,20 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             if t.val_every and (done % t.val_every == 0 or done == t.updates):
                 res = evaluate(model, run["val_tasks"][: t.val_tasks], run["val_table"],
                                method=eval_method, steps=t.inner.steps, loop=t.inner, lrs=lrs,
-                               support_fit=t.method == "maml", progress=False)
+                               support_fit=t.method == "maml", progress=False, distributed=True)
                 log.write(step=done, val_accuracy=res.accuracy, val_ci95=res.ci95,
                           val_support_fit=res.support_fit, val_method=eval_method)
-                bar.write(f"update {done}: validation accuracy {res.accuracy:.3f} +/- {res.ci95:.3f}"
+                say(f"update {done}: validation accuracy {res.accuracy:.3f} +/- {res.ci95:.3f}"
                           + (f", support fit {res.support_fit:.3f}" if res.support_fit is not None else ""))
                 model.train()
-            out_of_time = time.time() > deadline
-            if done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stop.stop:
+            out_of_time = distributed.any_flag(time.time() > deadline)
+            stopping = distributed.any_flag(stop.stop)
+            if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping) and main:
                 common.save(run_dir, done, model, cfg, opt, sched, lrs)
-            if out_of_time or stop.stop:
-                why = "a stop signal" if stop.stop else f"train.max_minutes={t.max_minutes}"
-                bar.write(f"stopped after {done} updates ({why}); checkpoint saved, resume with --resume")
+            if out_of_time or stopping:
+                why = "a stop signal" if stopping else f"train.max_minutes={t.max_minutes}"
+                say(f"stopped after {done} updates ({why}); checkpoint saved, resume with --resume")
                 break
     bar.close()
+    distributed.barrier()  # the last checkpoint is on disk before any rank returns
     return run_dir

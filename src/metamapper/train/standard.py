@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from metamapper.config import Config
 from metamapper.eval.fewshot import evaluate
 from metamapper.models.metamapper import Text
-from metamapper.train import common
+from metamapper.train import common, distributed
 
 
 def caption_pairs(tasks: list[object]) -> list[tuple[str, str]]:
@@ -44,6 +44,11 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
 
     run_dir = Path(run_dir)
     t = cfg.train
+    rank, world = distributed.init_from_env()
+    if t.meta_batch % world:
+        raise ValueError(f"train.meta_batch={t.meta_batch} must be a multiple of the {world} processes")
+    main = rank == 0
+    progress = progress and main
     common.seed_everything(t.seed)
     run = common.prepare_run(cfg, progress=progress)
     model, table = run["model"], run["table"]
@@ -54,8 +59,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     start = 0
     if resume and (run_dir / "checkpoints").exists():
         start, _ = common.resume(run_dir, model, opt, sched, None)
-    common.write_run_config(run_dir, cfg)
-    log = common.MetricsLog(run_dir)
+    if main:
+        common.write_run_config(run_dir, cfg)
+    log = common.MetricsLog(run_dir, enabled=main)
     deadline = time.time() + 60 * t.max_minutes if t.max_minutes else math.inf
     model.train()
     bar = tqdm(range(start, t.updates), initial=start, total=t.updates, desc="train (standard)",
@@ -64,20 +70,22 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     with common.StopSignal() as stop:
         for step in bar:
             idx = [int(order[(step * t.meta_batch + i) % len(pairs)]) for i in range(t.meta_batch)]
+            idx = distributed.shard(idx, rank, world)  # this rank's share of the mini-batch
             feats = table([pairs[i][0] for i in idx])  # (batch, n_tokens, dim)
             rows = [[i, Text(" " + sentence(pairs[j][1]), target=True)] for i, j in enumerate(idx)]
             loss = model.loss(feats, model.pack(rows))
             opt.zero_grad(set_to_none=True)
-            ok = bool(torch.isfinite(loss))
+            ok = distributed.all_true(bool(torch.isfinite(loss)))
             if ok:
                 loss.backward()
+                distributed.average_gradients(params)
                 ok = math.isfinite(float(torch.nn.utils.clip_grad_norm_(params, t.clip)))
             if ok:
                 opt.step()
             bad_in_row = 0 if ok else bad_in_row + 1
             sched.step()
             done = step + 1
-            log.write(step=done, loss=loss.item(), skipped=int(not ok))
+            log.write(step=done, loss=distributed.mean_across(loss.item()), skipped=int(not ok))
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if bad_in_row >= t.max_bad_updates:
                 raise common.TrainingDiverged(
@@ -86,14 +94,16 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                 )
             if t.val_every and (done % t.val_every == 0 or done == t.updates):
                 res = evaluate(model, run["val_tasks"][: t.val_tasks], run["val_table"],
-                               method="no-adapt", progress=False)
+                               method="no-adapt", progress=False, distributed=True)
                 log.write(step=done, val_accuracy=res.accuracy, val_ci95=res.ci95, val_method="no-adapt")
                 model.train()
-            out_of_time = time.time() > deadline
-            if done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stop.stop:
+            out_of_time = distributed.any_flag(time.time() > deadline)
+            stopping = distributed.any_flag(stop.stop)
+            if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping) and main:
                 common.save(run_dir, done, model, cfg, opt, sched, None)
-            if out_of_time or stop.stop:
+            if out_of_time or stopping:
                 bar.write(f"stopped after {done} updates; checkpoint saved, resume with --resume")
                 break
     bar.close()
+    distributed.barrier()
     return run_dir

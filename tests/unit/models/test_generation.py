@@ -230,7 +230,9 @@ def test_heavy_padding_gives_finite_logits(impl: str, side: str) -> None:
     lm.model.set_attn_implementation(impl)
     embeds, mask, prompts = _batch(lm, [1, 40, 2, 1], side=side, seed=9)
     finite: list[bool] = []
-    hook = lm.head.register_forward_hook(lambda m, a, out: finite.append(bool(out.isfinite().all())))
+    hook = lm.head.register_forward_hook(
+        lambda module, args, logits: finite.append(bool(logits.isfinite().all()))
+    )
     try:
         out = generate(lm, embeds, mask, max_new_tokens=6, stop_ids=NEVER_STOP)
     finally:

@@ -1,0 +1,171 @@
+"""Training recipes on the smoke config (tiny random backbones, generated images): checkpoints,
+metrics, exact resume, the standard recipe, loading a run for few-shot use, misuse refused."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from metamapper.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
+from metamapper.config import Config, load_config
+from metamapper.data.synthetic import draw
+from metamapper.models.metamapper import MetaMapper
+from metamapper.train import episodic, standard
+
+SMOKE = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
+BASE = ["train.updates=6", "train.meta_batch=2", "train.val_every=0", "train.checkpoint_every=2"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One thread (tiny models on a busy machine) and a private metamapper cache."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("METAMAPPER_CACHE", str(tmp_path_factory.mktemp("mm-cache")))
+        yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def features_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("features")
+
+
+def config(features_dir: Path, *overrides: str) -> Config:
+    return load_config(SMOKE, [*BASE, f"data.feature_cache={features_dir}", *overrides])
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def mapper_weights(path: Path) -> dict[str, torch.Tensor]:
+    return read_checkpoint(path).weights
+
+
+@pytest.fixture(scope="module")
+def in_context_run(tmp_path_factory: pytest.TempPathFactory, features_dir: Path) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "in_context"
+    assert episodic.train(config(features_dir), run, progress=False) == run
+    return run
+
+
+@pytest.fixture(scope="module")
+def maml_run(tmp_path_factory: pytest.TempPathFactory, features_dir: Path) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "maml"
+    cfg = config(features_dir, "train.method=maml", "train.inner.steps=2", "train.updates=4",
+                 "train.val_every=2", "train.val_tasks=2")
+    episodic.train(cfg, run, progress=False)
+    return run
+
+
+def test_in_context_run_writes_checkpoints_config_and_metrics(in_context_run: Path,
+                                                              features_dir: Path) -> None:
+    assert [p.name for p in list_checkpoints(in_context_run)] == [
+        "step-0000002", "step-0000004", "step-0000006"]
+    assert load_config(in_context_run / "config.yaml") == config(features_dir)
+    recs = metrics(in_context_run)
+    assert [r["step"] for r in recs] == [1, 2, 3, 4, 5, 6]
+    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 and r["skipped"] == 0 for r in recs)
+    assert all(math.isfinite(r["grad_norm"]) for r in recs)
+    ck = read_checkpoint(list_checkpoints(in_context_run)[-1], trainer=True)
+    assert ck.step == 6 and ck.meta["method"] == "in_context"
+    assert ck.meta["lm_identity"] == "tiny-lm:llama:seed0"
+    assert ck.meta["vision_identity"] == "tiny-clip:seed0:pooled"
+    assert all(k.startswith("mapper.") for k in ck.weights)
+    first = mapper_weights(list_checkpoints(in_context_run)[0])
+    assert not torch.equal(first["mapper.prefix"], ck.weights["mapper.prefix"])  # it trained
+
+
+def test_maml_run_adapts_validates_and_checkpoints(maml_run: Path) -> None:
+    assert [p.name for p in list_checkpoints(maml_run)] == ["step-0000002", "step-0000004"]
+    recs = metrics(maml_run)
+    train_recs = [r for r in recs if "loss" in r]
+    val_recs = [r for r in recs if "val_accuracy" in r]
+    assert [r["step"] for r in train_recs] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["loss"]) and r["skipped"] == 0 for r in train_recs)
+    assert [r["step"] for r in val_recs] == [2, 4]
+    for r in val_recs:
+        assert 0 <= r["val_accuracy"] <= 1 and r["val_method"] == "maml"
+        assert r["val_support_fit"] is not None and 0 <= r["val_support_fit"] <= 1
+    assert read_checkpoint(list_checkpoints(maml_run)[-1]).meta["method"] == "maml"
+
+
+def test_resume_after_losing_the_last_checkpoint_gives_identical_weights(
+        in_context_run: Path, features_dir: Path, tmp_path: Path) -> None:
+    """As if killed after update 4: the step-6 checkpoint and the metrics of 5-6 never written."""
+    run = tmp_path / "killed"
+    shutil.copytree(in_context_run, run)
+    shutil.rmtree(run / "checkpoints" / "step-0000006")
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
+    episodic.train(config(features_dir), run, resume=True, progress=False)
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5, 6]  # resumed at 5, not from 0
+    want = mapper_weights(in_context_run / "checkpoints" / "step-0000006")
+    got = mapper_weights(run / "checkpoints" / "step-0000006")
+    at4 = mapper_weights(run / "checkpoints" / "step-0000004")
+    assert want.keys() == got.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
+    assert any(not torch.equal(at4[k], want[k]) for k in want)
+    for a, b in zip(metrics(run)[4:], metrics(in_context_run)[4:], strict=True):
+        assert a["loss"] == b["loss"]
+
+
+def test_resume_refuses_a_checkpoint_of_other_backbones(in_context_run: Path, features_dir: Path,
+                                                        tmp_path: Path) -> None:
+    run = tmp_path / "other"
+    shutil.copytree(in_context_run, run)
+    before = sorted(p.name for p in list_checkpoints(run))
+    with pytest.raises(CheckpointError, match="other backbones"):
+        episodic.train(config(features_dir, "backbones.seed=1"), run, resume=True, progress=False)
+    assert sorted(p.name for p in list_checkpoints(run)) == before
+
+
+def test_standard_recipe_runs(tmp_path: Path, features_dir: Path) -> None:
+    run = tmp_path / "standard"
+    cfg = config(features_dir, "train.method=standard", "train.updates=3", "train.meta_batch=4",
+                 "train.checkpoint_every=3")
+    standard.train(cfg, run, progress=False)
+    assert [p.name for p in list_checkpoints(run)] == ["step-0000003"]
+    recs = metrics(run)
+    assert [r["step"] for r in recs] == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) and r["skipped"] == 0 for r in recs)
+    assert read_checkpoint(list_checkpoints(run)[0]).meta["method"] == "standard"
+
+
+def test_from_pretrained_adapts_and_answers(maml_run: Path) -> None:
+    model = MetaMapper.from_pretrained(str(maml_run))
+    assert not model.training
+    support = [draw(6, 0), draw(7, 0)]
+    adapted = model.adapt(support, ["This is a dax.", "This is a blicket."])
+    assert set(adapted.params) == set(dict(model.mapper.named_parameters()))  # inner.steps=2, all
+    assert len(adapted.support_losses) == 3 and all(math.isfinite(x) for x in adapted.support_losses)
+    answers = adapted.answer([draw(6, 1), draw(7, 1), draw(6, 2)], question="This is a")
+    assert len(answers) == 3 and all(isinstance(a, str) for a in answers)
+    with pytest.raises(ValueError, match="captions"):
+        model.adapt(support, ["This is a dax."])
+
+
+def test_from_pretrained_in_context_run_answers(in_context_run: Path) -> None:
+    model = MetaMapper.from_pretrained(str(in_context_run / "checkpoints" / "step-0000004"))
+    adapted = model.adapt([draw(6, 0), draw(7, 0)], ["This is a dax", "This is a blicket"])
+    assert adapted.params == {} and adapted.query_format == "in_context"
+    answers = adapted.answer([draw(7, 3)], question="This is a")
+    assert len(answers) == 1 and isinstance(answers[0], str)
+
+
+def test_adapt_needs_a_pretrained_model() -> None:
+    cfg = load_config(SMOKE)
+    from metamapper.models.factory import build_model
+
+    model = build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16)
+    with pytest.raises(RuntimeError, match="from_pretrained"):
+        model.adapt([draw(0, 0)], ["This is a dax."])
