@@ -4,6 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 QUICK ?=
 FASHION_DIR := /usr/share/datasets/fashion-mnist
+CHROMIUM := /usr/bin/chromium
 
 .PHONY: setup test demo lint bench clean
 
@@ -23,7 +24,16 @@ $(FASHION_DIR)/train-images-idx3-ubyte.gz:
 		echo "Fashion-MNIST missing: run 'sudo apt-get install dataset-fashion-mnist'"; exit 1; \
 	fi
 
-setup: $(BIN)/.installed $(FASHION_DIR)/train-images-idx3-ubyte.gz
+# Debian's Chromium for the browser test of the web demo; needs root, skipped when present
+# (without it, tests/integration/test_web.py skips).
+$(CHROMIUM):
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "Chromium missing: run 'sudo apt-get install chromium chromium-driver' (browser test skips)"; \
+	fi
+
+setup: $(BIN)/.installed $(FASHION_DIR)/train-images-idx3-ubyte.gz $(CHROMIUM)
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

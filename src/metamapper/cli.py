@@ -6,6 +6,7 @@
     metamapper prepare --dataset fashion-open-ended
     metamapper export-fashion DIR --variant open_ended --ways 2 --shots 1 --tasks 500
     metamapper demo [--quick]
+    metamapper serve [--checkpoint runs/demo] [--host 127.0.0.1] [--port 7860]
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     from metamapper.train.distributed import init_from_env
 
     rank, _ = init_from_env()  # under torchrun, ranks share the tasks; rank 0 reports
-    run = load_run(a.checkpoint)
+    # check the cheap things (dataset, ways, shots) before loading the backbones
     ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=a.tasks, seed=a.seed)
+    run = load_run(a.checkpoint)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
                        progress=rank == 0)
@@ -68,10 +70,10 @@ def _cmd_predict(a: argparse.Namespace) -> None:
     from metamapper.pretrained import adapt_to_support, load_run
 
     paths, captions = _parse_support(a.support)
+    support, queries = [load_image(p) for p in paths], [load_image(q) for q in a.query]
     run = load_run(a.checkpoint)
-    adapted = adapt_to_support(run, [load_image(p) for p in paths], captions, steps=a.steps,
-                               method=a.method)
-    answers = adapted.answer([load_image(q) for q in a.query], question=a.question)
+    adapted = adapt_to_support(run, support, captions, steps=a.steps, method=a.method)
+    answers = adapted.answer(queries, question=a.question)
     for q, ans in zip(a.query, answers, strict=True):
         print(ans.strip() if len(a.query) == 1 else f"{q}\t{ans.strip()}")
 
@@ -104,6 +106,15 @@ def _cmd_demo(a: argparse.Namespace) -> None:
     from metamapper.demo import run_demo
 
     run_demo(quick=a.quick, out=a.out)
+
+
+def _cmd_serve(a: argparse.Namespace) -> None:
+    try:
+        from metamapper.web.server import serve
+    except ImportError as e:  # the web libraries are an optional extra
+        raise ValueError(f"the web demo needs pip install 'metamapper[web]' ({e})") from None
+
+    serve(a.checkpoint, host=a.host, port=a.port)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -169,6 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quick", action="store_true", help="a smaller run (about 5 minutes)")
     d.add_argument("--out", default="runs/demo", help="run folder")
     d.set_defaults(fn=_cmd_demo)
+
+    sv = sub.add_parser("serve", help="the local web demo: adapt to captioned images in a browser")
+    sv.add_argument("--checkpoint", help="run folder (default: runs/demo, trained first if missing)")
+    sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    sv.add_argument("--port", type=int, default=7860)
+    sv.set_defaults(fn=_cmd_serve)
     return p
 
 

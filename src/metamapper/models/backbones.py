@@ -195,13 +195,15 @@ def _build_clip(*, path: str = "openai/clip-vit-base-patch32", mode: str = "pool
 
 
 def _random_clip(config_kwargs: dict[str, Any], *, seed: int, mode: str, name: str):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers.models.clip import CLIPImageProcessorPil  # PIL backend: no torchvision
 
+    _quiet_transformers()
     cfg = CLIPVisionConfig(**config_kwargs)
     torch.manual_seed(seed)
     model = CLIPVisionModelWithProjection(cfg)
     size = cfg.image_size
-    processor = CLIPImageProcessor(
+    processor = CLIPImageProcessorPil(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )
     return CLIPVisionEncoder(model, processor, mode=mode, identity=f"{name}:seed{seed}")
@@ -478,6 +480,7 @@ def tiny_tokenizer(vocab_size: int = 300) -> Any:
 def _tiny_lm_model(vocab_size: int, *, arch: str, seed: int) -> nn.Module:
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+    _quiet_transformers()
     torch.manual_seed(seed)
     if arch == "llama":
         cfg = LlamaConfig(

@@ -1,0 +1,377 @@
+"""``metamapper serve``: teach a trained run new names from a few captioned images, in the browser.
+
+The page (``static/``) posts one multipart form to ``POST /api/answer``:
+
+    support   2-10 image files            captions  one text field per support image, same order
+    query     one image file              question  text after the query image (default "This is a")
+    method    optional, a name from ``METHODS`` (default: the method the run was trained for)
+    steps     optional adaptation steps, 0-50 (default: the method's or the run's own)
+
+and gets back JSON ``{"answer", "unadapted", "support_losses", "method", "steps", "seconds"}``, or
+``{"error": "..."}`` with HTTP 400 (413 when the whole body is over its cap).
+
+Safety, in short (docs/WEB.md has the long form):
+
+* binds to 127.0.0.1 unless told otherwise, and says so loudly when told otherwise;
+* the body is read through a byte cap and parsed in memory; the images are decoded from those
+  bytes with PIL (a short list of formats, a pixel cap, ``verify`` then ``load``): nothing is
+  written to disk;
+* the model work runs in a worker thread, one request at a time (a one-token limiter plus a lock),
+  so the event loop keeps serving the page while an adaptation runs; a request waits at most for
+  the adaptations queued before it.
+
+Example::
+
+    from metamapper.pretrained import load_run
+    from metamapper.web.server import create_app
+    app = create_app(load_run("runs/demo"))       # an ASGI app: uvicorn.run(app)
+"""
+
+from __future__ import annotations
+
+import io
+import ipaddress
+import threading
+import time
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from PIL import Image, ImageOps, UnidentifiedImageError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from metamapper.data.images import ImageLoadError
+from metamapper.eval.fewshot import METHODS
+from metamapper.pretrained import LoadedRun, adapt_to_support, load_run
+
+STATIC = Path(__file__).parent / "static"
+DEFAULT_RUN = "runs/demo"
+DEFAULT_QUESTION = "This is a"
+# Only everyday raster formats: PIL plugins such as EPS hand the file to Ghostscript, and nothing
+# a user drops here needs them.
+FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP", "TIFF")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry; checked on the server (the page checks the same for speed)."""
+
+    min_support: int = 2
+    max_support: int = 10
+    max_image_bytes: int = 8 * 1024 * 1024  # per uploaded file
+    max_image_pixels: int = 40_000_000  # well under PIL's bomb limit: decoding stays < ~120 MB
+    max_text_chars: int = 200  # per caption and for the question
+    max_steps: int = 50  # bounds the work one request can ask for
+
+    @property
+    def max_body_bytes(self) -> int:
+        """Every image at its limit plus room for text fields and multipart headers."""
+        return (self.max_support + 1) * self.max_image_bytes + 1024 * 1024
+
+
+class RequestError(ValueError):
+    """A request the user can fix; the message goes back as ``{"error": ...}``."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class DemoAnswer:
+    """One adapted answer, the unadapted one for comparison, and the support-loss curve."""
+
+    answer: str
+    unadapted: str
+    method: str
+    steps: int
+    support_losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def decode_image(data: bytes, name: str, *, limits: Limits = Limits()) -> Image.Image:
+    """Decode uploaded bytes into an RGB image, in memory, with ``load_image``'s checks.
+
+    Args:
+        data: the file's bytes.
+        name: what to call it in error messages (e.g. ``"support image 2 (cat.png)"``).
+        limits: the size and pixel caps.
+
+    Returns:
+        A fully decoded ``PIL.Image.Image`` in mode ``"RGB"``, EXIF orientation applied.
+
+    Raises:
+        ImageLoadError: empty, too large, not an image of an allowed format, corrupt or truncated.
+
+    Example::
+
+        >>> decode_image(Path("cat.png").read_bytes(), "cat.png").mode
+        'RGB'
+    """
+    if not data:
+        raise ImageLoadError(f"{name} is empty (0 bytes)")
+    if len(data) > limits.max_image_bytes:
+        raise ImageLoadError(f"{name} is {len(data) / 2**20:.1f} MB; the limit is "
+                             f"{limits.max_image_bytes / 2**20:.0f} MB per image")
+    try:
+        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
+            im.verify()  # structure and checksums, before spending time on decoding
+        with Image.open(io.BytesIO(data), formats=FORMATS) as im:  # verify() spends the image
+            if im.width * im.height > limits.max_image_pixels:
+                raise ImageLoadError(f"{name} is {im.width}x{im.height} pixels; the limit is "
+                                     f"{limits.max_image_pixels / 1e6:.0f} megapixels")
+            im.load()  # decode now: truncation and corruption surface here, not in the model
+            out = ImageOps.exif_transpose(im).convert("RGB")
+            out.load()
+    except ImageLoadError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise ImageLoadError(f"{name} exceeds PIL's decompression-bomb limit: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{name} is not an image (allowed: {', '.join(FORMATS)})") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageLoadError(f"{name} is corrupt or truncated: {e}") from None
+    return out
+
+
+class DemoModel:
+    """A loaded run shared by all requests; one adaptation at a time (a lock, not a queue)."""
+
+    def __init__(self, run: LoadedRun) -> None:
+        self.run = run
+        # the model is not re-entrant (adaptation builds autograd graphs over shared frozen
+        # weights, and two at once would only split the same CPU cores), so requests take turns
+        self.lock = threading.Lock()
+
+    def answer(self, support: Sequence[Image.Image], captions: Sequence[str], query: Image.Image,
+               question: str, *, method: str | None = None, steps: int | None = None) -> DemoAnswer:
+        """Adapt to the support set and answer the query; blocking (call from a worker thread)."""
+        method = method or self.run.method
+        with self.lock:
+            t0 = time.perf_counter()
+            adapted = adapt_to_support(self.run, support, captions, steps=steps, method=method)
+            answer = adapted.answer([query], question=question)[0]
+            # "no-adapt": the same weights, 0 steps and no support in the context
+            plain = adapt_to_support(self.run, support, captions, method="no-adapt")
+            unadapted = plain.answer([query], question=question)[0]
+            seconds = time.perf_counter() - t0
+        losses = adapted.support_losses
+        return DemoAnswer(answer=answer.strip(), unadapted=unadapted.strip(), method=method,
+                          steps=max(len(losses) - 1, 0), support_losses=losses,
+                          seconds=round(seconds, 3))
+
+
+async def _capped(request: Request, cap: int) -> AsyncGenerator[bytes, None]:
+    # Counting as we read stops a chunked upload with no Content-Length from going past the cap.
+    seen = 0
+    async for chunk in request.stream():
+        seen += len(chunk)
+        if seen > cap:
+            raise RequestError(f"the upload is over {cap / 2**20:.0f} MB in all", status=413)
+        yield chunk
+
+
+async def _read_form(request: Request, limits: Limits) -> list[tuple[str, str | UploadFile]]:
+    if "multipart/form-data" not in request.headers.get("content-type", ""):
+        raise RequestError("send the form as multipart/form-data")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise RequestError(f"the upload is over {limits.max_body_bytes / 2**20:.0f} MB in all",
+                           status=413)
+    parser = MultiPartParser(request.headers, _capped(request, limits.max_body_bytes),
+                             max_files=limits.max_support + 1, max_fields=limits.max_support + 8,
+                             max_part_size=4 * limits.max_text_chars + 1024)
+    # The body is capped, so parts can stay in memory; the default spools anything over 1 MB to
+    # a temporary file on disk.
+    parser.spool_max_size = limits.max_body_bytes
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        raise RequestError(f"bad upload: {e.message}") from None
+    return list(form.multi_items())
+
+
+def _text(value: str | UploadFile | None, what: str, limits: Limits) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise RequestError(f"{what} must be text, not a file")
+    value = value.strip()
+    if len(value) > limits.max_text_chars:
+        raise RequestError(f"{what} is {len(value)} characters; the limit is {limits.max_text_chars}")
+    return value
+
+
+async def _image(upload: str | UploadFile, what: str, limits: Limits) -> Image.Image:
+    if not isinstance(upload, UploadFile):
+        raise RequestError(f"{what} must be a file")
+    if upload.size is not None and upload.size > limits.max_image_bytes:
+        # say so before reading or decoding anything
+        raise RequestError(f"{what} ({upload.filename}) is {upload.size / 2**20:.1f} MB; the limit "
+                           f"is {limits.max_image_bytes / 2**20:.0f} MB per image")
+    data = await upload.read()
+    try:
+        # decoding is CPU work: off the event loop too
+        return await run_in_threadpool(decode_image, data, f"{what} ({upload.filename})",
+                                       limits=limits)
+    except ImageLoadError as e:
+        raise RequestError(str(e)) from None
+
+
+async def parse_request(request: Request, limits: Limits = Limits()) -> dict[str, Any]:
+    """Read and check one ``/api/answer`` form; returns the arguments of ``DemoModel.answer``.
+
+    Raises:
+        RequestError: anything wrong with the upload, with a message for the page.
+    """
+    items = await _read_form(request, limits)
+    support = [v for k, v in items if k == "support"]
+    captions = [v for k, v in items if k == "captions"]
+    queries = [v for k, v in items if k == "query"]
+    fields = {k: v for k, v in items if k in ("question", "method", "steps")}
+    if not limits.min_support <= len(support) <= limits.max_support:
+        raise RequestError(f"give {limits.min_support}-{limits.max_support} support images "
+                           f"(got {len(support)})")
+    if len(captions) != len(support):
+        raise RequestError(f"give one caption per support image ({len(support)} images, "
+                           f"{len(captions)} captions)")
+    texts = [_text(c, f"caption {i + 1}", limits) for i, c in enumerate(captions)]
+    if missing := [str(i + 1) for i, c in enumerate(texts) if not c]:
+        raise RequestError(f"caption {', '.join(missing)} is empty: write what the image shows, "
+                           "e.g. 'This is a dax.'")
+    if len(queries) != 1:
+        raise RequestError(f"give one query image (got {len(queries)})")
+    question = _text(fields.get("question"), "the question", limits) or DEFAULT_QUESTION
+    method = _text(fields.get("method"), "the method", limits) or None
+    if method is not None and method not in METHODS:
+        raise RequestError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    steps_text = _text(fields.get("steps"), "steps", limits)
+    steps = None
+    if steps_text:
+        if not steps_text.isdigit() or int(steps_text) > limits.max_steps:
+            raise RequestError(f"steps must be a whole number from 0 to {limits.max_steps}")
+        steps = int(steps_text)
+    images = [await _image(u, f"support image {i + 1}", limits) for i, u in enumerate(support)]
+    query = await _image(queries[0], "the query image", limits)
+    return {"support": images, "captions": texts, "query": query, "question": question,
+            "method": method, "steps": steps}
+
+
+def create_app(run: LoadedRun, *, limits: Limits = Limits()) -> FastAPI:
+    """The demo's ASGI app over a loaded run.
+
+    Routes: ``GET /`` (the page), ``GET /static/*``, ``GET /api/info`` (run, methods, limits),
+    ``POST /api/answer`` (see the module docstring).
+
+    Example::
+
+        app = create_app(load_run("runs/demo"))
+        uvicorn.run(app, host="127.0.0.1", port=7860)
+    """
+    model = DemoModel(run)
+    # One token: waiting requests queue on the event loop instead of each parking a pool thread on
+    # the model lock, so a queue of adaptations cannot starve the threads that serve files.
+    model_turn = anyio.CapacityLimiter(1)
+    app = FastAPI(title="metamapper demo", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.model = model
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Any:
+        response = await call_next(request)
+        # the page loads only its own files; previews are blob: URLs
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; img-src 'self' blob: data:; object-src 'none'; "
+            "base-uri 'none'; frame-ancestors 'none'")
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        return response
+
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/info")
+    async def info() -> dict[str, Any]:
+        inner = run.config.train.inner
+        return {"run": str(run.path), "method": run.method, "methods": list(METHODS),
+                "inner_steps": inner.steps, "default_question": DEFAULT_QUESTION,
+                "limits": {**asdict(limits), "max_body_bytes": limits.max_body_bytes}}
+
+    @app.post("/api/answer")
+    async def answer(request: Request) -> dict[str, Any]:
+        args = await parse_request(request, limits)
+        try:
+            # the model work blocks for seconds: a worker thread keeps the event loop serving
+            result = await anyio.to_thread.run_sync(lambda: model.answer(**args),
+                                                    limiter=model_turn)
+        except ValueError as e:  # adapt_to_support's own checks (captions, methods)
+            raise RequestError(str(e)) from None
+        return asdict(result)
+
+    return app
+
+
+def ensure_default_run(run_dir: str | Path = DEFAULT_RUN) -> Path:
+    """Return ``run_dir`` with a valid checkpoint, training it with ``metamapper demo`` if needed.
+
+    The full demo (meta-training, baselines, evaluation) takes a while on CPU; its progress bars
+    go to the terminal. A half-finished run resumes from its last checkpoint.
+    """
+    from metamapper.checkpoint import CheckpointError, latest_checkpoint
+
+    run_dir = Path(run_dir)
+    try:
+        latest_checkpoint(run_dir)
+        return run_dir
+    except CheckpointError:
+        pass
+    print(f"metamapper serve: no trained run in {run_dir}/; training the embedded default first "
+          "(`metamapper demo`: several minutes to tens of minutes on CPU, progress below). "
+          "Pass --checkpoint RUN_DIR to serve another run.", flush=True)
+    from metamapper.demo import run_demo
+
+    run_demo(quick=False, out=run_dir)
+    return run_dir
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(checkpoint: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 7860) -> None:
+    """Load a run (default: ``runs/demo``, trained first if missing) and serve the demo until ^C.
+
+    Args:
+        checkpoint: a run folder or checkpoint folder; ``None`` for the embedded default run.
+        host: the address to bind; anything but loopback exposes the demo to the network.
+        port: the TCP port.
+    """
+    import uvicorn
+
+    run_dir = Path(checkpoint) if checkpoint is not None else ensure_default_run()
+    print(f"metamapper serve: loading {run_dir} ...", flush=True)
+    run = load_run(run_dir)
+    if not _is_loopback(host):
+        print(f"metamapper serve: WARNING: binding to {host} makes the demo reachable from other "
+              "machines; it has no authentication.", flush=True)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"metamapper serve: {run.path} ({run.method}) on http://{shown}:{port}/  (^C stops)",
+          flush=True)
+    uvicorn.run(create_app(run), host=host, port=port, log_level="info")
