@@ -4,7 +4,9 @@ A run folder holds ``config.yaml`` and ``checkpoints/step-NNNNNNN/`` folders, ea
 ``mapper.safetensors`` (the only trained weights), ``meta.json`` (step, method, backbone
 identities, dimensions, the SHA-256 of the weights) and, for resuming, ``trainer.pt`` (optimizer,
 scheduler and RNG states). A checkpoint folder appears whole or not at all (written in a temporary
-folder, then renamed). Loading for inference needs only safetensors and the JSON.
+folder, then renamed); a temporary folder left by a killed writer is never read and is removed
+by the next save. Pruning to the last ``keep_last`` never removes the checkpoint just written.
+Loading for inference needs only safetensors and the JSON.
 """
 
 from __future__ import annotations
@@ -44,6 +46,20 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(
     run_dir: str | os.PathLike[str],
     *,
@@ -53,12 +69,18 @@ def save_checkpoint(
     trainer_state: dict[str, Any] | None = None,
     keep_last: int = 3,
 ) -> Path:
-    """Write ``checkpoints/step-{step}`` atomically and prune all but the last ``keep_last``."""
+    """Write ``checkpoints/step-{step}`` atomically and prune all but the last ``keep_last``.
+
+    One process writes a run's checkpoints, so temporary folders it finds are leftovers of a
+    killed save and are removed. ``keep_last`` counts the new checkpoint; 0 keeps everything.
+    """
     for k, v in weights.items():
         if not torch.isfinite(v).all():
             raise CheckpointError(f"refusing to write a checkpoint with non-finite weights in {k!r}")
     root = Path(run_dir) / CKPT_DIR
     root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):  # a save killed half-way
+        shutil.rmtree(stale, ignore_errors=True)
     final = root / f"step-{step:07d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     try:
@@ -73,11 +95,16 @@ def save_checkpoint(
                 os.fsync(fh.fileno())
         if final.exists():
             shutil.rmtree(final)
+        _fsync_dir(tmp)
         os.replace(tmp, final)
+        _fsync_dir(root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    if keep_last > 0:
+        # The new one always stays, even when newer (corrupt, skipped on resume) steps exist.
+        older = [p for p in list_checkpoints(run_dir) if p != final]
+        for old in older[: max(0, len(older) - (keep_last - 1))]:
+            shutil.rmtree(old, ignore_errors=True)
     return final
 
 
@@ -93,12 +120,16 @@ def read_checkpoint(path: str | os.PathLike[str], *, trainer: bool = False) -> C
     """Read and verify one checkpoint folder (raises ``CheckpointError`` naming what is wrong)."""
     p = Path(path)
     meta_file, weights_file = p / "meta.json", p / "mapper.safetensors"
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
     if not meta_file.is_file() or not weights_file.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} is incomplete (meta.json or mapper.safetensors missing)")
     try:
         meta = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as e:
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8
         raise CheckpointError(f"checkpoint {str(meta_file)!r} is corrupt: {e}") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("step"), int):
+        raise CheckpointError(f"checkpoint {str(meta_file)!r} is corrupt (no integer 'step')")
     if meta.get("sha256") != _sha256(weights_file):
         raise CheckpointError(f"checkpoint {str(weights_file)!r} is corrupt (checksum mismatch)")
     try:

@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -232,6 +233,24 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"mapper.prefix_len must be >= 1, got {cfg.mapper.prefix_len}")
     if d.naming not in ("made_up", "mixed", "real"):
         raise ConfigError(f"data.naming must be made_up, mixed or real, got {d.naming!r}")
+    m = cfg.mapper
+    if not 0 <= m.dropout < 1:
+        raise ConfigError(f"mapper.dropout must be in [0, 1), got {m.dropout}")
+    # the settings a long run relies on to save, resume and stop
+    at_least = {"train.checkpoint_every": (t.checkpoint_every, 1), "train.keep_last": (t.keep_last, 0),
+                "train.max_bad_updates": (t.max_bad_updates, 1), "train.val_every": (t.val_every, 0),
+                "train.warmup": (t.warmup, 0), "train.val_tasks": (t.val_tasks, 1)}
+    for key, (value, low) in at_least.items():
+        if value < low:
+            raise ConfigError(f"{key} must be >= {low}, got {value}")
+    for key, value in {"train.clip": t.clip, "train.max_minutes": t.max_minutes}.items():
+        if value is not None and not value > 0:
+            raise ConfigError(f"{key} must be > 0, got {value}")
+    for key, value in {"train.weight_decay": t.weight_decay, "train.feature_noise": t.feature_noise}.items():
+        if not value >= 0:
+            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if not math.isfinite(t.lr):
+        raise ConfigError(f"train.lr must be a finite number, got {t.lr}")
 
 
 def dump_config(cfg: Config) -> str:

@@ -47,7 +47,7 @@ _FILE = re.compile(
     r"^(?P<name>" + "|".join(BENCHMARK_NAMES) + r")_shots_(?P<shots>\d+)_ways_(?P<ways>\d+)"
     r"_all_questions\.json$"
 )
-_PAIR = re.compile(r"^(caption|image)_(\d+)$")
+_PAIR = re.compile(r"^(caption|image)_([0-9]+)$")
 _STRIP = " \t\n.,!?;:\"'"
 
 
@@ -113,12 +113,20 @@ def _words(captions: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _outside(root: Path, name: str) -> bool:
+    """Whether image ``name`` points outside the benchmark folder (absolute, ``..``, a link)."""
+    if not name or "\0" in name or os.path.isabs(name) or ".." in Path(name).parts:
+        return True
+    try:
+        return not (root / name).resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, an unrepresentable name
+        return True
+
+
 def _resolve(root: Path, name: str) -> str | None:
     """The key (path relative to ``root``) of image ``name``, or None if it is not there."""
-    if os.path.isabs(name) or ".." in Path(name).parts:
-        return None
     for key in (name, f"images/{name}"):
-        if (root / key).is_file():
+        if not _outside(root, key) and (root / key).is_file():
             return key
     return None
 
@@ -144,16 +152,17 @@ def _parse_record(
     if not rec["answer"].strip():
         raise BenchmarkFormatError(f"{where}: empty answer")
     n_pairs = ways * shots
-    indices = {int(m[2]) for k in rec if (m := _PAIR.match(k))}
-    expected = set(range(1, n_pairs + 1))
+    # indices as written ("01" is not "1"); compared as text, so a 5000-digit index is no crash
+    indices = {m[2] for k in rec if (m := _PAIR.match(k))}
+    expected = {str(i) for i in range(1, n_pairs + 1)}
     if indices != expected:
-        extra = sorted(indices - expected)
-        lacking = sorted(expected - indices)
+        extra = sorted(indices - expected, key=lambda i: (len(i), i))
+        lacking = sorted(expected - indices, key=int)
         raise BenchmarkFormatError(
             f"{where}: expected exactly {n_pairs} support pairs (caption_i/image_i, i = 1.."
             f"{n_pairs} for {ways} ways x {shots} shots)"
-            + (f"; missing i = {lacking[:5]}" if lacking else "")
-            + (f"; unexpected i = {extra[:5]}" if extra else "")
+            + (f"; missing i = {', '.join(lacking[:5])}" if lacking else "")
+            + (f"; unexpected i = {', '.join(i[:12] for i in extra[:5])}" if extra else "")
         )
     support = []
     for i in range(1, n_pairs + 1):
@@ -169,6 +178,11 @@ def _parse_record(
         support.append((rec[f"image_{i}"], caption))
 
     def key_of(image: str, field: str) -> str:
+        if not image.strip():
+            raise BenchmarkFormatError(f"{where}: empty {field}")
+        if _outside(root, image):
+            raise BenchmarkFormatError(f"{where}: {field} path {image[:200]!r} points outside "
+                                       f"the benchmark folder {root}")
         key = _resolve(root, image)
         if key is None:
             raise BenchmarkFormatError(f"{where}: {field} file {image!r} not found in {root} "
@@ -231,6 +245,11 @@ def load_benchmark(
                                    f"{e.msg}") from None
     except UnicodeDecodeError as e:
         raise BenchmarkFormatError(f"{path}: not UTF-8 text ({e})") from None
+    except (ValueError, RecursionError) as e:  # a number over 4300 digits, nesting too deep
+        raise BenchmarkFormatError(f"{path}: unreadable JSON ({type(e).__name__}: "
+                                   f"{str(e)[:200]})") from None
+    except OSError as e:
+        raise BenchmarkFormatError(f"{path}: cannot be read ({e})") from None
     if not isinstance(records, list):
         raise BenchmarkFormatError(f"{path}: expected a JSON list of task records, got "
                                    f"{type(records).__name__}")

@@ -2,7 +2,10 @@
 
 ``load_image`` returns a fully decoded RGB image with its EXIF orientation applied, and turns every
 failure (missing, empty, corrupt or truncated file, decompression bomb) into an ``ImageLoadError``
-whose message names the file and the problem. PIL's decompression-bomb limit stays on.
+whose message names the file and the problem. PIL's decompression-bomb limit stays on, and an
+image over ``Image.MAX_IMAGE_PIXELS`` is refused (PIL itself only warns up to twice the limit).
+Transparent images are composited on white (the transparent pixels' hidden colours are often
+black or garbage); 16-bit greyscale is scaled to 8 bits (PIL's own conversion clips it to 255).
 
 Example::
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -24,6 +28,23 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 
 class ImageLoadError(ValueError):
     """An image that cannot be loaded; the message names the file or key and the problem."""
+
+
+_WIDE_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit (and 32-bit int) greyscale
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """RGB without silent damage: alpha over white, 16-bit greyscale scaled, not clipped."""
+    if im.mode in _WIDE_GREY:
+        # read as 16-bit: 0..65535 -> 0..255 (PIL's convert("RGB") would clip at 255)
+        grey = np.asarray(im, dtype=np.int64).clip(0, 65535) >> 8
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")  # (h, w) uint8: "L"
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+            im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
 
 
 def load_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -36,9 +57,13 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         A ``PIL.Image.Image`` in mode ``"RGB"`` whose pixels are already read (the file is
         closed).
 
+    Transparent pixels are composited on white; 16-bit greyscale is scaled to 8 bits; CMYK,
+    palette and other modes go through PIL's conversion.
+
     Raises:
         ImageLoadError: the file is missing, empty, not an image, corrupt or truncated, or
-            larger than PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``).
+            larger than PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``). Any error
+            the decoder raises on a malformed file becomes an ``ImageLoadError`` too.
 
     Example::
 
@@ -50,7 +75,7 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         size = p.stat().st_size
     except FileNotFoundError:
         raise ImageLoadError(f"image file {str(p)!r} does not exist") from None
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
         raise ImageLoadError(f"image file {str(p)!r} cannot be read: {e}") from None
     if not p.is_file():
         raise ImageLoadError(f"image path {str(p)!r} is not a file")
@@ -58,10 +83,16 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
         raise ImageLoadError(f"image file {str(p)!r} is empty (0 bytes)")
     try:
         with Image.open(p) as im:
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and im.width * im.height > limit:  # before decoding a single pixel
+                raise ImageLoadError(
+                    f"image file {str(p)!r} has {im.width}x{im.height} pixels, over the "
+                    f"decompression-bomb limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)")
             im.load()  # decode now: truncation and corruption surface here, not later
-            out = ImageOps.exif_transpose(im)
-            out = out.convert("RGB")
+            out = _to_rgb(ImageOps.exif_transpose(im))
             out.load()
+    except ImageLoadError:
+        raise
     except Image.DecompressionBombError as e:
         raise ImageLoadError(f"image file {str(p)!r} exceeds PIL's decompression-bomb "
                              f"limit: {e}") from None
@@ -70,6 +101,11 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
                              "(corrupt or unknown format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageLoadError(f"image file {str(p)!r} is corrupt or truncated: {e}") from None
+    except MemoryError:
+        raise ImageLoadError(f"image file {str(p)!r} is too large to decode in memory") from None
+    except Exception as e:  # decoders raise odd types on crafted files (struct.error, ...)
+        raise ImageLoadError(f"image file {str(p)!r} is corrupt ({type(e).__name__}: "
+                             f"{e})") from None
     return out
 
 
@@ -102,9 +138,12 @@ class FolderImageSource:
 
     def path(self, key: str) -> Path:
         """The file of ``key``; raises ``ImageLoadError`` if the key escapes the folder."""
-        if not key or os.path.isabs(key) or Path(key).is_absolute():
+        if not isinstance(key, str) or not key or "\0" in key or os.path.isabs(key):
             raise ImageLoadError(f"image key {key!r} is not a relative path inside {self.root}")
-        p = (self.root / key).resolve()
+        try:
+            p = (self.root / key).resolve()
+        except (OSError, RuntimeError, ValueError) as e:  # a symlink loop, a bad name
+            raise ImageLoadError(f"image key {key!r} cannot be resolved: {e}") from None
         if not p.is_relative_to(self.root):
             raise ImageLoadError(f"image key {key!r} escapes the image folder {self.root}")
         return p

@@ -16,6 +16,7 @@ from torch import nn
 from metamapper.checkpoint import (
     check_compatible,
     latest_checkpoint,
+    list_checkpoints,
     load_trainer_state,
     save_checkpoint,
 )
@@ -96,7 +97,12 @@ def save(run_dir: Path, step: int, model: MetaMapper, cfg: Config, opt: torch.op
 
 def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: Any,
            lrs: nn.Module | None) -> tuple[int, dict[str, Any]]:
-    """Restore the newest valid checkpoint; returns (step, trainer state)."""
+    """Restore the newest valid checkpoint; returns (step, trainer state).
+
+    Weights, optimizer, scheduler and the Python/NumPy/torch RNG states (dropout) are restored;
+    the tasks are a function of the seed and the step, so the run continues exactly as if it
+    had not stopped. Corrupt newer checkpoints are skipped with a warning.
+    """
     ckpt = latest_checkpoint(run_dir, trainer=True)
     check_compatible(ckpt.meta, vision=None, lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
                      embed_dim=model.lm.embed_dim, where=str(ckpt.path))
@@ -114,12 +120,32 @@ def write_run_config(run_dir: Path, cfg: Config) -> None:
 
 
 class MetricsLog:
-    """Append-only JSONL metrics (``metrics.jsonl`` in the run folder)."""
+    """Append-only JSONL metrics (``metrics.jsonl`` in the run folder).
 
-    def __init__(self, run_dir: Path, *, enabled: bool = True) -> None:
+    ``resume_step``: the step a resumed run restarts from; records of later steps (written
+    after that checkpoint by the run that stopped) and a line cut by a kill are dropped, so the
+    log reads as one uninterrupted run.
+    """
+
+    def __init__(self, run_dir: Path, *, enabled: bool = True, resume_step: int | None = None) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.start = time.time()
         self.enabled = enabled  # only rank 0 logs in distributed runs
+        if enabled and resume_step is not None and self.path.is_file():
+            self._truncate(resume_step)
+
+    def _truncate(self, step: int) -> None:
+        keep = []
+        for line in self.path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(line)
+            except ValueError:  # a half-written last line
+                continue
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
+                keep.append(line)
+        tmp = self.path.with_name(f".tmp-{self.path.name}")
+        tmp.write_text("".join(f"{line}\n" for line in keep))
+        tmp.replace(self.path)
 
     def write(self, **record: Any) -> None:
         if not self.enabled:
@@ -177,6 +203,18 @@ def eval_method_for(cfg: Config) -> str:
 
 class TrainingDiverged(RuntimeError):
     """Too many non-finite updates in a row; the last good checkpoint is kept."""
+
+
+def diverged(run_dir: Path, bad_in_row: int, step: int, hint: str = "") -> TrainingDiverged:
+    """The error that stops a run after ``train.max_bad_updates`` skipped updates in a row.
+
+    No checkpoint is written from here on: the newest one on disk holds the last good weights
+    (skipped updates never change the weights, and non-finite weights are never written).
+    """
+    ckpts = list_checkpoints(run_dir)
+    kept = f"the last good checkpoint is {ckpts[-1]}" if ckpts else f"no checkpoint in {run_dir} yet"
+    return TrainingDiverged(f"{bad_in_row} non-finite losses/gradients in a row at update {step} "
+                            f"(train.max_bad_updates); {kept}{hint}")
 
 
 class StopSignal:

@@ -57,22 +57,25 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                                  steps=t.inner.steps, per_step=t.inner.per_step_lr)
     params = list(model.mapper.parameters()) + (list(lrs.parameters()) if lrs is not None else [])
     opt, sched = common.make_optimizer(params, cfg)
-    start = 0
+    start, state = 0, {}
     if resume and (run_dir / "checkpoints").exists():
-        start, _ = common.resume(run_dir, model, opt, sched, lrs)
+        start, state = common.resume(run_dir, model, opt, sched, lrs)
     if main:
         common.write_run_config(run_dir, cfg)
-    log = common.MetricsLog(run_dir, enabled=main)
+    log = common.MetricsLog(run_dir, enabled=main, resume_step=start if resume else None)
     query_format = ROW_FORMATS["in_context" if t.method == "in_context" else "prefix"]
     noise_std = t.feature_noise * float(table.features.std()) if t.feature_noise else 0.0
     eval_method = common.eval_method_for(cfg)
     deadline = time.time() + 60 * t.max_minutes if t.max_minutes else math.inf
-    bad_in_row = skipped = 0
+    # skipped: non-finite updates so far (logged); bad_in_row: of them, the latest in a row
+    skipped, bad_in_row = state.get("skipped", 0), state.get("bad_in_row", 0)
     model.train()
     bar = tqdm(range(start, t.updates), initial=start, total=t.updates, desc=f"meta-train ({t.method})",
                disable=not progress)
     if t.updates == 0 and main:  # an untrained (initialised) mapper, e.g. as a baseline
         common.save(run_dir, 0, model, cfg, opt, sched, lrs)
+    # NaN/inf anywhere (features, inner loop, query loss) reaches the query loss or the gradient;
+    # such an update is skipped, so the weights and the optimizer state stay finite.
     say = bar.write if main else (lambda *_a, **_k: None)  # rank 0 speaks for the job
     with common.StopSignal() as stop:
         for step in bar:
@@ -110,10 +113,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                       tasks_per_s=round(t.meta_batch / (time.time() - t0), 2), lr=sched.get_last_lr()[0])
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if bad_in_row >= t.max_bad_updates:
-                raise common.TrainingDiverged(
-                    f"{bad_in_row} non-finite updates in a row at update {done}; the last good "
-                    f"checkpoint in {run_dir} is kept (lower train.lr or train.inner.lr?)"
-                )
+                raise common.diverged(run_dir, bad_in_row, done, " (lower train.lr or train.inner.lr?)")
             if t.val_every and (done % t.val_every == 0 or done == t.updates):
                 res = evaluate(model, run["val_tasks"][: t.val_tasks], run["val_table"],
                                method=eval_method, steps=t.inner.steps, loop=t.inner, lrs=lrs,
@@ -126,7 +126,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             out_of_time = distributed.any_flag(time.time() > deadline)
             stopping = distributed.any_flag(stop.stop)
             if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping) and main:
-                common.save(run_dir, done, model, cfg, opt, sched, lrs)
+                common.save(run_dir, done, model, cfg, opt, sched, lrs,
+                             extra={"skipped": skipped, "bad_in_row": bad_in_row})
             if out_of_time or stopping:
                 why = "a stop signal" if stopping else f"train.max_minutes={t.max_minutes}"
                 say(f"stopped after {done} updates ({why}); checkpoint saved, resume with --resume")

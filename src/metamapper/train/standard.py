@@ -56,17 +56,17 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     order = np.random.default_rng(t.seed).permutation(len(pairs))
     params = list(model.mapper.parameters())
     opt, sched = common.make_optimizer(params, cfg)
-    start = 0
+    start, state = 0, {}
     if resume and (run_dir / "checkpoints").exists():
-        start, _ = common.resume(run_dir, model, opt, sched, None)
+        start, state = common.resume(run_dir, model, opt, sched, None)
     if main:
         common.write_run_config(run_dir, cfg)
-    log = common.MetricsLog(run_dir, enabled=main)
+    log = common.MetricsLog(run_dir, enabled=main, resume_step=start if resume else None)
     deadline = time.time() + 60 * t.max_minutes if t.max_minutes else math.inf
     model.train()
     bar = tqdm(range(start, t.updates), initial=start, total=t.updates, desc="train (standard)",
                disable=not progress)
-    bad_in_row = 0
+    bad_in_row = state.get("bad_in_row", 0)
     with common.StopSignal() as stop:
         for step in bar:
             idx = [int(order[(step * t.meta_batch + i) % len(pairs)]) for i in range(t.meta_batch)]
@@ -88,10 +88,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             log.write(step=done, loss=distributed.mean_across(loss.item()), skipped=int(not ok))
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if bad_in_row >= t.max_bad_updates:
-                raise common.TrainingDiverged(
-                    f"{bad_in_row} non-finite updates in a row at update {done}; the last good "
-                    f"checkpoint in {run_dir} is kept"
-                )
+                raise common.diverged(run_dir, bad_in_row, done)
             if t.val_every and (done % t.val_every == 0 or done == t.updates):
                 res = evaluate(model, run["val_tasks"][: t.val_tasks], run["val_table"],
                                method="no-adapt", progress=False, distributed=True)
@@ -100,7 +97,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             out_of_time = distributed.any_flag(time.time() > deadline)
             stopping = distributed.any_flag(stop.stop)
             if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping) and main:
-                common.save(run_dir, done, model, cfg, opt, sched, None)
+                common.save(run_dir, done, model, cfg, opt, sched, None, extra={"bad_in_row": bad_in_row})
             if out_of_time or stopping:
                 bar.write(f"stopped after {done} updates; checkpoint saved, resume with --resume")
                 break
