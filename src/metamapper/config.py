@@ -43,7 +43,9 @@ class MapperConfig:
     num_heads: int = 8  # attention heads; must divide the LM embedding size
     ff_dim: int | None = None  # feed-forward hidden size (default: the LM embedding size)
     dropout: float = 0.1  # dropout inside the mapper, training only
-    output_norm: bool = True  # layer-normalise each prefix vector and scale it to the LM's token-embedding norm
+    output_norm: bool = True  # layer-normalise each prefix vector, times a learned scale initialised to the LM's token-embedding norm
+    norm_first: bool = False  # pre-LN attention block (the paper's is post-LN)
+    standardize: bool = False  # standardise visual features with the training set's per-dimension mean/std
 
 
 @dataclass
@@ -72,6 +74,7 @@ class TrainConfig:
     cosine: bool = False  # cosine decay to 0 after warm-up
     inner: InnerLoop = field(default_factory=lambda: InnerLoop(steps=0))  # inner loop (maml: steps=5, lr=0.01)
     step_weights: list[float] | None = None  # query-loss weight per inner step (None: last step only)
+    queries_per_row: int = 1  # in_context: queries (with answers) that share one copy of the support context
     feature_noise: float = 0.0  # std of Gaussian noise added to visual features in training (relative to their std)
     val_every: int = 50  # validate every this many updates (0: never)
     val_tasks: int = 100  # held-out tasks per validation
@@ -219,6 +222,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.ways must be >= 2, got {d.ways}")
     if d.shots < 1:
         raise ConfigError(f"data.shots must be >= 1, got {d.shots}")
+    if t.queries_per_row < 1:
+        raise ConfigError(f"train.queries_per_row must be >= 1, got {t.queries_per_row}")
     if d.queries_per_class < 1:
         raise ConfigError(f"data.queries_per_class must be >= 1, got {d.queries_per_class}")
     if t.lr <= 0:

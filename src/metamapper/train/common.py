@@ -187,6 +187,9 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     val_tasks = filter_tasks(val_set.tasks, [k for k, _ in tables[1].skipped])
     seed_everything(t.seed)  # the mapper's initialisation depends only on the seed
     model = build_model(cfg.backbones, cfg.mapper, vision=vision)
+    if cfg.mapper.standardize:  # fixed statistics of the training features, saved with the mapper
+        flat = tables[0].features.reshape(-1, tables[0].dim)
+        model.mapper.set_feature_stats(flat.mean(0), flat.std(0))
     return {"model": model, "train_tasks": train_tasks, "val_tasks": val_tasks,
             "table": tables[0], "val_table": tables[1]}
 

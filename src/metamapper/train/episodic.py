@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from metamapper.config import Config
 from metamapper.eval.fewshot import evaluate
-from metamapper.meta.episode import ROW_FORMATS, Episode, episode_from_task
+from metamapper.meta.episode import Episode, episode_from_task, in_context_rows, query_rows
 from metamapper.meta.maml import InnerLearningRates, adapt, meta_loss
 from metamapper.train import common, distributed
 
@@ -63,7 +64,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     if main:
         common.write_run_config(run_dir, cfg)
     log = common.MetricsLog(run_dir, enabled=main, resume_step=start if resume else None)
-    query_format = ROW_FORMATS["in_context" if t.method == "in_context" else "prefix"]
+    if t.method == "in_context":
+        query_format = functools.partial(in_context_rows, queries_per_row=t.queries_per_row)
+    else:
+        query_format = query_rows
     noise_std = t.feature_noise * float(table.features.std()) if t.feature_noise else 0.0
     eval_method = common.eval_method_for(cfg)
     deadline = time.time() + 60 * t.max_minutes if t.max_minutes else math.inf

@@ -133,3 +133,16 @@ def test_episode_from_task_orders_support_then_query_features() -> None:
     assert ep.features.flatten().tolist() == [1.0, 2.0, 3.0]
     assert ep.captions == ["This is a dax.", "This is a blicket."]
     assert (ep.questions, ep.answers) == (["This is a"], ["blicket"])
+
+
+def test_in_context_rows_pack_several_queries_after_one_context() -> None:
+    ep = make_episode(n_support=2, n_query=3)
+    rows = in_context_rows(ep, queries_per_row=2)
+    assert len(rows) == 2  # queries 0, 1 together; query 2 alone
+    images = [it for it in rows[0] if isinstance(it, int)]
+    assert images == [0, 1, 2, 3]
+    targets = [it.text for it in rows[0] if isinstance(it, Text) and it.target]
+    assert targets == [" " + sentence(ep.answers[0]), " " + sentence(ep.answers[1])]
+    assert [it for it in rows[1] if isinstance(it, int)] == [0, 1, 4]
+    with pytest.raises(ValueError, match="answers"):
+        in_context_rows(ep, with_answer=False, queries_per_row=2)

@@ -226,6 +226,13 @@ def test_efficientnet_lite0_grid_and_pooled(images):
     torch.testing.assert_close(pooled, grid.mean(1, keepdim=True), rtol=1e-5, atol=1e-5)
     assert not torch.allclose(pooled[0], pooled[1])
     assert grid_enc.identity != pooled_enc.identity
+    grid2_enc = build_vision_encoder("efficientnet-lite0", mode="grid2")
+    grid2 = grid2_enc.encode(images[:2])
+    assert grid2.shape == (2, 4, 1280)
+    fmap = grid.transpose(1, 2).reshape(2, 1280, 7, 7)
+    # adaptive pooling of 7 into 2 bins: rows/columns 0-3 and 3-6
+    torch.testing.assert_close(grid2[:, 0], fmap[:, :, :4, :4].mean((2, 3)), rtol=1e-5, atol=1e-5)
+    assert len({grid_enc.identity, grid2_enc.identity, pooled_enc.identity}) == 3
     assert not any(p.requires_grad for p in grid_enc.parameters())
     # BatchNorm uses its running statistics
     assert not any(m.training for m in grid_enc.model.modules())

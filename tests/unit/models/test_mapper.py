@@ -290,3 +290,31 @@ def test_functional_gradients_flow_to_the_params_dict():
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert dict(zip(params, grads, strict=True))["prefix"].abs().sum() > 0
     assert all(p.grad is None for p in mapper.parameters())
+
+
+def test_standardize_uses_stored_feature_statistics_and_checkpoints_carry_them() -> None:
+    torch.manual_seed(0)
+    m = AttentionMapper(visual_dim=8, embed_dim=16, prefix_len=2, num_heads=4, dropout=0.0,
+                        standardize=True).eval()
+    x = torch.randn(3, 1, 8) * 5 + 2
+    before = m(x)
+    m.set_feature_stats(torch.full((8,), 2.0), torch.full((8,), 5.0))
+    after = m(x)
+    assert not torch.allclose(before, after)
+    clone = AttentionMapper(visual_dim=8, embed_dim=16, prefix_len=2, num_heads=4, dropout=0.0,
+                            standardize=True).eval()
+    clone.load_state_dict(m.state_dict())
+    torch.testing.assert_close(clone(x), after)
+    # the statistics are buffers, never trained
+    assert "feat_mean" not in dict(m.named_parameters())
+
+
+def test_pre_ln_block_and_learned_output_scale() -> None:
+    torch.manual_seed(0)
+    m = AttentionMapper(visual_dim=8, embed_dim=16, prefix_len=2, num_heads=4, dropout=0.0,
+                        norm_first=True, output_scale=0.5).eval()
+    out = m(torch.randn(3, 4, 8))
+    assert out.shape == (3, 2, 16)
+    # each prefix vector is layer-normalised, then scaled: norm = 0.5 * sqrt(16)
+    torch.testing.assert_close(out.norm(dim=-1), torch.full((3, 2), 2.0), rtol=1e-3, atol=1e-3)
+    assert m.out_scale.requires_grad
