@@ -28,9 +28,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class BackboneConfig:
+    # defaults: the embedded offline default (EfficientNet-Lite0 + SmolLM2-135M)
     vision: str = "efficientnet-lite0"  # registered vision encoder (metamapper.list_vision_encoders())
     vision_path: str | None = None  # hub name or local directory, for encoders that load weights
-    vision_mode: str = "pooled"  # pooled (1 token) | grid / patch (many tokens)
+    vision_mode: str = "grid2"  # pooled (1 token) | grid2 / grid3 / grid (EfficientNet: 4 / 9 / 49 tokens) | patch (CLIP)
     lm: str = "smollm2-135m"  # registered language model (metamapper.list_language_models())
     lm_path: str | None = None  # hub name or local directory (for lm: hf)
     seed: int = 0  # seed of randomly initialised backbones (tiny-*, *-random)
@@ -41,11 +42,11 @@ class MapperConfig:
     kind: str = "attention"  # attention (the meta-mapper) | mlp (the paper's ablation)
     prefix_len: int = 4  # visual prefix vectors per image (paper: 4)
     num_heads: int = 8  # attention heads; must divide the LM embedding size
-    ff_dim: int | None = None  # feed-forward hidden size (default: the LM embedding size)
+    ff_dim: int | None = 1152  # feed-forward hidden size (None: the LM embedding size)
     dropout: float = 0.1  # dropout inside the mapper, training only
     output_norm: bool = True  # layer-normalise each prefix vector, times a learned scale initialised to the LM's token-embedding norm
-    norm_first: bool = False  # pre-LN attention block (the paper's is post-LN)
-    standardize: bool = False  # standardise visual features with the training set's per-dimension mean/std
+    norm_first: bool = True  # pre-LN attention block (the paper's is post-LN)
+    standardize: bool = True  # standardise visual features with the training set's per-dimension mean/std
 
 
 @dataclass
@@ -56,17 +57,17 @@ class DataConfig:
     benchmark: str = "open_ended_mi"  # frozen-benchmark name (its JSON prefix)
     ways: int = 2  # classes per task (N)
     shots: int = 1  # support examples per class (k)
-    queries_per_class: int = 1  # query images per class in meta-training tasks
+    queries_per_class: int = 2  # query images per class in meta-training tasks
     naming: str = "made_up"  # meta-training words: made_up | mixed | real (made-up words force binding)
-    images_per_class: int | None = 2000  # training images per class read from the source (None: all)
+    images_per_class: int | None = 1000  # training images per class read from the source (None: all)
     feature_cache: str | None = None  # feature cache folder (default: ~/.cache/metamapper/features)
 
 
 @dataclass
 class TrainConfig:
     method: str = "in_context"  # maml (the paper) | in_context (support in the LM context) | standard (non-episodic captioning)
-    updates: int = 300  # outer (meta-)updates
-    meta_batch: int = 32  # tasks per meta-update (paper: 4); mini-batch of pairs for standard
+    updates: int = 150  # outer (meta-)updates
+    meta_batch: int = 16  # tasks per meta-update (paper: 4); mini-batch of pairs for standard
     lr: float = 1e-3  # AdamW learning rate (paper: 1e-3)
     weight_decay: float = 0.01  # AdamW weight decay
     clip: float = 1.0  # gradient-norm clip (paper: 1.0)
@@ -74,7 +75,7 @@ class TrainConfig:
     cosine: bool = False  # cosine decay to 0 after warm-up
     inner: InnerLoop = field(default_factory=lambda: InnerLoop(steps=0))  # inner loop (maml: steps=5, lr=0.01)
     step_weights: list[float] | None = None  # query-loss weight per inner step (None: last step only)
-    queries_per_row: int = 1  # in_context: queries (with answers) that share one copy of the support context
+    queries_per_row: int = 4  # in_context: queries (with answers) that share one copy of the support context
     feature_noise: float = 0.0  # std of Gaussian noise added to visual features in training (relative to their std)
     val_every: int = 50  # validate every this many updates (0: never)
     val_tasks: int = 100  # held-out tasks per validation

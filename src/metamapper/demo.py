@@ -40,13 +40,17 @@ QUICK = DemoPlan(
     baseline_tasks=40,
 )
 
+PAPER_MAPPER = (  # the paper's meta-mapper: post-LN block, raw features, raw output
+    "mapper.ff_dim=null", "mapper.norm_first=false", "mapper.standardize=false",
+    "mapper.output_norm=false",
+)
 MAML_RECIPE = (  # the paper's recipe, faithfully: first-order MAML, 5 SGD steps at 0.01
-    "train.method=maml", "train.meta_batch=4", "train.inner.steps=5", "train.inner.lr=0.01",
-    "train.inner.first_order=true", "mapper.output_norm=false", "train.val_every=0",
+    *PAPER_MAPPER, "train.method=maml", "train.meta_batch=4", "train.inner.steps=5",
+    "train.inner.lr=0.01", "train.inner.first_order=true", "train.val_every=0",
     "data.queries_per_class=1",
 )
-STANDARD_RECIPE = ("train.method=standard", "data.naming=real", "train.meta_batch=32",
-                   "mapper.output_norm=false", "train.val_every=0")
+STANDARD_RECIPE = (*PAPER_MAPPER, "train.method=standard", "data.naming=real",
+                   "train.meta_batch=32", "train.val_every=0")
 
 
 def demo_config(*overrides: str) -> Config:
