@@ -26,9 +26,9 @@ class DemoPlan:
 
 
 FULL = DemoPlan(
-    main_overrides=("train.updates=400", "train.max_minutes=14"),
-    maml_overrides=("train.updates=60",),
-    standard_overrides=("train.updates=150",),
+    main_overrides=("train.updates=150", "train.max_minutes=14"),
+    maml_overrides=("train.updates=40",),
+    standard_overrides=("train.updates=100",),
     main_tasks=1000,
     baseline_tasks=200,
 )
@@ -96,7 +96,6 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo") -> list[dict
         ("paper MAML (faithful)", out / "baselines" / "maml", "maml", plan.baseline_tasks),
         ("meta-learned init, no adaptation", out / "baselines" / "maml", "no-adapt", plan.baseline_tasks),
         ("non-episodic", out / "baselines" / "standard", "no-adapt", plan.baseline_tasks),
-        ("non-episodic + in-context", out / "baselines" / "standard", "in-context", plan.baseline_tasks),
         ("untrained mapper, in-context", out / "baselines" / "untrained", "in-context", plan.baseline_tasks),
     ]
     for label, run_dir, method, n_tasks in evals:
