@@ -41,7 +41,14 @@ def test_two_ranks_equal_one_process(runs: dict[str, Path]) -> None:
     b = latest_checkpoint(runs["double"]).weights
     assert a.keys() == b.keys()
     for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5, msg=k)
+        x, y = a[k], b[k]
+        if k == "mapper.qkv.bias":
+            # the key bias shifts every score of a query equally, so softmax ignores it and its
+            # gradient is pure rounding noise, which AdamW turns into lr-sized steps: it is not
+            # reproducible across batch layouts and has no effect on the output. Compare q and v.
+            d = x.numel() // 3
+            x, y = torch.cat([x[:d], x[2 * d :]]), torch.cat([y[:d], y[2 * d :]])
+        torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-5, msg=k)
     # the runs did move the mapper (an unchanged mapper would trivially be equal)
     first = latest_checkpoint(runs["single"]).path.parent / "step-0000001"
     assert first.is_dir()
