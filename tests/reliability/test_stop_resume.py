@@ -74,7 +74,8 @@ def test_sigkill_during_a_checkpoint_write_then_resume(mm_env: dict[str, str], u
     proc = subprocess.Popen([*SLOW_CLI, "0.5", *cli_args(mm_env, run)], env=mm_env, cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # step >= 4 on disk and the next checkpoint half-written in its temporary folder
-    wait_for(proc, lambda: max(steps_done(run), default=0) >= 4 and any(ckpts.glob(".tmp-*")))
+    wait_for(proc, lambda: max(steps_done(run), default=0) >= 4
+             and any((d / "mapper.safetensors").is_file() for d in ckpts.glob(".tmp-*")))
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
