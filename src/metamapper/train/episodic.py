@@ -42,12 +42,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     run_dir = Path(run_dir)
     t = cfg.train
     rank, world = distributed.init_from_env()
-    if t.meta_batch % world:
-        raise ValueError(f"train.meta_batch={t.meta_batch} must be a multiple of the {world} processes")
     main = rank == 0
+    run = common.prepare_run(cfg, progress=progress and main)  # checks meta_batch vs ranks
     progress = progress and main
-    common.seed_everything(t.seed)
-    run = common.prepare_run(cfg, progress=progress)
     model, table, tasks = run["model"], run["table"], run["train_tasks"]
     lrs = None
     if t.inner.meta_sgd:
