@@ -6,6 +6,7 @@ a test must not change their parameters, modes or ``requires_grad`` flags.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,30 @@ from metamapper.models.backbones import (
     build_vision_encoder,
     make_tiny_backbones,
 )
+from metamapper.models.metamapper import MetaMapper
+
+SMOKE_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny models: one intra-op thread is much faster on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def smoke_model() -> MetaMapper:
+    """The smoke config's tiny model (tiny-lm, random mapper, seed 0) without its encoder,
+    for 16-d visual features."""
+    from metamapper.config import load_config
+    from metamapper.models.factory import build_model
+
+    cfg = load_config(SMOKE_CONFIG)
+    torch.manual_seed(0)
+    return build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16)
 
 
 @pytest.fixture(scope="session")

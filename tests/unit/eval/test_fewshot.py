@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from metamapper.config import load_config
 from metamapper.data.synthetic import build_synthetic_tasks
 from metamapper.eval.fewshot import (
     METHODS,
@@ -29,25 +27,14 @@ from metamapper.eval.report import (
 from metamapper.eval.tasksets import evaluation_tasks
 from metamapper.meta.episode import Episode, episode_from_task
 from metamapper.meta.maml import InnerLoop
-from metamapper.models.factory import build_model
 from metamapper.models.metamapper import MetaMapper
 
-SMOKE = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model() -> MetaMapper:
-    cfg = load_config(SMOKE)
-    torch.manual_seed(0)
-    return build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16)
+def model(smoke_model: MetaMapper) -> MetaMapper:
+    return smoke_model
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,6 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from metamapper.config import load_config
 from metamapper.meta.episode import Episode, caption_rows, in_context_rows, query_rows
 from metamapper.meta.maml import (
     AUTHORS_STEP_WEIGHTS,
@@ -26,7 +25,6 @@ from metamapper.meta.maml import (
     task_losses,
 )
 from metamapper.models.backbones import build_language_model
-from metamapper.models.factory import build_model
 from metamapper.models.mapper import build_mapper, suggested_output_scale
 from metamapper.models.metamapper import MetaMapper
 
@@ -50,21 +48,13 @@ def episodes(n: int, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> li
     return out
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Tiny models: one intra-op thread is much faster on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def model() -> MetaMapper:
+def model(smoke_model: MetaMapper) -> MetaMapper:
     """The smoke config's tiny model (tiny-lm Llama, random mapper), float32, eval mode."""
-    cfg = load_config(SMOKE)
-    torch.manual_seed(0)
-    return build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16).eval()
+    return smoke_model.eval()
 
 
 @pytest.fixture(scope="module")
