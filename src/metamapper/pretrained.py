@@ -128,10 +128,12 @@ def adapt_to_support(
     if any(not c.strip() for c in captions):
         raise ValueError("support captions must not be empty")
     m = get_method(method or run.method)
-    n_steps = m.default_steps if m.default_steps is not None else (
-        steps if steps is not None else run.config.train.inner.steps or 5)
     if steps is not None:
         n_steps = steps
+    elif m.default_steps is not None:
+        n_steps = m.default_steps
+    else:
+        n_steps = run.config.train.inner.steps or 5
     inner = run.config.train.inner
     loop = InnerLoop(steps=n_steps, lr=inner.lr, adapt=inner.adapt, meta_sgd=inner.meta_sgd,
                      per_step_lr=inner.per_step_lr)
