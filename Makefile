@@ -39,11 +39,11 @@ test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -q
 
-demo: setup
+demo: $(BIN)/.installed $(FASHION_DIR)/train-images-idx3-ubyte.gz
 	$(BIN)/metamapper demo $(if $(QUICK),--quick,)
 
 bench: setup
-	for f in benchmarks/*.py; do $(BIN)/python $$f; done
+	for f in benchmarks/[a-z]*.py; do $(BIN)/python $$f; done
 
 clean:
 	rm -rf $(VENV) runs

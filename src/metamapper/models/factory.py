@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import torch
+
 from metamapper.models.backbones import build_language_model, build_vision_encoder
 from metamapper.models.mapper import build_mapper, suggested_output_scale
 from metamapper.models.metamapper import MetaMapper
@@ -54,3 +56,15 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
         kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first)
     mapper = build_mapper(mc.kind, **kwargs)
     return MetaMapper(vision=vision, lm=lm, mapper=mapper)
+
+
+def set_lm_dtype(model: MetaMapper, dtype: str) -> None:
+    """Cast the frozen LM to ``dtype`` ("float32" or "bfloat16"); the mapper is left as it is.
+
+    On CPU, bfloat16 also switches the LM to plain matmul-softmax attention: PyTorch's fused CPU
+    attention runs its bfloat16 backward ~4x slower than float32 (``benchmarks/lm_dtype.py``).
+    """
+    lm = model.lm.model
+    lm.to(getattr(torch, dtype))
+    if dtype == "bfloat16" and not torch.cuda.is_available():
+        lm.set_attn_implementation("eager")

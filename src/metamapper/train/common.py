@@ -166,7 +166,7 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.tasks import filter_tasks
-    from metamapper.models.factory import build_model, build_vision
+    from metamapper.models.factory import build_model, build_vision, set_lm_dtype
     from metamapper.train import distributed
     from metamapper.train.sources import training_tasks
 
@@ -193,6 +193,8 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     val_tasks = filter_tasks(val_set.tasks, [k for k, _ in tables[1].skipped])
     seed_everything(t.seed)  # the mapper's initialisation depends only on the seed
     model = build_model(cfg.backbones, cfg.mapper, vision=vision)
+    if t.lm_dtype != "float32":
+        set_lm_dtype(model, t.lm_dtype)
     if cfg.mapper.standardize:  # fixed statistics of the training features, saved with the mapper
         flat = tables[0].features.reshape(-1, tables[0].dim)
         model.mapper.set_feature_stats(flat.mean(0), flat.std(0))

@@ -1,0 +1,54 @@
+"""The bfloat16 language-model option of training (``train.lm_dtype``, ``set_lm_dtype``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from metamapper.config import ConfigError, load_config
+from metamapper.models.factory import build_model, set_lm_dtype
+from metamapper.models.metamapper import Text
+
+SMOKE_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
+
+ROWS = [
+    [0, Text(" This is a"), Text(" dax.", target=True)],
+    [1, Text(" This is a"), Text(" blicket.", target=True)],
+]
+
+
+def _model(dtype: str):
+    cfg = load_config(SMOKE_CONFIG)
+    torch.manual_seed(0)
+    model = build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16).eval()
+    set_lm_dtype(model, dtype)
+    return model
+
+
+def test_bfloat16_lm_keeps_a_float32_mapper_and_loss(one_thread):
+    ref, low = _model("float32"), _model("bfloat16")
+    assert all(p.dtype == torch.bfloat16 for p in low.lm.parameters())
+    assert all(p.dtype == torch.float32 for p in low.mapper.parameters())
+    feats = torch.randn(2, 1, 16, generator=torch.Generator().manual_seed(1))
+    losses, grads = [], []
+    for m in (ref, low):
+        m.mapper.zero_grad()
+        loss = m.loss(feats, m.pack(ROWS))
+        loss.backward()
+        losses.append(loss)
+        grads.append(torch.cat([p.grad.flatten() for p in m.mapper.parameters() if p.grad is not None]))
+    assert losses[1].dtype == torch.float32 and torch.isfinite(losses[1])
+    torch.testing.assert_close(losses[1], losses[0], rtol=2e-2, atol=2e-2)
+    assert grads[1].dtype == torch.float32 and torch.isfinite(grads[1]).all()
+    cos = torch.nn.functional.cosine_similarity(grads[0], grads[1], dim=0)
+    assert cos > 0.95, f"bfloat16 gradient direction differs from float32 (cos {cos:.3f})"
+    with torch.no_grad():
+        texts = low.generate(feats, [r[:2] for r in ROWS], max_new_tokens=3)
+    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_unknown_lm_dtype_is_a_config_error():
+    with pytest.raises(ConfigError, match="train.lm_dtype"):
+        load_config(SMOKE_CONFIG, ["train.lm_dtype=float16"])
