@@ -76,6 +76,10 @@ class TrainConfig:
     inner: InnerLoop = field(default_factory=lambda: InnerLoop(steps=0))  # inner loop (maml: steps=5, lr=0.01)
     step_weights: list[float] | None = None  # query-loss weight per inner step (None: last step only)
     queries_per_row: int = 4  # in_context: queries (with answers) that share one copy of the support context
+    copy_queries: float = 0.0  # in_context warm-up: share of query images replaced by their class's support image at update 0 ...
+    copy_updates: int = 0  # ... decreasing linearly to none at this update (0: no warm-up)
+    spread_weight: float = 0.0  # weight of the anti-collapse hinge on the prefixes' spread over images (0: off)
+    spread_target: float = 0.25  # ... the spread it asks for: per-element std over images / mean |element|
     feature_noise: float = 0.0  # std of Gaussian noise added to visual features in training (relative to their std)
     val_every: int = 50  # validate every this many updates (0: never)
     val_tasks: int = 100  # held-out tasks per validation
@@ -255,6 +259,10 @@ def validate(cfg: Config) -> None:
     for key, value in {"train.clip": t.clip, "train.max_minutes": t.max_minutes}.items():
         if value is not None and not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
+    if not 0 <= t.copy_queries <= 1 or t.copy_updates < 0:
+        raise ConfigError("train.copy_queries must be in [0, 1] and train.copy_updates >= 0")
+    if t.spread_weight < 0 or not t.spread_target > 0:
+        raise ConfigError("train.spread_weight must be >= 0 and train.spread_target > 0")
     for key, value in {"train.weight_decay": t.weight_decay, "train.feature_noise": t.feature_noise}.items():
         if not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")

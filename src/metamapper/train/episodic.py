@@ -22,8 +22,10 @@ from tqdm.auto import tqdm
 
 from metamapper.config import Config
 from metamapper.eval.fewshot import evaluate
+from metamapper.eval.metrics import normalize_answer
 from metamapper.meta.episode import Episode, episode_from_task, in_context_rows, query_rows
 from metamapper.meta.maml import InnerLearningRates, adapt, meta_loss
+from metamapper.models.metamapper import MetaMapper
 from metamapper.train import common, distributed
 
 
@@ -31,6 +33,41 @@ def _noisy(ep: Episode, std: float, gen: torch.Generator) -> Episode:
     noise = torch.randn(ep.features.shape, generator=gen) * std
     return Episode(features=ep.features + noise, captions=ep.captions, questions=ep.questions,
                    answers=ep.answers)
+
+
+def copy_queries(ep: Episode, share: float, gen: torch.Generator) -> Episode:
+    """Replace about ``share`` of the query images with the support image of their own class.
+
+    A warm-up for in-context binding: a query that repeats a support image is matched by the
+    frozen LM's copying as soon as equal images give equal prefixes, which gives the mapper a
+    gradient towards image-specific prefixes from the first update on. The class of a query is
+    the support caption that contains its answer (the first such support image is used).
+    """
+    feats = ep.features.clone()
+    s = ep.n_support
+    for j, ans in enumerate(ep.answers):
+        if float(torch.rand((), generator=gen)) >= share:
+            continue
+        word = f" {normalize_answer(ans)} "
+        same = [i for i, c in enumerate(ep.captions) if word in f" {normalize_answer(c)} "]
+        if same:
+            feats[s + j] = ep.features[same[0]]
+    return Episode(features=feats, captions=ep.captions, questions=ep.questions, answers=ep.answers)
+
+
+def spread_penalty(model: MetaMapper, episodes: list[Episode], target: float) -> torch.Tensor:
+    """Hinge on the spread of the prefix vectors over the meta-batch's images (anti-collapse).
+
+    ``mean_d relu(g - std_d) / g`` where ``std_d`` is the standard deviation of prefix element
+    ``d`` over all images of the meta-batch and ``g = target * typical |element|``. In-context
+    runs can collapse to one prefix for every image (the answer is then a coin flip between the
+    support words, and no gradient brings the images back); the penalty is zero while the
+    image-dependent part of the prefixes keeps at least this spread (VICReg's variance term).
+    """
+    feats = torch.cat([ep.features for ep in episodes])
+    p = model.prefixes(feats, {}).flatten(1)  # (images, l * D)
+    g = target * p.detach().abs().mean()
+    return torch.relu(g - p.std(0)).mean() / g
 
 
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
@@ -85,6 +122,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             batch_tasks = [tasks[(step * t.meta_batch + i) % len(tasks)] for i in range(t.meta_batch)]
             batch_tasks = distributed.shard(batch_tasks, rank, world)  # this rank's share
             episodes = [episode_from_task(task, table) for task in batch_tasks]
+            copy_share = t.copy_queries * max(0.0, 1.0 - step / t.copy_updates) if t.copy_updates else 0.0
+            if copy_share > 0:
+                gen = torch.Generator().manual_seed(t.seed * 1_000_033 + step)
+                episodes = [copy_queries(ep, copy_share, gen) for ep in episodes]
             if noise_std:
                 gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
                 episodes = [_noisy(ep, noise_std, gen) for ep in episodes]
@@ -93,6 +134,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             else:
                 traj = [[{} for _ in episodes]]  # no inner loop: the mapper's own parameters
             loss = meta_loss(model, episodes, traj, query_format, step_weights=t.step_weights)
+            if t.spread_weight:
+                loss = loss + t.spread_weight * spread_penalty(model, episodes, t.spread_target)
             opt.zero_grad(set_to_none=True)
             ok = distributed.all_true(bool(torch.isfinite(loss)))
             gnorm = float("nan")

@@ -1,0 +1,63 @@
+"""In-context training aids: the copy-query warm-up and the anti-collapse spread penalty."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metamapper.config import ConfigError, config_from_dict
+from metamapper.meta.episode import Episode
+from metamapper.train.episodic import copy_queries
+
+
+def _episode() -> Episode:
+    return Episode(features=torch.arange(6.0).view(6, 1, 1),
+                   captions=["This is a dax.", "This is a blicket."],
+                   questions=["This is a"] * 4, answers=["blicket", "dax", "Blicket", "dax"])
+
+
+def test_every_query_repeats_the_support_image_of_its_answer():
+    ep = _episode()
+    out = copy_queries(ep, 1.0, torch.Generator().manual_seed(0))
+    assert out.features.flatten().tolist() == [0.0, 1.0, 1.0, 0.0, 1.0, 0.0]
+    assert ep.features.flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0]  # input untouched
+    assert out.answers == ep.answers and out.captions == ep.captions
+
+
+def test_share_zero_keeps_the_queries_and_a_half_share_replaces_some():
+    ep = _episode()
+    assert torch.equal(copy_queries(ep, 0.0, torch.Generator()).features, ep.features)
+    gen = torch.Generator().manual_seed(0)
+    changed = sum(int(not torch.equal(copy_queries(ep, 0.5, gen).features[2:], ep.features[2:]))
+                  for _ in range(50))
+    assert 0 < changed < 50
+
+
+def test_an_answer_without_a_support_caption_is_left_alone():
+    ep = Episode(features=torch.arange(3.0).view(3, 1, 1), captions=["This is a dax.", "A wug."],
+                 questions=["This is a"], answers=["zorp"])
+    assert torch.equal(copy_queries(ep, 1.0, torch.Generator()).features, ep.features)
+
+
+@pytest.mark.parametrize("bad", ["train.copy_queries=1.5", "train.copy_updates=-1"])
+def test_out_of_range_warm_up_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="copy"):
+        config_from_dict({}, [bad])
+
+
+def test_spread_penalty_is_one_for_collapsed_prefixes_and_zero_for_spread_ones(smoke_model):
+    from metamapper.train.episodic import spread_penalty
+
+    same = torch.randn(1, 1, 16).expand(6, 1, 16).clone()
+    eps = [Episode(features=same, captions=["a"], questions=[""] * 5, answers=["b"] * 5)]
+    smoke_model.eval()
+    collapsed = spread_penalty(smoke_model, eps, 0.25)
+    assert collapsed.item() == pytest.approx(1.0, abs=1e-4)
+    spread = [Episode(features=torch.randn(6, 1, 16) * 100, captions=["a"], questions=[""] * 5,
+                      answers=["b"] * 5)]
+    assert spread_penalty(smoke_model, spread, 1e-3).item() == 0.0
+    # its gradient reaches the mapper (pushing the images' prefixes apart)
+    smoke_model.mapper.zero_grad()
+    spread_penalty(smoke_model, eps + spread, 0.9).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in smoke_model.mapper.parameters())
+    smoke_model.mapper.zero_grad()
