@@ -33,11 +33,11 @@ DEFAULT_METHOD = ("train.lm_dtype=bfloat16", "train.spread_weight=1")
 
 FULL = DemoPlan(  # sized from measured timings on 2 idle cores to fit ~30 minutes, cold caches
     main_overrides=(*DEFAULT_METHOD, "train.max_minutes=13", "train.val_tasks=50"),
-    maml_overrides=("train.updates=30",),
-    standard_overrides=("train.updates=100",),
+    maml_overrides=("train.updates=20",),
+    standard_overrides=("train.updates=50",),
     main_tasks=1000,
     main_tasks_5shot=150,
-    baseline_tasks=30,
+    baseline_tasks=20,
 )
 QUICK = DemoPlan(
     main_overrides=(*DEFAULT_METHOD, "train.updates=40", "train.meta_batch=16",
