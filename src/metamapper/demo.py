@@ -45,8 +45,8 @@ QUICK = DemoPlan(
     maml_overrides=("train.updates=5", "data.images_per_class=300"),
     standard_overrides=("train.updates=20", "data.images_per_class=300"),
     main_tasks=100,
-    main_tasks_5shot=40,
-    baseline_tasks=20,
+    main_tasks_5shot=20,
+    baseline_tasks=8,
 )
 
 PAPER_MAPPER = (  # the paper's meta-mapper: post-LN block, raw features, raw output

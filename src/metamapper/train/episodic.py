@@ -134,8 +134,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             else:
                 traj = [[{} for _ in episodes]]  # no inner loop: the mapper's own parameters
             loss = meta_loss(model, episodes, traj, query_format, step_weights=t.step_weights)
-            if t.spread_weight:
-                loss = loss + t.spread_weight * spread_penalty(model, episodes, t.spread_target)
+            spread = spread_penalty(model, episodes, t.spread_target) if t.spread_weight else None
+            if spread is not None:  # logged with the loss; under torchrun, over each rank's share
+                loss = loss + t.spread_weight * spread
             opt.zero_grad(set_to_none=True)
             ok = distributed.all_true(bool(torch.isfinite(loss)))
             gnorm = float("nan")
@@ -153,7 +154,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             sched.step()
             done = step + 1
             distributed.fault_hook(rank, done)
-            log.write(step=done, loss=distributed.mean_across(loss.item()), grad_norm=gnorm, skipped=skipped,
+            extra = {"spread_penalty": round(spread.item(), 4)} if spread is not None else {}
+            log.write(step=done, loss=distributed.mean_across(loss.item()), grad_norm=gnorm, skipped=skipped, **extra,
                       tasks_per_s=round(t.meta_batch / (time.time() - t0), 2), lr=sched.get_last_lr()[0])
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if bad_in_row >= t.max_bad_updates:

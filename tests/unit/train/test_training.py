@@ -169,3 +169,17 @@ def test_adapt_needs_a_pretrained_model() -> None:
     model = build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16)
     with pytest.raises(RuntimeError, match="from_pretrained"):
         model.adapt([draw(0, 0)], ["This is a dax."])
+
+
+def test_in_context_aids_and_bfloat16_lm_train_and_log(tmp_path: Path, features_dir: Path) -> None:
+    """The default method's training options together: spread penalty (logged), copy warm-up,
+    the LM in bfloat16 while training; the saved run loads and evaluates in float32."""
+    run = tmp_path / "aids"
+    cfg = config(features_dir, "train.spread_weight=1", "train.copy_queries=0.5",
+                 "train.copy_updates=3", "train.lm_dtype=bfloat16")
+    episodic.train(cfg, run, progress=False)
+    steps = [r for r in metrics(run) if "loss" in r]
+    assert len(steps) == 6 and all(math.isfinite(r["loss"]) for r in steps)
+    assert all(0 <= r["spread_penalty"] <= 1 for r in steps)
+    model = MetaMapper.from_pretrained(run)
+    assert all(p.dtype == torch.float32 for p in model.lm.parameters())
