@@ -88,7 +88,7 @@ class TrainConfig:
     seed: int = 0  # seed of task sampling and initialisation
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     max_bad_updates: int = 10  # stop after this many non-finite losses/gradients in a row
-    lm_dtype: str = "float32"  # float32 | bfloat16: the frozen LM during training (mapper, optimiser and loss stay float32; evaluation runs float32); bfloat16 is ~1.9x faster on CPU (benchmarks/lm_dtype.py)
+    lm_dtype: str = "float32"  # float32 | bfloat16: the frozen LM during training (mapper, optimiser and loss stay float32; evaluation runs float32); bfloat16 is ~2.3x faster on CPU (benchmarks/lm_dtype.py)
 
 
 @dataclass

@@ -62,7 +62,7 @@ def set_lm_dtype(model: MetaMapper, dtype: str) -> None:
     """Cast the frozen LM to ``dtype`` ("float32" or "bfloat16"); the mapper is left as it is.
 
     On CPU, bfloat16 also switches the LM to plain matmul-softmax attention: PyTorch's fused CPU
-    attention runs its bfloat16 backward ~4x slower than float32 (``benchmarks/lm_dtype.py``).
+    attention runs its bfloat16 backward ~3x slower than float32 (``benchmarks/lm_dtype.py``).
     """
     lm = model.lm.model
     lm.to(getattr(torch, dtype))
