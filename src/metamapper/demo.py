@@ -109,19 +109,19 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo") -> list[dict
         train_fn(cfg, run_dir, resume=True)
     rows: list[dict[str, object]] = []
     settings = [(ds, shots) for ds in ("fashion-open-ended", "fashion-real-name") for shots in (1, 5)]
+    base = {1: plan.baseline_tasks, 5: plan.baseline_tasks}  # evaluation tasks per shot count
     evals = [
-        ("in-context (ours, default)", out, "in-context", plan.main_tasks),
-        ("paper MAML (faithful)", out / "baselines" / "maml", "maml", plan.baseline_tasks),
-        ("meta-learned init, no adaptation", out / "baselines" / "maml", "no-adapt", plan.baseline_tasks),
-        ("non-episodic", out / "baselines" / "standard", "no-adapt", plan.baseline_tasks),
-        ("untrained mapper, in-context", out / "baselines" / "untrained", "in-context", plan.baseline_tasks),
+        ("in-context (ours, default)", out, "in-context", {1: plan.main_tasks, 5: plan.main_tasks_5shot}),
+        ("paper MAML (faithful)", out / "baselines" / "maml", "maml", base),
+        ("meta-learned init, no adaptation", out / "baselines" / "maml", "no-adapt", base),
+        ("non-episodic", out / "baselines" / "standard", "no-adapt", base),
+        ("untrained mapper, in-context", out / "baselines" / "untrained", "in-context", base),
     ]
     done = _finished_rows(out / "results.json")  # a rerun keeps what an earlier run measured
-    for label, run_dir, method, tasks_1shot in evals:
+    for label, run_dir, method, tasks_per_shots in evals:
         run = None
         for ds, shots in settings:
-            main_5shot = shots == 5 and tasks_1shot == plan.main_tasks
-            n_tasks = plan.main_tasks_5shot if main_5shot else tasks_1shot
+            n_tasks = tasks_per_shots[shots]
             key = (label, ds, shots, n_tasks)
             if key in done:
                 rows.append(done[key])

@@ -171,15 +171,12 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     from metamapper.train.sources import training_tasks
 
     t = cfg.train
-    _, world_size = distributed.rank_world()
-    if t.meta_batch % world_size:
-        raise ValueError(
-            f"train.meta_batch={t.meta_batch} must be a multiple of the {world_size} processes"
-        )
+    rank, world = distributed.rank_world()
+    if t.meta_batch % world:
+        raise ValueError(f"train.meta_batch={t.meta_batch} must be a multiple of the {world} processes")
     seed_everything(t.seed)
     train_set, val_set = training_tasks(cfg.data, max(1, t.updates * t.meta_batch), t.seed)
     vision = build_vision(cfg.backbones)
-    rank, world = distributed.rank_world()
     tables = []
     for ts in (train_set, val_set):
         keys = list(dict.fromkeys(k for task in ts.tasks for k in task.image_keys()))

@@ -12,6 +12,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -31,8 +32,7 @@ from metamapper.train import common, distributed
 
 def _noisy(ep: Episode, std: float, gen: torch.Generator) -> Episode:
     noise = torch.randn(ep.features.shape, generator=gen) * std
-    return Episode(features=ep.features + noise, captions=ep.captions, questions=ep.questions,
-                   answers=ep.answers)
+    return dataclasses.replace(ep, features=ep.features + noise)
 
 
 def copy_queries(ep: Episode, share: float, gen: torch.Generator) -> Episode:
@@ -52,7 +52,7 @@ def copy_queries(ep: Episode, share: float, gen: torch.Generator) -> Episode:
         same = [i for i, c in enumerate(ep.captions) if word in f" {normalize_answer(c)} "]
         if same:
             feats[s + j] = ep.features[same[0]]
-    return Episode(features=feats, captions=ep.captions, questions=ep.questions, answers=ep.answers)
+    return dataclasses.replace(ep, features=feats)
 
 
 def spread_penalty(model: MetaMapper, episodes: list[Episode], target: float) -> torch.Tensor:
