@@ -80,6 +80,7 @@ class TrainConfig:
     copy_updates: int = 0  # ... decreasing linearly to none at this update (0: no warm-up)
     spread_weight: float = 0.0  # weight of the anti-collapse hinge on the prefixes' spread over images (0: off)
     spread_target: float = 0.25  # ... the spread it asks for: per-element std over images / mean |element|
+    geometry_weight: float = 0.0  # weight of the prefixes-keep-the-features'-similarities penalty (0: off)
     feature_noise: float = 0.0  # std of Gaussian noise added to visual features in training (relative to their std)
     val_every: int = 50  # validate every this many updates (0: never)
     val_tasks: int = 100  # held-out tasks per validation
@@ -263,6 +264,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.copy_queries must be in [0, 1] and train.copy_updates >= 0")
     if t.spread_weight < 0 or not t.spread_target > 0:
         raise ConfigError("train.spread_weight must be >= 0 and train.spread_target > 0")
+    if t.geometry_weight < 0:
+        raise ConfigError(f"train.geometry_weight must be >= 0, got {t.geometry_weight}")
     for key, value in {"train.weight_decay": t.weight_decay, "train.feature_noise": t.feature_noise}.items():
         if not value >= 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")

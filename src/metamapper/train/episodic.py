@@ -70,6 +70,28 @@ def spread_penalty(model: MetaMapper, episodes: list[Episode], target: float) ->
     return torch.relu(g - p.std(0)).mean() / g
 
 
+def geometry_penalty(model: MetaMapper, episodes: list[Episode]) -> torch.Tensor:
+    """How far the prefixes' similarity structure is from the visual features' (information keeping).
+
+    ``mean_{i != j} (cos(p_i, p_j) - cos(f_i, f_j))^2`` over the meta-batch's images, with ``p`` the
+    flattened prefixes and ``f`` the flattened (standardised) features, each centred over the
+    images. Episodic training on a few classes teaches the mapper to keep only what separates
+    *those* classes (on Fashion-MNIST, the one training shoe class lets sneakers and ankle boots
+    merge); asking the prefixes to keep the features' neighbourhoods keeps what new classes need.
+    """
+    feats = torch.cat([ep.features for ep in episodes])
+    p = model.prefixes(feats, {}).flatten(1).float()
+    f = model.mapper._standardized(feats.to(p.dtype)).flatten(1)
+
+    def gram(x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.normalize(x - x.mean(0, keepdim=True), dim=1)
+        return x @ x.T
+
+    n = len(feats)
+    off = ~torch.eye(n, dtype=torch.bool, device=p.device)
+    return (gram(p) - gram(f).detach())[off].pow(2).mean()
+
+
 def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
     """Meta-train a mapper with ``cfg`` into ``run_dir`` (resuming from its last checkpoint).
 
@@ -134,9 +156,15 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             else:
                 traj = [[{} for _ in episodes]]  # no inner loop: the mapper's own parameters
             loss = meta_loss(model, episodes, traj, query_format, step_weights=t.step_weights)
-            spread = spread_penalty(model, episodes, t.spread_target) if t.spread_weight else None
-            if spread is not None:  # logged with the loss; under torchrun, over each rank's share
+            extra = {}  # the regularisers, logged beside the loss; under torchrun, each rank's share
+            if t.spread_weight:
+                spread = spread_penalty(model, episodes, t.spread_target)
                 loss = loss + t.spread_weight * spread
+                extra["spread_penalty"] = spread
+            if t.geometry_weight:
+                geometry = geometry_penalty(model, episodes)
+                loss = loss + t.geometry_weight * geometry
+                extra["geometry_penalty"] = geometry
             opt.zero_grad(set_to_none=True)
             ok = distributed.all_true(bool(torch.isfinite(loss)))
             gnorm = float("nan")
@@ -154,8 +182,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             sched.step()
             done = step + 1
             distributed.fault_hook(rank, done)
-            extra = {"spread_penalty": round(spread.item(), 4)} if spread is not None else {}
-            log.write(step=done, loss=distributed.mean_across(loss.item()), grad_norm=gnorm, skipped=skipped, **extra,
+            log.write(step=done, loss=distributed.mean_across(loss.item()), grad_norm=gnorm, skipped=skipped,
+                      **{k: round(v.item(), 4) for k, v in extra.items()},
                       tasks_per_s=round(t.meta_batch / (time.time() - t0), 2), lr=sched.get_last_lr()[0])
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if bad_in_row >= t.max_bad_updates:

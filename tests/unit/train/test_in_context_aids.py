@@ -1,4 +1,5 @@
-"""In-context training aids: the copy-query warm-up and the anti-collapse spread penalty."""
+"""In-context training aids: the copy-query warm-up, the anti-collapse spread penalty and the
+feature-geometry penalty."""
 
 from __future__ import annotations
 
@@ -61,3 +62,46 @@ def test_spread_penalty_is_one_for_collapsed_prefixes_and_zero_for_spread_ones(s
     spread_penalty(smoke_model, eps + spread, 0.9).backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in smoke_model.mapper.parameters())
     smoke_model.mapper.zero_grad()
+
+
+class _Linear:
+    """Stands in for a model whose prefixes are a fixed linear map of the features."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+        self.mapper = type("M", (), {"_standardized": staticmethod(lambda f: f)})()
+
+    def prefixes(self, feats: torch.Tensor, params: dict) -> torch.Tensor:
+        return (feats.flatten(1) @ self.weight).view(len(feats), 2, -1)
+
+
+def _eps(n: int = 12, dim: int = 8) -> list[Episode]:
+    feats = torch.randn(n, 1, dim, generator=torch.Generator().manual_seed(0))
+    return [Episode(features=feats, captions=["a"], questions=[""] * (n - 1), answers=["b"] * (n - 1))]
+
+
+def test_geometry_penalty_is_zero_for_an_isometry_and_positive_for_a_collapsing_map():
+    from metamapper.train.episodic import geometry_penalty
+
+    q, _ = torch.linalg.qr(torch.randn(8, 8, generator=torch.Generator().manual_seed(1)))
+    assert geometry_penalty(_Linear(q * 3.0), _eps()).item() == pytest.approx(0.0, abs=1e-6)
+    # a map that keeps one direction only: every pair of images is (anti-)parallel
+    rank1 = torch.zeros(8, 8)
+    rank1[0, 0] = 1.0
+    assert geometry_penalty(_Linear(rank1), _eps()).item() > 0.1
+
+
+def test_geometry_penalty_trains_the_mapper(smoke_model):
+    from metamapper.train.episodic import geometry_penalty
+
+    feats = torch.randn(8, 1, 16)
+    eps = [Episode(features=feats, captions=["a"], questions=[""] * 7, answers=["b"] * 7)]
+    smoke_model.mapper.zero_grad()
+    geometry_penalty(smoke_model, eps).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in smoke_model.mapper.parameters())
+    smoke_model.mapper.zero_grad()
+
+
+def test_negative_geometry_weight_is_a_config_error():
+    with pytest.raises(ConfigError, match="geometry_weight"):
+        config_from_dict({}, ["train.geometry_weight=-1"])
