@@ -47,6 +47,7 @@ class MapperConfig:
     output_norm: bool = True  # layer-normalise each prefix vector, times a learned scale initialised to the LM's token-embedding norm
     norm_first: bool = True  # pre-LN attention block (the paper's is post-LN)
     standardize: bool = True  # standardise visual features with the training set's per-dimension mean/std
+    readout: str = "queries"  # attention mapper's prefix: queries (learned positions, the paper's) | visual (the visual tokens' positions)
 
 
 @dataclass
@@ -241,6 +242,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.method must be maml, in_context or standard, got {t.method!r}")
     if cfg.mapper.kind not in ("attention", "mlp"):
         raise ConfigError(f"mapper.kind must be attention or mlp, got {cfg.mapper.kind!r}")
+    if cfg.mapper.readout not in ("queries", "visual"):
+        raise ConfigError(f"mapper.readout must be queries or visual, got {cfg.mapper.readout!r}")
+    if cfg.mapper.readout == "visual" and cfg.mapper.kind != "attention":
+        raise ConfigError("mapper.readout=visual needs mapper.kind=attention")
     if cfg.mapper.prefix_len < 1:
         raise ConfigError(f"mapper.prefix_len must be >= 1, got {cfg.mapper.prefix_len}")
     if t.lm_dtype not in ("float32", "bfloat16"):

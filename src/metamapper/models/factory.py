@@ -53,7 +53,8 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
         output_scale=scale, standardize=mc.standardize,
     )
     if mc.kind == "attention":
-        kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first)
+        kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first,
+                      readout=mc.readout)
     mapper = build_mapper(mc.kind, **kwargs)
     return MetaMapper(vision=vision, lm=lm, mapper=mapper)
 
