@@ -61,6 +61,7 @@ class DataConfig:
     queries_per_class: int = 2  # query images per class in meta-training tasks
     naming: str = "made_up"  # meta-training words: made_up | mixed | real (made-up words force binding)
     images_per_class: int | None = 1000  # training images per class read from the source (None: all)
+    subclass_share: float = 0.0  # share of meta-training tasks between sub-groups of one class (fashion-mnist)
     feature_cache: str | None = None  # feature cache folder (default: ~/.cache/metamapper/features)
 
 
@@ -242,6 +243,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.method must be maml, in_context or standard, got {t.method!r}")
     if cfg.mapper.kind not in ("attention", "mlp"):
         raise ConfigError(f"mapper.kind must be attention or mlp, got {cfg.mapper.kind!r}")
+    if not 0 <= cfg.data.subclass_share <= 1:
+        raise ConfigError(f"data.subclass_share must be in [0, 1], got {cfg.data.subclass_share}")
+    if cfg.data.subclass_share and cfg.data.source != "fashion-mnist":
+        raise ConfigError("data.subclass_share needs data.source=fashion-mnist (the classes of its images)")
     if cfg.mapper.readout not in ("queries", "visual"):
         raise ConfigError(f"mapper.readout must be queries or visual, got {cfg.mapper.readout!r}")
     if cfg.mapper.readout == "visual" and cfg.mapper.kind != "attention":

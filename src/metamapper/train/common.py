@@ -168,7 +168,7 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     from metamapper.data.tasks import filter_tasks
     from metamapper.models.factory import build_model, build_vision, set_lm_dtype
     from metamapper.train import distributed
-    from metamapper.train.sources import training_tasks
+    from metamapper.train.sources import training_class_keys, training_tasks, with_subclass_tasks
 
     t = cfg.train
     rank, world = distributed.rank_world()
@@ -176,17 +176,27 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         raise ValueError(f"train.meta_batch={t.meta_batch} must be a multiple of the {world} processes")
     seed_everything(t.seed)
     train_set, val_set = training_tasks(cfg.data, max(1, t.updates * t.meta_batch), t.seed)
+    d = cfg.data
+    class_keys = training_class_keys(d, t.seed) if d.subclass_share else {}
     vision = build_vision(cfg.backbones)
     tables = []
     for ts in (train_set, val_set):
         keys = list(dict.fromkeys(k for task in ts.tasks for k in task.image_keys()))
+        if ts is train_set:  # sub-class tasks may use any training image
+            keys = list(dict.fromkeys([*keys, *(k for ks in class_keys.values() for k in ks)]))
         if world > 1:  # ranks encode disjoint shares of the images in parallel, then all load all
             FeatureTable.from_cache(vision, ts.images, distributed.shard(keys, rank, world),
                                     root=cfg.data.feature_cache, progress=progress)
             distributed.barrier()
         tables.append(FeatureTable.from_cache(vision, ts.images, keys, root=cfg.data.feature_cache,
                                               progress=progress))
-    train_tasks = filter_tasks(train_set.tasks, [k for k, _ in tables[0].skipped])
+    train_tasks = train_set.tasks
+    if d.subclass_share:
+        class_keys = {c: [k for k in ks if k in tables[0]] for c, ks in class_keys.items()}
+        train_tasks = with_subclass_tasks(train_tasks, class_keys, tables[0], share=d.subclass_share,
+                                          ways=d.ways, shots=d.shots, queries_per_class=d.queries_per_class,
+                                          seed=t.seed)
+    train_tasks = filter_tasks(train_tasks, [k for k, _ in tables[0].skipped])
     val_tasks = filter_tasks(val_set.tasks, [k for k, _ in tables[1].skipped])
     seed_everything(t.seed)  # the mapper's initialisation depends only on the seed
     model = build_model(cfg.backbones, cfg.mapper, vision=vision)

@@ -10,9 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from metamapper.config import DataConfig
-from metamapper.data.tasks import TaskSet, sample_task
+from metamapper.data.tasks import Task, TaskSet, sample_task
 
 Builder = Callable[[DataConfig, int, int], tuple[TaskSet, TaskSet]]
 TRAINING_SOURCES: dict[str, Builder] = {}
@@ -86,6 +87,16 @@ def training_tasks(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, Tas
     return TRAINING_SOURCES[d.source](d, n_tasks, seed)
 
 
+def training_class_keys(d: DataConfig, seed: int) -> dict[str, list[str]]:
+    """Class name -> the meta-training image keys of ``d.source`` (for ``data.subclass_share``)."""
+    if d.source != "fashion-mnist":
+        raise ValueError(f"data.subclass_share needs the classes of the training images; "
+                         f"data.source={d.source!r} does not give them (use fashion-mnist)")
+    from metamapper.data.fashion import DEFAULT_ROOT, class_to_keys
+
+    return class_to_keys("train", None, d.images_per_class, seed, root=d.root or DEFAULT_ROOT)
+
+
 @_register("coco")
 def _coco(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
     """Cross-domain: COCO train2017 caption tasks grouped by object category; validation on
@@ -98,3 +109,52 @@ def _coco(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
     train = build_coco_tasks(root=d.root, split="train", n_tasks=n_tasks, seed=seed, **kw)
     val = build_coco_tasks(root=d.root, split="val", n_tasks=200, seed=seed + 1, **kw)
     return train, val
+
+
+def split_class(keys: list[str], features: torch.Tensor, parts: int) -> list[list[str]]:
+    """Split one class's images into ``parts`` groups along its first principal component.
+
+    The images are sorted by their projection on the direction along which the class's features
+    vary most; of ``2 * parts - 1`` equal runs of that order, the 1st, 3rd, ... are the groups,
+    so neighbouring groups are separated by a run of left-out images (no near-duplicates across
+    the boundary).
+    """
+    x = features.reshape(len(keys), -1).double()
+    x = x - x.mean(0)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    order = torch.argsort(x @ v[0]).tolist()
+    runs = np.array_split(np.array(order), 2 * parts - 1)
+    return [[keys[i] for i in runs[2 * j]] for j in range(parts)]
+
+
+def with_subclass_tasks(
+    tasks: list[Task], class_keys: dict[str, list[str]], features_of: Callable[[list[str]], torch.Tensor],
+    *, share: float, ways: int, shots: int, queries_per_class: int, seed: int,
+) -> list[Task]:
+    """Replace a ``share`` of the meta-training tasks by tasks between sub-groups of one class.
+
+    A task between, say, two kinds of sandal (``split_class``) can only be answered from what
+    tells the kinds apart; classes the meta-training set never contrasts (e.g. sneakers vs ankle
+    boots when sandals are the only shoes) are told apart by the same kind of detail. The
+    answer words are fresh made-up words, as in the other tasks. Seeded: the same inputs give
+    the same tasks.
+    """
+    if share <= 0:
+        return tasks
+    need = shots + queries_per_class
+    groups = {}
+    for name, keys in class_keys.items():
+        parts = split_class(keys, features_of(keys), ways)
+        if min(len(p) for p in parts) >= need:
+            groups[name] = {f"{name} #{j + 1}": p for j, p in enumerate(parts)}
+    if not groups:
+        raise ValueError(f"no class has {ways} sub-groups of {need} images for data.subclass_share")
+    rng = np.random.default_rng(seed + 7)
+    names = sorted(groups)
+    out = list(tasks)
+    for i, task in enumerate(tasks):
+        if rng.random() < share:
+            cls = names[int(rng.integers(len(names)))]
+            out[i] = sample_task(groups[cls], ways=ways, shots=shots, queries_per_class=queries_per_class,
+                                 rng=rng, naming="made_up", task_id=f"{task.task_id}-subclass")
+    return out
