@@ -6,6 +6,7 @@ import json
 import math
 import random
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -176,6 +177,8 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
         raise ValueError(f"train.meta_batch={t.meta_batch} must be a multiple of the {world} processes")
     seed_everything(t.seed)
     train_set, val_set = training_tasks(cfg.data, max(1, t.updates * t.meta_batch), t.seed)
+    # only the validation tasks the run will use get their images encoded (none without validation)
+    val_set = replace(val_set, tasks=val_set.tasks[: t.val_tasks] if t.val_every and t.updates else [])
     d = cfg.data
     class_keys = training_class_keys(d, t.seed) if d.subclass_share else {}
     vision = build_vision(cfg.backbones)
