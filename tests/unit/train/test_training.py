@@ -176,10 +176,20 @@ def test_in_context_aids_and_bfloat16_lm_train_and_log(tmp_path: Path, features_
     the LM in bfloat16 while training; the saved run loads and evaluates in float32."""
     run = tmp_path / "aids"
     cfg = config(features_dir, "train.spread_weight=1", "train.copy_queries=0.5",
-                 "train.copy_updates=3", "train.lm_dtype=bfloat16")
+                 "train.copy_updates=3", "train.lm_dtype=bfloat16", "train.geometry_weight=1")
     episodic.train(cfg, run, progress=False)
     steps = [r for r in metrics(run) if "loss" in r]
     assert len(steps) == 6 and all(math.isfinite(r["loss"]) for r in steps)
     assert all(0 <= r["spread_penalty"] <= 1 for r in steps)
+    assert all(0 <= r["geometry_penalty"] <= 4 for r in steps)
     model = MetaMapper.from_pretrained(run)
     assert all(p.dtype == torch.float32 for p in model.lm.parameters())
+
+
+def test_only_the_validation_tasks_used_are_prepared(features_dir: Path) -> None:
+    from metamapper.train.common import prepare_run
+
+    assert prepare_run(config(features_dir), progress=False)["val_tasks"] == []  # val_every=0
+    run = prepare_run(config(features_dir, "train.val_every=2", "train.val_tasks=3"), progress=False)
+    assert len(run["val_tasks"]) == 3 and len(run["val_table"].index) == len(
+        {k for t in run["val_tasks"] for k in t.image_keys()})
