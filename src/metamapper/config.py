@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from metamapper.meta.maml import InnerLoop
+from metamapper.models.mapper import READOUTS
 
 
 class ConfigError(ValueError):
@@ -247,8 +248,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.subclass_share must be in [0, 1], got {cfg.data.subclass_share}")
     if cfg.data.subclass_share and cfg.data.source != "fashion-mnist":
         raise ConfigError("data.subclass_share needs data.source=fashion-mnist (the classes of its images)")
-    if cfg.mapper.readout not in ("queries", "visual"):
-        raise ConfigError(f"mapper.readout must be queries or visual, got {cfg.mapper.readout!r}")
+    if cfg.mapper.readout not in READOUTS:
+        raise ConfigError(f"mapper.readout must be one of {READOUTS}, got {cfg.mapper.readout!r}")
     if cfg.mapper.readout == "visual" and cfg.mapper.kind != "attention":
         raise ConfigError("mapper.readout=visual needs mapper.kind=attention")
     if cfg.mapper.prefix_len < 1:
