@@ -43,7 +43,8 @@ class _FeatureStats(nn.Module):
         self.feat_mean.copy_(mean.reshape(-1))
         self.feat_std.copy_(std.reshape(-1).clamp(min=1e-3))
 
-    def _standardized(self, features: torch.Tensor) -> torch.Tensor:
+    def standardized(self, features: torch.Tensor) -> torch.Tensor:
+        """The features standardised with the stored statistics (unchanged when ``standardize`` is off)."""
         if not self.standardize:
             return features
         return (features - self.feat_mean) / self.feat_std
@@ -137,7 +138,7 @@ class AttentionMapper(_FeatureStats):
                 f"readout='visual' needs prefix_len={self.prefix_len} visual tokens per image, got {n} "
                 "(set mapper.prefix_len to the encoder's token count, e.g. 4 for grid2)"
             )
-        x = self.visual_proj(self._standardized(features))  # (B, n, D)
+        x = self.visual_proj(self.standardized(features))  # (B, n, D)
         h = torch.cat([self.prefix.expand(b, -1, -1), x], dim=1)  # (B, l + n, D)
         if self.norm_first:
             h = h + self.dropout(self._attend(self.norm1(h)))
@@ -198,7 +199,7 @@ class MLPMapper(_FeatureStats):
                 f"visual features have size {features.shape[-1]}, the mapper expects "
                 f"{self.visual_dim} (features from another encoder or mode?)"
             )
-        out = rearrange(self.net(self._standardized(features)), "b (l d) -> b l d", l=self.prefix_len)
+        out = rearrange(self.net(self.standardized(features)), "b (l d) -> b l d", l=self.prefix_len)
         if self.out_scale is not None:
             out = F.layer_norm(out, (self.embed_dim,)) * self.out_scale
         return out

@@ -81,7 +81,7 @@ def geometry_penalty(model: MetaMapper, episodes: list[Episode]) -> torch.Tensor
     """
     feats = torch.cat([ep.features for ep in episodes])
     p = model.prefixes(feats, {}).flatten(1).float()
-    f = model.mapper._standardized(feats.to(p.dtype)).flatten(1)
+    f = model.mapper.standardized(feats.to(p.dtype)).flatten(1)
 
     def gram(x: torch.Tensor) -> torch.Tensor:
         x = torch.nn.functional.normalize(x - x.mean(0, keepdim=True), dim=1)

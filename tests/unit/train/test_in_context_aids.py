@@ -69,7 +69,7 @@ class _Linear:
 
     def __init__(self, weight: torch.Tensor) -> None:
         self.weight = weight
-        self.mapper = type("M", (), {"_standardized": staticmethod(lambda f: f)})()
+        self.mapper = type("M", (), {"standardized": staticmethod(lambda f: f)})()
 
     def prefixes(self, feats: torch.Tensor, params: dict) -> torch.Tensor:
         return (feats.flatten(1) @ self.weight).view(len(feats), 2, -1)
