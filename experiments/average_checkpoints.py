@@ -9,24 +9,27 @@ The result is an inference checkpoint (no optimizer state) that ``metamapper eva
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from metamapper.checkpoint import save_checkpoint
+from metamapper.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 
 def average_checkpoints(run: Path, out: Path, steps: list[int]) -> Path:
     """Write the mean of the weights of ``run``'s checkpoints at ``steps`` into ``out``."""
-    folders = [run / "checkpoints" / f"step-{s:07d}" for s in steps]
-    for f in folders:
-        if not (f / "mapper.safetensors").is_file():
-            raise SystemExit(f"error: {f} has no mapper.safetensors")
-    weights = [load_file(str(f / "mapper.safetensors")) for f in folders]
-    meta = json.loads((folders[-1] / "meta.json").read_text())
+    by_step = {c.step: c for c in map(read_checkpoint, list_checkpoints(run))}  # checksums verified
+    missing = [s for s in steps if s not in by_step]
+    if missing:
+        raise CheckpointError(f"{run} has no checkpoint at steps {missing} (it has {sorted(by_step)})")
+    weights = [by_step[s].weights for s in steps]
+    meta = dict(by_step[steps[-1]].meta)
     for key in ("step", "sha256", "trainer_sha256"):  # rewritten by save_checkpoint
         meta.pop(key, None)
     mean = {k: (sum(w[k].to(torch.float64) for w in weights) / len(weights)).to(weights[0][k].dtype)
@@ -42,7 +45,10 @@ def main() -> None:
     ap.add_argument("out", type=Path, help="new run folder")
     ap.add_argument("steps", type=int, nargs="+", help="checkpoint steps to average")
     a = ap.parse_args()
-    print(average_checkpoints(a.run, a.out, a.steps))
+    try:
+        print(average_checkpoints(a.run, a.out, a.steps))
+    except CheckpointError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
