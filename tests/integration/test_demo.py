@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 import metamapper.demo as demo
+from metamapper.data.fashion import DEFAULT_ROOT
 
-FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+FASHION = Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz"
 TINY = ("backbones.vision=tiny-clip", "backbones.vision_mode=pooled", "backbones.lm=tiny-lm",
         "mapper.prefix_len=2", "mapper.num_heads=4", "mapper.ff_dim=64", "data.images_per_class=8")
 
