@@ -44,7 +44,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     run = load_run(a.checkpoint)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
-                       progress=rank == 0)
+                       progress=rank == 0, orderings=a.orderings)
     res["dataset"] = a.dataset
     if rank != 0:
         return
@@ -147,6 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task-induction", action="store_true", help="'Answer with dax or blicket.'")
     e.add_argument("--steps", type=int, help="adaptation steps (default: as trained)")
     e.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
+    e.add_argument("--orderings", type=int,
+                   help="support in context: answer under this many support orders and keep the "
+                        "most likely answer (default: the run's eval.orderings)")
     e.add_argument("--seed", type=int, default=1234, help="seed of sampled tasks")
     e.add_argument("--feature-cache", help="feature cache folder")
     e.add_argument("--out", help="write the results JSON here")

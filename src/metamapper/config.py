@@ -48,6 +48,7 @@ class MapperConfig:
     output_norm: bool = True  # layer-normalise each prefix vector, times a learned scale initialised to the LM's token-embedding norm
     norm_first: bool = True  # pre-LN attention block (the paper's is post-LN)
     standardize: bool = True  # standardise visual features with the training set's per-dimension mean/std
+    center: bool = False  # the mapper sees each image relative to its task: minus the mean of the task's support features
     readout: str = "queries"  # attention mapper's prefix: queries (learned positions, the paper's) | visual (the visual tokens' positions)
 
 
@@ -84,6 +85,7 @@ class TrainConfig:
     spread_weight: float = 0.0  # weight of the anti-collapse hinge on the prefixes' spread over images (0: off)
     spread_target: float = 0.25  # ... the spread it asks for: per-element std over images / mean |element|
     geometry_weight: float = 0.0  # weight of the prefixes-keep-the-features'-similarities penalty (0: off)
+    class_mix: float = 0.0  # share of meta-training tasks whose classes are blends of two tasks' classes (0: off)
     feature_noise: float = 0.0  # std of Gaussian noise added to visual features in training (relative to their std)
     val_every: int = 50  # validate every this many updates (0: never)
     val_tasks: int = 100  # held-out tasks per validation
@@ -102,6 +104,7 @@ class EvalConfig:
     variants: list[str] = field(default_factory=lambda: ["open_ended", "real_name"])  # fashion variants
     steps: int | None = None  # adaptation steps at test time (None: as trained)
     max_new_tokens: int = 8  # generation length limit
+    orderings: int = 1  # support in context: answer under this many support orders, keep the most likely answer
     batch_tasks: int = 32  # tasks answered together
     seed: int = 1234  # seed of the fixed evaluation tasks
 
@@ -232,6 +235,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.ways must be >= 2, got {d.ways}")
     if d.shots < 1:
         raise ConfigError(f"data.shots must be >= 1, got {d.shots}")
+    if cfg.eval.orderings < 1:
+        raise ConfigError(f"eval.orderings must be >= 1, got {cfg.eval.orderings}")
     if t.queries_per_row < 1:
         raise ConfigError(f"train.queries_per_row must be >= 1, got {t.queries_per_row}")
     if d.queries_per_class < 1:
@@ -275,6 +280,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.copy_queries must be in [0, 1] and train.copy_updates >= 0")
     if t.spread_weight < 0 or not t.spread_target > 0:
         raise ConfigError("train.spread_weight must be >= 0 and train.spread_target > 0")
+    if not 0 <= t.class_mix <= 1:
+        raise ConfigError(f"train.class_mix must be in [0, 1], got {t.class_mix}")
     if t.geometry_weight < 0:
         raise ConfigError(f"train.geometry_weight must be >= 0, got {t.geometry_weight}")
     for key, value in {"train.weight_decay": t.weight_decay, "train.feature_noise": t.feature_noise}.items():

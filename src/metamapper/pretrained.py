@@ -26,7 +26,7 @@ from metamapper.checkpoint import (
     read_checkpoint,
 )
 from metamapper.config import Config, config_from_dict
-from metamapper.meta.episode import ROW_FORMATS, Episode
+from metamapper.meta.episode import Episode, model_view
 from metamapper.meta.maml import InnerLearningRates, InnerLoop, adapt
 from metamapper.models.metamapper import MetaMapper
 
@@ -103,16 +103,19 @@ class AdaptedMetaMapper:
     captions: list[str]
     query_format: str
     support_losses: list[float] = field(default_factory=list)
+    orderings: int = 1  # in context: support orders each answer is chosen over (see eval.fewshot)
 
     def answer(self, images: Sequence[Image.Image], question: str | None = None,
                *, max_new_tokens: int = 8) -> list[str]:
         """Answer each image (optionally after ``question``, e.g. ``"This is a"``)."""
+        from metamapper.eval.fewshot import answer_with_params
+
         feats = self.model.encode_images(list(images))
         ep = Episode(features=torch.cat([self.support, feats]), captions=self.captions,
                      questions=[question or ""] * len(images), answers=[""] * len(images))
-        rows = ROW_FORMATS[self.query_format](ep, with_answer=False)
-        return self.model.generate(ep.features, rows, self.params or None,
-                                   max_new_tokens=max_new_tokens)
+        ep = model_view(self.model, ep)  # before the query images are answered
+        return answer_with_params(self.model, [ep], [self.params], query_format=self.query_format,
+                                  max_new_tokens=max_new_tokens, orderings=self.orderings)[0]
 
 
 def adapt_to_support(
@@ -138,7 +141,7 @@ def adapt_to_support(
     loop = InnerLoop(steps=n_steps, lr=inner.lr, adapt=inner.adapt, meta_sgd=inner.meta_sgd,
                      per_step_lr=inner.per_step_lr)
     feats = run.model.encode_images(list(images))
-    ep = Episode(features=feats, captions=list(captions), questions=[], answers=[])
+    ep = model_view(run.model, Episode(features=feats, captions=list(captions), questions=[], answers=[]))
     params: dict[str, torch.Tensor] = {}
     losses: list[float] = []
     if n_steps > 0:
@@ -150,4 +153,5 @@ def adapt_to_support(
             losses = [float(task_losses(run.model, [ep], s, caption_rows)[0]) for s in traj]
         params = {k: v.detach() for k, v in traj[-1][0].items()}
     return AdaptedMetaMapper(model=run.model, params=params, support=feats, captions=list(captions),
-                             query_format=m.query_format, support_losses=losses)
+                             query_format=m.query_format, support_losses=losses,
+                             orderings=run.config.eval.orderings)

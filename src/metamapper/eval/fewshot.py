@@ -14,6 +14,7 @@ functional, so the backbones are never copied.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -21,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metamapper.eval.metrics import exact_match, mean_ci95, normalize_answer
-from metamapper.meta.episode import ROW_FORMATS, Episode, batch_rows, episode_from_task
+from metamapper.meta.episode import ROW_FORMATS, Episode, batch_rows, episode_from_task, model_view
 from metamapper.meta.maml import InnerLearningRates, InnerLoop, adapt, task_prefixes
 from metamapper.models.metamapper import MetaMapper
 
@@ -58,10 +59,96 @@ class EvalResult:
     n_queries: int
     steps: int
     support_fit: float | None = None
+    orderings: int = 1
     examples: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)
+
+
+def support_orders(n_support: int, k: int) -> list[list[int]]:
+    """``k`` distinct orders of ``n_support`` support examples (fewer when fewer exist): as given,
+    reversed, then seeded random permutations (the same for every task of that size)."""
+    orders = [list(range(n_support))]
+    if k > 1 and n_support > 1:
+        orders.append(orders[0][::-1])
+    gen = torch.Generator().manual_seed(n_support)
+    tries = 0
+    while len(orders) < min(k, math.factorial(n_support)) and tries < 100 * k:
+        order = torch.randperm(n_support, generator=gen).tolist()
+        tries += 1
+        if order not in orders:
+            orders.append(order)
+    return orders[:k]
+
+
+def reorder_support(ep: Episode, order: Sequence[int]) -> Episode:
+    """``ep`` with its support examples in ``order`` (queries unchanged)."""
+    s = ep.n_support
+    idx = torch.tensor([*order, *range(s, ep.features.shape[0])])
+    return Episode(features=ep.features[idx], captions=[ep.captions[i] for i in order],
+                   questions=ep.questions, answers=ep.answers)
+
+
+def _answer(model: MetaMapper, episodes: Sequence[Episode], params: Sequence[dict[str, torch.Tensor]],
+            query_format: str, max_new_tokens: int) -> list[list[str]]:
+    eb = batch_rows(episodes, ROW_FORMATS[query_format], with_answer=False)
+    with torch.no_grad():
+        batch = model.pack(eb.rows)
+        prefixes = task_prefixes(model, eb.features, batch, torch.tensor(eb.row_task), params)
+        texts = model.generate(eb.features, eb.rows, prefixes=prefixes, max_new_tokens=max_new_tokens)
+    out: list[list[str]] = [[] for _ in episodes]
+    for t, text in zip(eb.row_task, texts, strict=True):
+        out[t].append(text)
+    return out
+
+
+def _order_ensemble(model: MetaMapper, episodes: Sequence[Episode],
+                    params: Sequence[dict[str, torch.Tensor]], orderings: int,
+                    max_new_tokens: int) -> list[list[str]]:
+    """In context, answer each query under several support orders; of the distinct answers
+    generated, return the one with the highest log-likelihood summed over all the orders."""
+    variants = [(e, reorder_support(ep, o)) for e, ep in enumerate(episodes)
+                for o in support_orders(ep.n_support, orderings)]
+    generated = _answer(model, [v for _, v in variants], [params[e] for e, _ in variants],
+                        "in_context", max_new_tokens)
+    candidates: dict[tuple[int, int], list[str]] = {}  # (episode, query) -> distinct answers
+    for (e, _), answers in zip(variants, generated, strict=True):
+        for q, a in enumerate(answers):
+            seen = candidates.setdefault((e, q), [])
+            if a.strip() and normalize_answer(a) not in map(normalize_answer, seen):
+                seen.append(a)
+    # one scoring row per (order, query, candidate): [support in that order; p(x_q); question] ->
+    # candidate, for the queries whose orders disagree (the others have one candidate)
+    scored: list[Episode] = []
+    keys: list[tuple[int, int, int]] = []
+    for e, v in variants:
+        s = v.n_support
+        for q in range(v.n_query):
+            if len(candidates[(e, q)]) < 2:
+                continue
+            for c, cand in enumerate(candidates[(e, q)]):
+                scored.append(Episode(features=torch.cat([v.features[:s], v.features[s + q : s + q + 1]]),
+                                      captions=v.captions, questions=[v.questions[q]], answers=[cand]))
+                keys.append((e, q, c))
+    totals = {k: [0.0] * len(c) for k, c in candidates.items()}
+    if scored:
+        eb = batch_rows(scored, ROW_FORMATS["in_context"], with_answer=True)
+        task_of_row = torch.tensor([keys[r][0] for r in eb.row_task])
+        with torch.no_grad():
+            batch = model.pack(eb.rows)
+            prefixes = task_prefixes(model, eb.features, batch, task_of_row, params)
+            logp = model.target_logprobs(eb.features, batch, prefixes=prefixes).tolist()
+        for (e, q, c), lp in zip(keys, logp, strict=True):
+            totals[(e, q)][c] += lp
+    out: list[list[str]] = []
+    for e, ep in enumerate(episodes):
+        row = []
+        for q in range(ep.n_query):
+            cands, tot = candidates[(e, q)], totals[(e, q)]
+            row.append(cands[max(range(len(cands)), key=tot.__getitem__)] if cands else "")
+        out.append(row)
+    return out
 
 
 def answer_episodes(
@@ -72,8 +159,13 @@ def answer_episodes(
     loop: InnerLoop,
     lrs: InnerLearningRates | None = None,
     max_new_tokens: int = 8,
+    orderings: int = 1,
 ) -> tuple[list[list[str]], list[dict[str, torch.Tensor]]]:
     """Adapt (if ``loop.steps``) and answer every query of every episode in one generation.
+
+    With the support in context and ``orderings > 1``, each query is answered under that many
+    orders of the support (``support_orders``) and the answer most likely over all of them wins
+    (the frozen LM favours one position of the context; averaging over orders removes that bias).
 
     Returns:
         per-episode lists of generated answers, and the adapted parameters per episode.
@@ -82,15 +174,24 @@ def answer_episodes(
         params = [{k: v.detach() for k, v in p.items()} for p in adapt(model, episodes, loop=loop, lrs=lrs)[-1]]
     else:
         params = [{} for _ in episodes]
-    eb = batch_rows(episodes, ROW_FORMATS[query_format], with_answer=False)
-    with torch.no_grad():
-        batch = model.pack(eb.rows)
-        prefixes = task_prefixes(model, eb.features, batch, torch.tensor(eb.row_task), params)
-        texts = model.generate(eb.features, eb.rows, prefixes=prefixes, max_new_tokens=max_new_tokens)
-    out: list[list[str]] = [[] for _ in episodes]
-    for t, text in zip(eb.row_task, texts, strict=True):
-        out[t].append(text)
-    return out, params
+    return answer_with_params(model, episodes, params, query_format=query_format,
+                              max_new_tokens=max_new_tokens, orderings=orderings), params
+
+
+def answer_with_params(
+    model: MetaMapper,
+    episodes: Sequence[Episode],
+    params: Sequence[dict[str, torch.Tensor]],
+    *,
+    query_format: str,
+    max_new_tokens: int = 8,
+    orderings: int = 1,
+) -> list[list[str]]:
+    """Answer every query of every episode, episode ``t`` with mapper parameters ``params[t]``
+    (``{}``: the model's own); ``orderings`` as in ``answer_episodes``."""
+    if query_format == "in_context" and orderings > 1:
+        return _order_ensemble(model, episodes, params, orderings, max_new_tokens)
+    return _answer(model, episodes, params, query_format, max_new_tokens)
 
 
 def support_fit_episode(ep: Episode) -> Episode:
@@ -125,6 +226,7 @@ def evaluate(
     progress: bool = True,
     n_examples: int = 5,
     distributed: bool = False,
+    orderings: int = 1,
 ) -> EvalResult:
     """Meta-test ``model`` on ``tasks`` with ``method``; exact match with a 95% CI.
 
@@ -138,11 +240,15 @@ def evaluate(
         lrs: learned inner learning rates (Meta-SGD), if the model was trained with them.
         batch_tasks: tasks adapted and answered together.
         support_fit: also measure whether the adapted model names its own support images.
+        orderings: with the support in context, answer under this many support orders and keep
+            the most likely answer over all of them (1: the order the task gives).
         distributed: in a ``torchrun`` job, each rank answers a disjoint share of the tasks and
             every rank gets the gathered result (identical to one process's).
     """
     from metamapper.train import distributed as dist_utils
 
+    if orderings < 1:
+        raise ValueError(f"orderings must be >= 1, got {orderings}")
     rank, world = dist_utils.rank_world() if distributed else (0, 1)
     tasks = dist_utils.shard(tasks, rank, world)
     m = get_method(method)
@@ -159,10 +265,11 @@ def evaluate(
     bar = tqdm(total=len(tasks), desc=f"eval {method}", disable=not progress, leave=False)
     try:
         for i in range(0, len(tasks), batch_tasks):
-            episodes = [episode_from_task(t, features_of) for t in tasks[i : i + batch_tasks]]
+            episodes = [model_view(model, episode_from_task(t, features_of))
+                        for t in tasks[i : i + batch_tasks]]
             answers, params = answer_episodes(
                 model, episodes, query_format=m.query_format, loop=loop, lrs=lrs,
-                max_new_tokens=max_new_tokens,
+                max_new_tokens=max_new_tokens, orderings=orderings,
             )
             for ep, preds in zip(episodes, answers, strict=True):
                 hits = [exact_match(p, a) for p, a in zip(preds, ep.answers, strict=True)]
@@ -197,4 +304,5 @@ def evaluate(
     acc, ci = mean_ci95(per_task)
     fit = sum(fits) / len(fits) if fits else None
     return EvalResult(method=method, accuracy=acc, ci95=ci, n_tasks=len(per_task),
-                      n_queries=n_queries, steps=n_steps, support_fit=fit, examples=examples)
+                      n_queries=n_queries, steps=n_steps, support_fit=fit, examples=examples,
+                      orderings=orderings if m.query_format == "in_context" else 1)

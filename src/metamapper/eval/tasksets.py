@@ -50,8 +50,11 @@ def evaluation_tasks(dataset: str, *, data: str | None, ways: int, shots: int, n
 def evaluate_run(run: object, taskset: TaskSet, *, method: str | None = None, steps: int | None = None,
                  repeats: int = 0, induction: bool = False, batch_tasks: int = 32,
                  feature_cache: str | Path | None = None, progress: bool = True,
-                 with_zero_steps: bool = True) -> dict[str, object]:
+                 with_zero_steps: bool = True, orderings: int | None = None) -> dict[str, object]:
     """Evaluate a loaded run (``pretrained.load_run``) on a task set.
+
+    ``orderings`` (support orders in context, see ``evaluate``) defaults to the run's
+    ``eval.orderings``.
 
     Returns a JSON-ready dict with ``accuracy``, ``ci95``, ``n_tasks`` and, for methods that
     adapt, ``accuracy_0_steps`` (the same tasks without adaptation).
@@ -73,15 +76,17 @@ def evaluate_run(run: object, taskset: TaskSet, *, method: str | None = None, st
     if not tasks:
         raise ValueError("no task left to evaluate (every task has an unreadable image)")
     loop = replace(cfg.train.inner, steps=n_steps)
+    orderings = cfg.eval.orderings if orderings is None else orderings
     res: EvalResult = evaluate(model, tasks, table, method=method, steps=n_steps, loop=loop,
                                lrs=run.lrs, batch_tasks=batch_tasks, progress=progress,  # type: ignore[attr-defined]
-                               distributed=True)
+                               distributed=True, orderings=orderings)
     out = res.to_dict()
     out.update(ways=tasks[0].ways, shots=tasks[0].shots, repeats=repeats, induction=induction,
                skipped_images=[k for k, _ in table.skipped])
     if with_zero_steps and m.default_steps is None and res.steps > 0:
         zero = evaluate(model, tasks, table, method=method, steps=0, loop=replace(loop, steps=0),
-                        batch_tasks=batch_tasks, progress=progress, distributed=True)
+                        batch_tasks=batch_tasks, progress=progress, distributed=True,
+                        orderings=orderings)
         out["accuracy_0_steps"] = zero.accuracy
         out["ci95_0_steps"] = zero.ci95
     return out

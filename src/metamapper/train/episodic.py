@@ -24,7 +24,13 @@ from tqdm.auto import tqdm
 from metamapper.config import Config
 from metamapper.eval.fewshot import evaluate
 from metamapper.eval.metrics import normalize_answer
-from metamapper.meta.episode import Episode, episode_from_task, in_context_rows, query_rows
+from metamapper.meta.episode import (
+    Episode,
+    episode_from_task,
+    in_context_rows,
+    model_view,
+    query_rows,
+)
 from metamapper.meta.maml import InnerLearningRates, adapt, meta_loss
 from metamapper.models.metamapper import MetaMapper
 from metamapper.train import common, distributed
@@ -53,6 +59,53 @@ def copy_queries(ep: Episode, share: float, gen: torch.Generator) -> Episode:
         if same:
             feats[s + j] = ep.features[same[0]]
     return dataclasses.replace(ep, features=feats)
+
+
+def _ways(ep: Episode) -> tuple[list[int], list[int]]:
+    """The class (way) index of each support and each query image of ``ep``, in order of first
+    appearance among the support captions; a query's class is the support caption holding its
+    answer (-1 when none does)."""
+    names: dict[str, int] = {}
+    support = [names.setdefault(normalize_answer(c), len(names)) for c in ep.captions]
+    queries = []
+    for ans in ep.answers:
+        word = f" {normalize_answer(ans)} "
+        hit = [w for c, w in names.items() if word in f" {c} "]
+        queries.append(hit[0] if hit else -1)
+    return support, queries
+
+
+def mix_classes(episodes: list[Episode], share: float, gen: torch.Generator) -> list[Episode]:
+    """Task interpolation: about ``share`` of the episodes get new classes, blends of their own.
+
+    Episode ``a`` is paired with another episode ``b`` of the batch, and class ``w`` of ``a`` becomes
+    ``lam * (class w of a) + (1 - lam) * (class w of b)``: every image of ``a`` of that class is
+    blended with an image of ``b``'s class ``w`` (one ``lam ~ U(0.25, 0.75)`` per episode). The
+    captions and answers stay ``a``'s. Meta-training on a handful of classes otherwise lets the
+    mapper keep only what separates *those* classes; blends are classes it has not seen (MLTI,
+    Yao et al., NeurIPS 2021). Episodes whose ways do not match up are left as they are.
+    """
+    if share <= 0 or len(episodes) < 2:
+        return episodes
+    ways = [_ways(ep) for ep in episodes]
+    out = []
+    for a, ep in enumerate(episodes):
+        if float(torch.rand((), generator=gen)) >= share:
+            out.append(ep)
+            continue
+        b = (a + 1 + int(torch.randint(len(episodes) - 1, (), generator=gen))) % len(episodes)
+        wa, wb = ways[a][0] + ways[a][1], ways[b][0] + ways[b][1]
+        pool: dict[int, list[int]] = {}
+        for i, w in enumerate(wb):
+            if w >= 0:
+                pool.setdefault(w, []).append(i)
+        if -1 in wa or any(w not in pool for w in wa):
+            out.append(ep)
+            continue
+        partner = torch.stack([episodes[b].features[pool[w][i % len(pool[w])]] for i, w in enumerate(wa)])
+        lam = 0.25 + 0.5 * float(torch.rand((), generator=gen))
+        out.append(dataclasses.replace(ep, features=lam * ep.features + (1 - lam) * partner))
+    return out
 
 
 def spread_penalty(model: MetaMapper, episodes: list[Episode], target: float) -> torch.Tensor:
@@ -148,9 +201,13 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             if copy_share > 0:
                 gen = torch.Generator().manual_seed(t.seed * 1_000_033 + step)
                 episodes = [copy_queries(ep, copy_share, gen) for ep in episodes]
+            if t.class_mix:
+                gen = torch.Generator().manual_seed(t.seed * 1_000_037 + step)
+                episodes = mix_classes(episodes, t.class_mix, gen)
             if noise_std:
                 gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
                 episodes = [_noisy(ep, noise_std, gen) for ep in episodes]
+            episodes = [model_view(model, ep) for ep in episodes]
             if t.inner.steps > 0:
                 traj = adapt(model, episodes, loop=t.inner, lrs=lrs)  # traj[s][task] = params
             else:

@@ -105,3 +105,39 @@ def test_geometry_penalty_trains_the_mapper(smoke_model):
 def test_negative_geometry_weight_is_a_config_error():
     with pytest.raises(ConfigError, match="geometry_weight"):
         config_from_dict({}, ["train.geometry_weight=-1"])
+
+
+def test_class_mix_blends_each_class_with_the_same_class_of_a_partner_task():
+    from metamapper.train.episodic import mix_classes
+
+    a = Episode(features=torch.tensor([0.0, 10.0, 10.0, 0.0]).view(4, 1, 1),
+                captions=["This is a dax.", "This is a blicket."],
+                questions=["This is a"] * 2, answers=["blicket", "dax"])
+    b = Episode(features=torch.tensor([200.0, 100.0, 100.0, 100.0, 200.0]).view(5, 1, 1),
+                captions=["This is a wug.", "This is a zorp."],  # way 0: 200, way 1: 100
+                questions=["This is a"] * 3, answers=["zorp", "zorp", "wug"])
+    out = mix_classes([a, b], 1.0, torch.Generator().manual_seed(0))
+    assert out[0].captions == a.captions and out[0].answers == a.answers
+    lam = float(1 - out[0].features[0, 0, 0] / 200)  # support 0 (way 0) blended with b's way 0
+    assert 0.25 <= lam <= 0.75
+    expected = lam * a.features + (1 - lam) * torch.tensor([200.0, 100.0, 100.0, 200.0]).view(4, 1, 1)
+    assert torch.allclose(out[0].features, expected)
+    # images of one class stay together: a's query of way 1 equals its support of way 1
+    assert torch.equal(out[0].features[2], out[0].features[1])
+    assert torch.equal(a.features.flatten(), torch.tensor([0.0, 10.0, 10.0, 0.0]))  # input untouched
+
+
+def test_class_mix_share_zero_and_unmatched_ways():
+    from metamapper.train.episodic import mix_classes
+
+    ep = _episode()
+    assert mix_classes([ep, ep], 0.0, torch.Generator()) == [ep, ep]
+    odd = Episode(features=torch.arange(3.0).view(3, 1, 1), captions=["This is a dax.", "A wug."],
+                  questions=["This is a"], answers=["zorp"])  # an answer no caption holds
+    out = mix_classes([odd, ep], 1.0, torch.Generator().manual_seed(0))
+    assert out[0] is odd and out[1] is not ep
+
+
+def test_class_mix_out_of_range_is_a_config_error():
+    with pytest.raises(ConfigError, match="class_mix"):
+        config_from_dict({}, ["train.class_mix=2"])
