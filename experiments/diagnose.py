@@ -21,7 +21,7 @@ from metamapper.data.feature_table import FeatureTable
 from metamapper.eval.fewshot import answer_episodes, get_method
 from metamapper.eval.metrics import exact_match
 from metamapper.eval.tasksets import evaluation_tasks
-from metamapper.meta.episode import episode_from_task, model_view
+from metamapper.meta.episode import episode_from_task
 from metamapper.meta.maml import InnerLoop
 from metamapper.pretrained import load_run
 
@@ -51,7 +51,7 @@ def main() -> None:
     sd = table.features.float().reshape(len(table.features), -1).std(0) + 1e-6
     for i in range(0, len(ts.tasks), 32):
         chunk = ts.tasks[i:i + 32]
-        eps = [model_view(model, episode_from_task(t, table)) for t in chunk]
+        eps = [episode_from_task(t, table) for t in chunk]
         if init:
             answers = [["-"] * len(ep.answers) for ep in eps]
         else:

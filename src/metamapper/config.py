@@ -48,7 +48,6 @@ class MapperConfig:
     output_norm: bool = True  # layer-normalise each prefix vector, times a learned scale initialised to the LM's token-embedding norm
     norm_first: bool = True  # pre-LN attention block (the paper's is post-LN)
     standardize: bool = True  # standardise visual features with the training set's per-dimension mean/std
-    center: bool = False  # the mapper sees each image relative to its task: minus the mean of the task's support features
     readout: str = "queries"  # attention mapper's prefix: queries (learned positions, the paper's) | visual (the visual tokens' positions)
 
 

@@ -72,7 +72,7 @@ def _finished_rows(path: Path) -> dict[tuple[object, ...], dict[str, object]]:
     import json
 
     rows = json.loads(path.read_text())
-    return {(r["label"], r["dataset"], r["shots"], r["n_tasks"]): r for r in rows}
+    return {(r["label"], r["dataset"], r["shots"], r["n_tasks"], r.get("orderings", 1)): r for r in rows}
 
 
 def demo_config(*overrides: str) -> Config:
@@ -82,6 +82,7 @@ def demo_config(*overrides: str) -> Config:
 
 def run_demo(*, quick: bool = False, out: str | Path = "runs/demo") -> list[dict[str, object]]:
     """Train and evaluate everything; returns the result rows (also written to ``out``)."""
+    from metamapper.eval.fewshot import get_method
     from metamapper.eval.report import (
         plot_accuracy_vs_shots,
         plot_training_curves,
@@ -114,27 +115,30 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo") -> list[dict
     settings = [(ds, shots) for ds in ("fashion-open-ended", "fashion-real-name") for shots in (1, 5)]
     base = {1: plan.baseline_tasks, 5: plan.baseline_tasks_5shot}  # evaluation tasks per shot count
     evals = [
-        ("in-context (ours, default)", out, "in-context", {1: plan.main_tasks, 5: plan.main_tasks_5shot}),
-        ("paper MAML (faithful)", out / "baselines" / "maml", "maml", base),
-        ("meta-learned init, no adaptation", out / "baselines" / "maml", "no-adapt", base),
-        ("non-episodic", out / "baselines" / "standard", "no-adapt", base),
-        ("untrained mapper, in-context", out / "baselines" / "untrained", "in-context", base),
+        ("in-context (ours, default)", "in-context (ours, default)", "in-context",
+         {1: plan.main_tasks, 5: plan.main_tasks_5shot}),
+        ("paper MAML (faithful)", "paper MAML (faithful)", "maml", base),
+        ("meta-learned init, no adaptation", "paper MAML (faithful)", "no-adapt", base),
+        ("non-episodic", "non-episodic", "no-adapt", base),
+        ("untrained mapper, in-context", "untrained mapper", "in-context", base),
     ]
     done = _finished_rows(out / "results.json")  # a rerun keeps what an earlier run measured
-    for label, run_dir, method, tasks_per_shots in evals:
+    for label, trained, method, tasks_per_shots in evals:
+        run_dir, cfg, _ = runs[trained]
+        orderings = cfg.eval.orderings if get_method(method).query_format == "in_context" else 1
         run = None
         for ds, shots in settings:
             n_tasks = tasks_per_shots[shots]
             if n_tasks == 0:  # a setting the plan leaves out
                 continue
-            key = (label, ds, shots, n_tasks)
+            key = (label, ds, shots, n_tasks, orderings)
             if key in done:
                 rows.append(done[key])
                 continue
             run = run or load_run(run_dir)
             print(f"== evaluating: {label} on {ds} 2-way {shots}-shot ({n_tasks} tasks)")
             ts = evaluation_tasks(ds, data=None, ways=2, shots=shots, n_tasks=n_tasks)
-            res = evaluate_run(run, ts, method=method, with_zero_steps=False)
+            res = evaluate_run(run, ts, method=method, with_zero_steps=False, orderings=orderings)
             res.update(label=label, dataset=ds, run=str(run_dir))
             rows.append(res)
             write_results(rows, out / "results.json")  # finished work is never lost

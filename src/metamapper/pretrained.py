@@ -26,7 +26,7 @@ from metamapper.checkpoint import (
     read_checkpoint,
 )
 from metamapper.config import Config, config_from_dict
-from metamapper.meta.episode import Episode, model_view
+from metamapper.meta.episode import Episode
 from metamapper.meta.maml import InnerLearningRates, InnerLoop, adapt
 from metamapper.models.metamapper import MetaMapper
 
@@ -113,7 +113,6 @@ class AdaptedMetaMapper:
         feats = self.model.encode_images(list(images))
         ep = Episode(features=torch.cat([self.support, feats]), captions=self.captions,
                      questions=[question or ""] * len(images), answers=[""] * len(images))
-        ep = model_view(self.model, ep)  # before the query images are answered
         return answer_with_params(self.model, [ep], [self.params], query_format=self.query_format,
                                   max_new_tokens=max_new_tokens, orderings=self.orderings)[0]
 
@@ -141,7 +140,7 @@ def adapt_to_support(
     loop = InnerLoop(steps=n_steps, lr=inner.lr, adapt=inner.adapt, meta_sgd=inner.meta_sgd,
                      per_step_lr=inner.per_step_lr)
     feats = run.model.encode_images(list(images))
-    ep = model_view(run.model, Episode(features=feats, captions=list(captions), questions=[], answers=[]))
+    ep = Episode(features=feats, captions=list(captions), questions=[], answers=[])
     params: dict[str, torch.Tensor] = {}
     losses: list[float] = []
     if n_steps > 0:

@@ -25,7 +25,8 @@ def tiny_plan(monkeypatch: pytest.MonkeyPatch) -> demo.DemoPlan:
     if not FASHION.is_file():
         pytest.skip("Debian's Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     plan = demo.DemoPlan(
-        main_overrides=(*TINY, "train.updates=2", "train.meta_batch=2", "train.val_every=0"),
+        main_overrides=(*TINY, "train.updates=2", "train.meta_batch=2", "train.val_every=0",
+                        "eval.orderings=2"),
         maml_overrides=(*TINY, "train.updates=1"),
         standard_overrides=(*TINY, "train.updates=1"),
         main_tasks=3, main_tasks_5shot=2, baseline_tasks=2, baseline_tasks_5shot=0,
@@ -44,7 +45,11 @@ def test_demo_trains_evaluates_and_reports(tiny_plan: demo.DemoPlan, tmp_path: P
     assert sorted((r["dataset"], r["shots"], r["n_tasks"]) for r in main) == [
         ("fashion-open-ended", 1, 3), ("fashion-open-ended", 5, 2),
         ("fashion-real-name", 1, 3), ("fashion-real-name", 5, 2)]
+    assert {r["orderings"] for r in main} == {2}  # the main config's eval.orderings
     baselines = [r for r in rows if r not in main]
+    untrained_rows = [r for r in baselines if r["label"].startswith("untrained")]
+    assert {r["orderings"] for r in untrained_rows} == {2}
+    assert {r["orderings"] for r in baselines if r not in untrained_rows} == {1}  # no support in context
     assert len(baselines) == 4 * 2  # four baselines, 1-shot only: the plan leaves out 5-shot
     assert {r["shots"] for r in baselines} == {1}
     for sub in ("maml", "standard", "untrained"):

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from metamapper.eval.metrics import exact_match, mean_ci95, normalize_answer
-from metamapper.meta.episode import ROW_FORMATS, Episode, batch_rows, episode_from_task, model_view
+from metamapper.meta.episode import ROW_FORMATS, Episode, batch_rows, episode_from_task
 from metamapper.meta.maml import InnerLearningRates, InnerLoop, adapt, task_prefixes
 from metamapper.models.metamapper import MetaMapper
 
@@ -265,8 +265,7 @@ def evaluate(
     bar = tqdm(total=len(tasks), desc=f"eval {method}", disable=not progress, leave=False)
     try:
         for i in range(0, len(tasks), batch_tasks):
-            episodes = [model_view(model, episode_from_task(t, features_of))
-                        for t in tasks[i : i + batch_tasks]]
+            episodes = [episode_from_task(t, features_of) for t in tasks[i : i + batch_tasks]]
             answers, params = answer_episodes(
                 model, episodes, query_format=m.query_format, loop=loop, lrs=lrs,
                 max_new_tokens=max_new_tokens, orderings=orderings,

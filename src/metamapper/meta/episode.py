@@ -14,13 +14,12 @@ starts with a space, so that words tokenise as they do inside running text.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from metamapper.models.metamapper import Item, MetaMapper, Text
+from metamapper.models.metamapper import Item, Text
 
 
 def sentence(text: str) -> str:
@@ -76,14 +75,6 @@ def episode_from_task(task: object, features_of: Callable[[list[str]], torch.Ten
         questions=[q.question for q in queries],
         answers=[q.answer for q in queries],
     )
-
-
-def model_view(model: MetaMapper, ep: Episode) -> Episode:
-    """``ep`` as ``model`` takes it: with ``model.center_support``, each image's features relative
-    to the task's support set (``MetaMapper.center_features``); otherwise ``ep`` itself."""
-    if not model.center_support or ep.n_support == 0:
-        return ep
-    return dataclasses.replace(ep, features=model.center_features(ep.features, ep.n_support))
 
 
 def caption_rows(ep: Episode, offset: int = 0) -> list[list[Item]]:

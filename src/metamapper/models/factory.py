@@ -56,7 +56,7 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
         kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first,
                       readout=mc.readout)
     mapper = build_mapper(mc.kind, **kwargs)
-    return MetaMapper(vision=vision, lm=lm, mapper=mapper, center_support=mc.center)
+    return MetaMapper(vision=vision, lm=lm, mapper=mapper)
 
 
 def set_lm_dtype(model: MetaMapper, dtype: str) -> None:

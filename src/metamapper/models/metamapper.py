@@ -75,8 +75,6 @@ class MetaMapper(nn.Module):
         lm: the frozen language model.
         mapper: the trainable mapper (``AttentionMapper`` or ``MLPMapper``).
         max_text_tokens: longest text piece; longer ones are truncated with a warning.
-        center_support: the mapper sees each image of a task relative to the task's support set
-            (``center_features``); the episode code applies it (``meta.episode.model_view``).
     """
 
     def __init__(
@@ -86,7 +84,6 @@ class MetaMapper(nn.Module):
         lm: LanguageModel,
         mapper: nn.Module,
         max_text_tokens: int = 64,
-        center_support: bool = False,
     ) -> None:
         super().__init__()
         if getattr(mapper, "embed_dim", lm.embed_dim) != lm.embed_dim:
@@ -103,18 +100,10 @@ class MetaMapper(nn.Module):
         self.lm = lm
         self.mapper = mapper
         self.max_text_tokens = max_text_tokens
-        self.center_support = center_support
         self.prefix_len: int = mapper.prefix_len
         self._tokenize = lru_cache(maxsize=65536)(self._tokenize_uncached)
 
     # ------------------------------------------------------------------ parameters
-
-    def center_features(self, features: torch.Tensor, n_support: int) -> torch.Tensor:
-        """A task's features ``(S + Q, tokens, dim)`` minus the mean of its first ``n_support``
-        (the support set), plus the training mean the mapper standardises with: the mapper then
-        sees ``(f - support mean) / std``, each image relative to the task's support set."""
-        offset = self.mapper.feat_mean.to(features.dtype) if self.mapper.standardize else 0.0
-        return features - features[:n_support].mean(0, keepdim=True) + offset
 
     def mapper_params(self) -> dict[str, torch.Tensor]:
         """The mapper's parameters as a dict (the starting point of functional adaptation)."""

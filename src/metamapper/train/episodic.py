@@ -28,7 +28,6 @@ from metamapper.meta.episode import (
     Episode,
     episode_from_task,
     in_context_rows,
-    model_view,
     query_rows,
 )
 from metamapper.meta.maml import InnerLearningRates, adapt, meta_loss
@@ -207,7 +206,6 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             if noise_std:
                 gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
                 episodes = [_noisy(ep, noise_std, gen) for ep in episodes]
-            episodes = [model_view(model, ep) for ep in episodes]
             if t.inner.steps > 0:
                 traj = adapt(model, episodes, loop=t.inner, lrs=lrs)  # traj[s][task] = params
             else:
