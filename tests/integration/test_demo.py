@@ -65,3 +65,12 @@ def test_demo_trains_evaluates_and_reports(tiny_plan: demo.DemoPlan, tmp_path: P
                         lambda *a, **k: pytest.fail("a finished row was evaluated again"))
     again = demo.run_demo(quick=True, out=out)
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
+
+
+def test_the_demo_default_is_configs_fashion_yaml() -> None:
+    """``configs/`` is not installed with the package, so the demo spells the default out in
+    ``DEFAULT_METHOD``: it must stay the shipped config."""
+    from metamapper.config import load_config
+
+    shipped = load_config(Path(__file__).resolve().parents[2] / "configs" / "fashion.yaml")
+    assert demo.demo_config(*demo.DEFAULT_METHOD).to_dict() == shipped.to_dict()
