@@ -41,6 +41,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     rank, _ = init_from_env()  # under torchrun, ranks share the tasks; rank 0 reports
     # check the cheap things (dataset, ways, shots) before loading the backbones
     ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=a.tasks, seed=a.seed)
+    if a.orderings is not None and a.orderings < 1:
+        raise ValueError(f"--orderings must be >= 1, got {a.orderings}")
     run = load_run(a.checkpoint)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
