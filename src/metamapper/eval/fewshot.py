@@ -165,7 +165,7 @@ def answer_episodes(
 
     With the support in context and ``orderings > 1``, each query is answered under that many
     orders of the support (``support_orders``) and the answer most likely over all of them wins
-    (the frozen LM favours one position of the context; averaging over orders removes that bias).
+    (a frozen LM's answer depends on where in the context each support example sits).
 
     Returns:
         per-episode lists of generated answers, and the adapted parameters per episode.

@@ -24,12 +24,7 @@ from tqdm.auto import tqdm
 from metamapper.config import Config
 from metamapper.eval.fewshot import evaluate
 from metamapper.eval.metrics import normalize_answer
-from metamapper.meta.episode import (
-    Episode,
-    episode_from_task,
-    in_context_rows,
-    query_rows,
-)
+from metamapper.meta.episode import Episode, episode_from_task, in_context_rows, query_rows
 from metamapper.meta.maml import InnerLearningRates, adapt, meta_loss
 from metamapper.models.metamapper import MetaMapper
 from metamapper.train import common, distributed
@@ -38,26 +33,6 @@ from metamapper.train import common, distributed
 def _noisy(ep: Episode, std: float, gen: torch.Generator) -> Episode:
     noise = torch.randn(ep.features.shape, generator=gen) * std
     return dataclasses.replace(ep, features=ep.features + noise)
-
-
-def copy_queries(ep: Episode, share: float, gen: torch.Generator) -> Episode:
-    """Replace about ``share`` of the query images with the support image of their own class.
-
-    A warm-up for in-context binding: a query that repeats a support image is matched by the
-    frozen LM's copying as soon as equal images give equal prefixes, which gives the mapper a
-    gradient towards image-specific prefixes from the first update on. The class of a query is
-    the support caption that contains its answer (the first such support image is used).
-    """
-    feats = ep.features.clone()
-    s = ep.n_support
-    for j, ans in enumerate(ep.answers):
-        if float(torch.rand((), generator=gen)) >= share:
-            continue
-        word = f" {normalize_answer(ans)} "
-        same = [i for i, c in enumerate(ep.captions) if word in f" {normalize_answer(c)} "]
-        if same:
-            feats[s + j] = ep.features[same[0]]
-    return dataclasses.replace(ep, features=feats)
 
 
 def _ways(ep: Episode) -> tuple[list[int], list[int]]:
@@ -72,6 +47,25 @@ def _ways(ep: Episode) -> tuple[list[int], list[int]]:
         hit = [w for c, w in names.items() if word in f" {c} "]
         queries.append(hit[0] if hit else -1)
     return support, queries
+
+
+def copy_queries(ep: Episode, share: float, gen: torch.Generator) -> Episode:
+    """Replace about ``share`` of the query images with the support image of their own class.
+
+    A warm-up for in-context binding: a query that repeats a support image is matched by the
+    frozen LM's copying as soon as equal images give equal prefixes, which gives the mapper a
+    gradient towards image-specific prefixes from the first update on. The class of a query is
+    the support caption that contains its answer (the first such support image is used).
+    """
+    feats = ep.features.clone()
+    s = ep.n_support
+    support_ways, query_ways = _ways(ep)
+    for j, w in enumerate(query_ways):
+        if float(torch.rand((), generator=gen)) >= share:
+            continue
+        if w >= 0:
+            feats[s + j] = ep.features[support_ways.index(w)]
+    return dataclasses.replace(ep, features=feats)
 
 
 def mix_classes(episodes: list[Episode], share: float, gen: torch.Generator) -> list[Episode]:
