@@ -278,14 +278,9 @@ def evaluate(
                     examples.append({"answer": ep.answers[0], "prediction": preds[0]})
             if support_fit:
                 fit_eps = [support_fit_episode(ep) for ep in episodes]
-                with torch.no_grad():
-                    eb = batch_rows(fit_eps, ROW_FORMATS["prefix"], with_answer=False)
-                    batch = model.pack(eb.rows)
-                    prefixes = task_prefixes(model, eb.features, batch, torch.tensor(eb.row_task), params)
-                    texts = model.generate(eb.features, eb.rows, prefixes=prefixes,
-                                           max_new_tokens=max_new_tokens)
-                answers_fit = [a for ep in fit_eps for a in ep.answers]
-                fits += [float(exact_match(p, a)) for p, a in zip(texts, answers_fit, strict=True)]
+                texts = _answer(model, fit_eps, params, "prefix", max_new_tokens)
+                fits += [float(exact_match(p, a)) for ep, preds in zip(fit_eps, texts, strict=True)
+                         for p, a in zip(preds, ep.answers, strict=True)]
             bar.update(len(episodes))
     finally:
         bar.close()
