@@ -82,7 +82,7 @@ def demo_config(*overrides: str) -> Config:
 
 def run_demo(*, quick: bool = False, out: str | Path = "runs/demo") -> list[dict[str, object]]:
     """Train and evaluate everything; returns the result rows (also written to ``out``)."""
-    from metamapper.eval.fewshot import get_method
+    from metamapper.eval.fewshot import effective_orderings
     from metamapper.eval.report import (
         plot_accuracy_vs_shots,
         plot_training_curves,
@@ -125,7 +125,7 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo") -> list[dict
     done = _finished_rows(out / "results.json")  # a rerun keeps what an earlier run measured
     for label, trained, method, tasks_per_shots in evals:
         run_dir, cfg, _ = runs[trained]
-        orderings = cfg.eval.orderings if get_method(method).query_format == "in_context" else 1
+        orderings = effective_orderings(method, cfg.eval.orderings)
         run = None
         for ds, shots in settings:
             n_tasks = tasks_per_shots[shots]

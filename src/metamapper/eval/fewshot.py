@@ -48,6 +48,12 @@ def get_method(name: str) -> Method:
     return METHODS[name]
 
 
+def effective_orderings(method: str, orderings: int) -> int:
+    """The support orders ``method`` answers under: ``orderings`` with the support in context, 1
+    otherwise (a query alone after its prefix does not see the support order)."""
+    return orderings if get_method(method).query_format == "in_context" else 1
+
+
 @dataclass
 class EvalResult:
     """Accuracy of one method on one set of tasks."""
@@ -299,4 +305,4 @@ def evaluate(
     fit = sum(fits) / len(fits) if fits else None
     return EvalResult(method=method, accuracy=acc, ci95=ci, n_tasks=len(per_task),
                       n_queries=n_queries, steps=n_steps, support_fit=fit, examples=examples,
-                      orderings=orderings if m.query_format == "in_context" else 1)
+                      orderings=effective_orderings(method, orderings))
