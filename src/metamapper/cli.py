@@ -43,7 +43,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=a.tasks, seed=a.seed)
     if a.orderings is not None and a.orderings < 1:
         raise ValueError(f"--orderings must be >= 1, got {a.orderings}")
-    run = load_run(a.checkpoint)
+    run = load_run(a.checkpoint, ensemble=a.ensemble)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
                        progress=rank == 0, orderings=a.orderings)
@@ -73,7 +73,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
 
     paths, captions = _parse_support(a.support)
     support, queries = [load_image(p) for p in paths], [load_image(q) for q in a.query]
-    run = load_run(a.checkpoint)
+    run = load_run(a.checkpoint, ensemble=a.ensemble)
     adapted = adapt_to_support(run, support, captions, steps=a.steps, method=a.method)
     answers = adapted.answer(queries, question=a.question)
     for q, ans in zip(a.query, answers, strict=True):
@@ -142,6 +142,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--shots", type=int, default=1)
         sp.add_argument("--tasks", type=int, default=1000, help="tasks to use (0: all)")
 
+    def ensemble_arg(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--ensemble", nargs="+", default=[], metavar="RUN",
+                        help="further runs of the same config (e.g. other train.seed) that answer "
+                             "with --checkpoint's: the most likely of their answers wins (in-context)")
+
     e = sub.add_parser("evaluate", help="meta-test a trained run")
     e.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
     task_args(e)
@@ -152,6 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--orderings", type=int,
                    help="support in context: answer under this many support orders and keep the "
                         "most likely answer (default: the run's eval.orderings)")
+    ensemble_arg(e)
     e.add_argument("--seed", type=int, default=1234, help="seed of sampled tasks")
     e.add_argument("--feature-cache", help="feature cache folder")
     e.add_argument("--out", help="write the results JSON here")
@@ -164,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--question", default="This is a", help="text after the query image")
     pr.add_argument("--steps", type=int)
     pr.add_argument("--method", choices=sorted(METHODS))
+    ensemble_arg(pr)
     pr.set_defaults(fn=_cmd_predict)
 
     pp = sub.add_parser("prepare", help="fill the feature cache for a dataset")

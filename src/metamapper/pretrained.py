@@ -20,6 +20,7 @@ import torch
 from PIL import Image
 
 from metamapper.checkpoint import (
+    Checkpoint,
     CheckpointError,
     check_compatible,
     latest_checkpoint,
@@ -40,6 +41,7 @@ class LoadedRun:
     meta: dict[str, Any]
     lrs: InnerLearningRates | None = None
     path: Path = field(default_factory=Path)
+    members: list[dict[str, torch.Tensor]] = field(default_factory=list)  # see load_members
 
     @property
     def method(self) -> str:
@@ -48,27 +50,66 @@ class LoadedRun:
         return eval_method_for(self.config)
 
 
+def _read(run_dir: str | os.PathLike[str], checkpoint: str | None = None) -> Checkpoint:
+    """A run's newest valid checkpoint, ``checkpoint`` if given, or the checkpoint folder itself."""
+    path = Path(run_dir)
+    if (path / "meta.json").is_file() and checkpoint is None:  # a checkpoint folder itself
+        return read_checkpoint(path)
+    if checkpoint is not None:
+        return read_checkpoint(checkpoint)
+    return latest_checkpoint(path)
+
+
+def load_members(run: LoadedRun, run_dirs: Sequence[str | os.PathLike[str]]) -> list[dict[str, torch.Tensor]]:
+    """The mapper weights of further runs, to answer beside ``run``'s own as an ensemble.
+
+    Each run (or checkpoint folder) must have the same backbones and the same mapper config as
+    ``run`` (e.g. the same config trained with other ``train.seed`` s); ``load_run(...,
+    ensemble=)`` puts the result in ``run.members``; ``eval.fewshot.evaluate`` takes it as ``members``.
+
+    Raises:
+        CheckpointError: a missing run, other backbones, or another mapper config (names the path).
+    """
+    import copy
+
+    model = run.model
+    out = []
+    for d in run_dirs:
+        ckpt = _read(d)
+        check_compatible(ckpt.meta, vision=model.vision.identity if model.vision is not None else None,
+                         lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
+                         embed_dim=model.lm.embed_dim, where=str(ckpt.path))
+        other = config_from_dict(ckpt.meta["config"]).mapper
+        if other != run.config.mapper:
+            raise CheckpointError(f"checkpoint {ckpt.path} has another mapper config than {run.path} "
+                                  f"({other} != {run.config.mapper}); an ensemble needs the same mapper")
+        weights = {k[7:]: v for k, v in ckpt.weights.items() if k.startswith("mapper.")}
+        try:
+            copy.deepcopy(model.mapper).load_state_dict(weights)
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {ckpt.path} does not fit its mapper config: {e}") from None
+        device = model.mapper.feat_mean.device
+        out.append({k: v.to(device) for k, v in weights.items()})
+    return out
+
+
 def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
-             with_vision: bool = True) -> LoadedRun:
+             with_vision: bool = True, ensemble: Sequence[str | os.PathLike[str]] = ()) -> LoadedRun:
     """Rebuild the backbones named in a run's checkpoint and load its mapper.
 
     Args:
         run_dir: a run folder written by ``metamapper train`` (or a checkpoint folder inside it).
         checkpoint: a specific ``checkpoints/step-*`` folder (default: the newest valid one).
         with_vision: also build the image encoder (not needed with cached features).
+        ensemble: further runs of the same mapper config whose mappers answer beside this one
+            (``load_members``; in context, without adaptation steps).
 
     Raises:
         CheckpointError: missing run, no valid checkpoint, or other backbones.
     """
     from metamapper.models.factory import build_model
 
-    path = Path(run_dir)
-    if (path / "meta.json").is_file() and checkpoint is None:  # a checkpoint folder itself
-        ckpt = read_checkpoint(path)
-    elif checkpoint is not None:
-        ckpt = read_checkpoint(checkpoint)
-    else:
-        ckpt = latest_checkpoint(path)
+    ckpt = _read(run_dir, checkpoint)
     cfg = config_from_dict(ckpt.meta["config"])
     model = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"],
                         with_vision=with_vision)
@@ -90,7 +131,9 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
                                  steps=cfg.train.inner.steps, per_step=cfg.train.inner.per_step_lr)
         lrs.load_state_dict(lr_w)
     model.eval()
-    return LoadedRun(model=model, config=cfg, meta=ckpt.meta, lrs=lrs, path=ckpt.path)
+    run = LoadedRun(model=model, config=cfg, meta=ckpt.meta, lrs=lrs, path=ckpt.path)
+    run.members = load_members(run, ensemble)
+    return run
 
 
 @dataclass
@@ -104,6 +147,7 @@ class AdaptedMetaMapper:
     query_format: str
     support_losses: list[float] = field(default_factory=list)
     orderings: int = 1  # in context: support orders each answer is chosen over (see eval.fewshot)
+    members: list[dict[str, torch.Tensor]] = field(default_factory=list)  # further runs' mappers
 
     def answer(self, images: Sequence[Image.Image], question: str | None = None,
                *, max_new_tokens: int = 8) -> list[str]:
@@ -114,7 +158,8 @@ class AdaptedMetaMapper:
         ep = Episode(features=torch.cat([self.support, feats]), captions=self.captions,
                      questions=[question or ""] * len(images), answers=[""] * len(images))
         return answer_with_params(self.model, [ep], [self.params], query_format=self.query_format,
-                                  max_new_tokens=max_new_tokens, orderings=self.orderings)[0]
+                                  max_new_tokens=max_new_tokens, orderings=self.orderings,
+                                  members=self.members)[0]
 
 
 def adapt_to_support(
@@ -139,6 +184,9 @@ def adapt_to_support(
     inner = run.config.train.inner
     loop = InnerLoop(steps=n_steps, lr=inner.lr, adapt=inner.adapt, meta_sgd=inner.meta_sgd,
                      per_step_lr=inner.per_step_lr)
+    if run.members and (n_steps > 0 or m.query_format != "in_context"):
+        raise ValueError("an ensemble of runs answers with the support in context and no adaptation "
+                         "steps (method in-context, steps 0)")
     feats = run.model.encode_images(list(images))
     ep = Episode(features=feats, captions=list(captions), questions=[], answers=[])
     params: dict[str, torch.Tensor] = {}
@@ -153,4 +201,4 @@ def adapt_to_support(
         params = {k: v.detach() for k, v in traj[-1][0].items()}
     return AdaptedMetaMapper(model=run.model, params=params, support=feats, captions=list(captions),
                              query_format=m.query_format, support_losses=losses,
-                             orderings=run.config.eval.orderings)
+                             orderings=run.config.eval.orderings, members=run.members)

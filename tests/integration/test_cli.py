@@ -78,6 +78,10 @@ def test_evaluate_writes_results(trained: Path, env: dict[str, str], tmp_path: P
     ok(run(["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic", "--tasks", "4",
             "--orderings", "2", "--out", str(res_file), "--feature-cache", env["FEATURES"]], env))
     assert json.loads(res_file.read_text())["orderings"] == 2
+    ok(run(["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic", "--tasks", "4",
+            "--ensemble", str(trained / "checkpoints" / "step-0000002"), "--out", str(res_file),
+            "--feature-cache", env["FEATURES"]], env))
+    assert json.loads(res_file.read_text())["members"] == 2
 
 
 def test_predict_prints_one_answer(trained: Path, env: dict[str, str], images: dict[str, Path]) -> None:
@@ -119,6 +123,8 @@ def test_user_mistakes_end_with_one_line_and_exit_code_2(trained: Path, env: dic
                     "--tasks", "2", "--feature-cache", env["FEATURES"]], "ways must be >= 2"),
         "orderings=0": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
                          "--tasks", "2", "--orderings", "0"], "--orderings must be >= 1"),
+        "ensemble of a missing run": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
+                                       "--tasks", "2", "--ensemble", "nope"], "'nope' does not exist"),
         "support without caption": (["predict", "--checkpoint", str(trained), "--support",
                                      str(images["a"]), "--query", str(images["q"])], "IMAGE=CAPTION"),
     }

@@ -66,6 +66,7 @@ class EvalResult:
     steps: int
     support_fit: float | None = None
     orderings: int = 1
+    members: int = 1  # runs answering together (an ensemble when > 1)
     examples: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, object]:
@@ -109,26 +110,28 @@ def _answer(model: MetaMapper, episodes: Sequence[Episode], params: Sequence[dic
     return out
 
 
-def _order_ensemble(model: MetaMapper, episodes: Sequence[Episode],
-                    params: Sequence[dict[str, torch.Tensor]], orderings: int,
-                    max_new_tokens: int) -> list[list[str]]:
-    """In context, answer each query under several support orders; of the distinct answers
-    generated, return the one with the highest log-likelihood summed over all the orders."""
-    variants = [(e, reorder_support(ep, o)) for e, ep in enumerate(episodes)
-                for o in support_orders(ep.n_support, orderings)]
-    generated = _answer(model, [v for _, v in variants], [params[e] for e, _ in variants],
+def _ensemble(model: MetaMapper, episodes: Sequence[Episode],
+              params: Sequence[Sequence[dict[str, torch.Tensor]]], orderings: int,
+              max_new_tokens: int) -> list[list[str]]:
+    """In context, answer each query with every mapper ``params[m]`` (``params[m][e]``: member
+    ``m``'s parameters for episode ``e``) under ``orderings`` support orders; of the distinct
+    answers generated, return the one with the highest log-likelihood summed over all of them."""
+    # one variant per (member, episode, order): (episode, its parameters, the reordered episode)
+    variants = [(e, member[e], reorder_support(ep, o)) for member in params
+                for e, ep in enumerate(episodes) for o in support_orders(ep.n_support, orderings)]
+    generated = _answer(model, [v for _, _, v in variants], [p for _, p, _ in variants],
                         "in_context", max_new_tokens)
     candidates: dict[tuple[int, int], list[str]] = {}  # (episode, query) -> distinct answers
-    for (e, _), answers in zip(variants, generated, strict=True):
+    for (e, _, _), answers in zip(variants, generated, strict=True):
         for q, a in enumerate(answers):
             seen = candidates.setdefault((e, q), [])
             if a.strip() and normalize_answer(a) not in map(normalize_answer, seen):
                 seen.append(a)
-    # one scoring row per (order, query, candidate): [support in that order; p(x_q); question] ->
-    # candidate, for the queries whose orders disagree (the others have one candidate)
+    # one scoring row per (variant, query, candidate): [support in that order; p(x_q); question]
+    # -> candidate, for the queries whose variants disagree (the others have one candidate)
     scored: list[Episode] = []
-    keys: list[tuple[int, int, int]] = []
-    for e, v in variants:
+    keys: list[tuple[int, int, int, int]] = []  # (variant, episode, query, candidate)
+    for i, (e, _, v) in enumerate(variants):
         s = v.n_support
         for q in range(v.n_query):
             if len(candidates[(e, q)]) < 2:
@@ -136,16 +139,16 @@ def _order_ensemble(model: MetaMapper, episodes: Sequence[Episode],
             for c, cand in enumerate(candidates[(e, q)]):
                 scored.append(Episode(features=torch.cat([v.features[:s], v.features[s + q : s + q + 1]]),
                                       captions=v.captions, questions=[v.questions[q]], answers=[cand]))
-                keys.append((e, q, c))
+                keys.append((i, e, q, c))
     totals = {k: [0.0] * len(c) for k, c in candidates.items()}
     if scored:
         eb = batch_rows(scored, ROW_FORMATS["in_context"], with_answer=True)
-        task_of_row = torch.tensor([keys[r][0] for r in eb.row_task])
+        variant_of_row = torch.tensor([keys[r][0] for r in eb.row_task])
         with torch.no_grad():
             batch = model.pack(eb.rows)
-            prefixes = task_prefixes(model, eb.features, batch, task_of_row, params)
+            prefixes = task_prefixes(model, eb.features, batch, variant_of_row, [p for _, p, _ in variants])
             logp = model.target_logprobs(eb.features, batch, prefixes=prefixes).tolist()
-        for (e, q, c), lp in zip(keys, logp, strict=True):
+        for (_, e, q, c), lp in zip(keys, logp, strict=True):
             totals[(e, q)][c] += lp
     out: list[list[str]] = []
     for e, ep in enumerate(episodes):
@@ -166,22 +169,27 @@ def answer_episodes(
     lrs: InnerLearningRates | None = None,
     max_new_tokens: int = 8,
     orderings: int = 1,
+    members: Sequence[dict[str, torch.Tensor]] = (),
 ) -> tuple[list[list[str]], list[dict[str, torch.Tensor]]]:
     """Adapt (if ``loop.steps``) and answer every query of every episode in one generation.
 
     With the support in context and ``orderings > 1``, each query is answered under that many
     orders of the support (``support_orders``) and the answer most likely over all of them wins
     (a frozen LM's answer depends on where in the context each support example sits).
+    ``members``: the mapper weights of further runs (``pretrained.load_members``) that answer
+    beside the model's own, an ensemble chosen the same way (in context, without adaptation).
 
     Returns:
         per-episode lists of generated answers, and the adapted parameters per episode.
     """
+    if members and loop.steps > 0:
+        raise ValueError("an ensemble of runs answers without adaptation steps (method in-context)")
     if loop.steps > 0:
         params = [{k: v.detach() for k, v in p.items()} for p in adapt(model, episodes, loop=loop, lrs=lrs)[-1]]
     else:
         params = [{} for _ in episodes]
     return answer_with_params(model, episodes, params, query_format=query_format,
-                              max_new_tokens=max_new_tokens, orderings=orderings), params
+                              max_new_tokens=max_new_tokens, orderings=orderings, members=members), params
 
 
 def answer_with_params(
@@ -192,11 +200,15 @@ def answer_with_params(
     query_format: str,
     max_new_tokens: int = 8,
     orderings: int = 1,
+    members: Sequence[dict[str, torch.Tensor]] = (),
 ) -> list[list[str]]:
     """Answer every query of every episode, episode ``t`` with mapper parameters ``params[t]``
-    (``{}``: the model's own); ``orderings`` as in ``answer_episodes``."""
-    if query_format == "in_context" and orderings > 1:
-        return _order_ensemble(model, episodes, params, orderings, max_new_tokens)
+    (``{}``: the model's own); ``orderings`` and ``members`` as in ``answer_episodes``."""
+    if members and query_format != "in_context":
+        raise ValueError("an ensemble of runs answers with the support in context (method in-context)")
+    if query_format == "in_context" and (orderings > 1 or members):
+        per_member = [list(params)] + [[m] * len(episodes) for m in members]
+        return _ensemble(model, episodes, per_member, orderings, max_new_tokens)
     return _answer(model, episodes, params, query_format, max_new_tokens)
 
 
@@ -233,6 +245,7 @@ def evaluate(
     n_examples: int = 5,
     distributed: bool = False,
     orderings: int = 1,
+    members: Sequence[dict[str, torch.Tensor]] = (),
 ) -> EvalResult:
     """Meta-test ``model`` on ``tasks`` with ``method``; exact match with a 95% CI.
 
@@ -248,6 +261,8 @@ def evaluate(
         support_fit: also measure whether the adapted model names its own support images.
         orderings: with the support in context, answer under this many support orders and keep
             the most likely answer over all of them (1: the order the task gives).
+        members: mapper weights of further runs answering beside ``model`` (an ensemble; see
+            ``answer_episodes``).
         distributed: in a ``torchrun`` job, each rank answers a disjoint share of the tasks and
             every rank gets the gathered result (identical to one process's).
     """
@@ -274,7 +289,7 @@ def evaluate(
             episodes = [episode_from_task(t, features_of) for t in tasks[i : i + batch_tasks]]
             answers, params = answer_episodes(
                 model, episodes, query_format=m.query_format, loop=loop, lrs=lrs,
-                max_new_tokens=max_new_tokens, orderings=orderings,
+                max_new_tokens=max_new_tokens, orderings=orderings, members=members,
             )
             for ep, preds in zip(episodes, answers, strict=True):
                 hits = [exact_match(p, a) for p, a in zip(preds, ep.answers, strict=True)]
@@ -305,4 +320,4 @@ def evaluate(
     fit = sum(fits) / len(fits) if fits else None
     return EvalResult(method=method, accuracy=acc, ci95=ci, n_tasks=len(per_task),
                       n_queries=n_queries, steps=n_steps, support_fit=fit, examples=examples,
-                      orderings=effective_orderings(method, orderings))
+                      orderings=effective_orderings(method, orderings), members=1 + len(members))

@@ -79,7 +79,8 @@ def evaluate_run(run: object, taskset: TaskSet, *, method: str | None = None, st
     orderings = cfg.eval.orderings if orderings is None else orderings
     res: EvalResult = evaluate(model, tasks, table, method=method, steps=n_steps, loop=loop,
                                lrs=run.lrs, batch_tasks=batch_tasks, progress=progress,  # type: ignore[attr-defined]
-                               distributed=True, orderings=orderings)
+                               distributed=True, orderings=orderings,
+                               members=run.members)  # type: ignore[attr-defined]
     out = res.to_dict()
     out.update(ways=tasks[0].ways, shots=tasks[0].shots, repeats=repeats, induction=induction,
                skipped_images=[k for k, _ in table.skipped])

@@ -162,6 +162,32 @@ def test_from_pretrained_in_context_run_answers(in_context_run: Path) -> None:
     assert len(answers) == 1 and isinstance(answers[0], str)
 
 
+def test_an_ensemble_of_runs_loads_and_answers(in_context_run: Path, features_dir: Path,
+                                               tmp_path: Path) -> None:
+    """``from_pretrained(..., ensemble=)``: the other run's mapper answers beside the model's own;
+    other mapper configs and adaptation steps are refused."""
+    other = tmp_path / "seed1"
+    episodic.train(config(features_dir, "train.seed=1"), other, progress=False)
+    model = MetaMapper.from_pretrained(str(in_context_run), ensemble=[other])
+    member = model._run.members[0]
+    saved = mapper_weights(list_checkpoints(other)[-1])
+    assert set(member) == set(model.mapper.state_dict())
+    assert all(torch.equal(member[k], saved[f"mapper.{k}"]) for k in member)
+    assert not all(torch.equal(member[k], v) for k, v in model.mapper.state_dict().items())
+    support, captions = [draw(6, 0), draw(7, 0)], ["This is a dax", "This is a blicket"]
+    adapted = model.adapt(support, captions)
+    answers = adapted.answer([draw(6, 3), draw(7, 3)], question="This is a")
+    assert len(adapted.members) == 1 and len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    with pytest.raises(ValueError, match="ensemble"):
+        model.adapt(support, captions, steps=1)
+    wider = tmp_path / "prefix3"
+    episodic.train(config(features_dir, "mapper.prefix_len=3", "train.updates=2"), wider, progress=False)
+    with pytest.raises(CheckpointError, match=f"{wider}.*another mapper config"):
+        MetaMapper.from_pretrained(str(in_context_run), ensemble=[wider])
+    with pytest.raises(CheckpointError, match="does not exist"):
+        MetaMapper.from_pretrained(str(in_context_run), ensemble=[tmp_path / "nope"])
+
+
 def test_adapt_needs_a_pretrained_model() -> None:
     cfg = load_config(SMOKE)
     from metamapper.models.factory import build_model

@@ -1,5 +1,5 @@
-"""Support-order ensembling in context: the orders, the reordered episodes, and that the chosen
-answer is the generated candidate of highest log-likelihood summed over the orders."""
+"""Ensembles in context: the support orders, the reordered episodes, and that the chosen answer is
+the generated candidate of highest log-likelihood summed over the orders and the member mappers."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from metamapper.eval.fewshot import (
 )
 from metamapper.eval.metrics import normalize_answer
 from metamapper.meta.episode import Episode, batch_rows, episode_from_task, in_context_rows
-from metamapper.meta.maml import InnerLoop
+from metamapper.meta.maml import InnerLoop, task_prefixes
 from metamapper.models.metamapper import MetaMapper
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -98,6 +98,67 @@ def test_the_ensemble_picks_the_most_likely_generated_answer(smoke_model: MetaMa
     assert picked_second > 0  # not always the first order's answer
 
 
+def _perturbed(model: MetaMapper, seed: int) -> dict[str, torch.Tensor]:
+    """The model's mapper weights (parameters and buffers) with noise: another ensemble member."""
+    gen = torch.Generator().manual_seed(seed)
+    return {k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
+            for k, v in model.mapper.state_dict().items()}
+
+
+def test_a_member_with_the_models_own_weights_changes_nothing(smoke_model: MetaMapper, episodes):
+    loop = InnerLoop(steps=0)
+    plain, _ = answer_episodes(smoke_model.eval(), episodes, query_format="in_context", loop=loop,
+                               max_new_tokens=3)
+    same, _ = answer_episodes(smoke_model, episodes, query_format="in_context", loop=loop,
+                              max_new_tokens=3, members=[smoke_model.mapper.state_dict()])
+    assert same == plain
+
+
+def test_the_member_ensemble_picks_the_most_likely_generated_answer(smoke_model: MetaMapper, monkeypatch):
+    import metamapper.eval.fewshot as fewshot
+
+    model = smoke_model.eval()
+    tasks = build_synthetic_tasks(split="test", ways=2, shots=1, n_tasks=6, seed=7).tasks
+    episodes = [episode_from_task(t, _features) for t in tasks]
+    member = _perturbed(model, 1)
+    # the model's own mapper ({}) answers with the first support caption's word, the member with
+    # the second's, so every query has two candidates to choose between
+    word = lambda ep, i: normalize_answer(ep.captions[i]).split()[-1]  # noqa: E731
+    monkeypatch.setattr(fewshot, "_answer", lambda m, eps, params, fmt, n: [
+        [word(ep, 0 if p == {} else 1)] * ep.n_query for ep, p in zip(eps, params, strict=True)])
+    chosen, _ = answer_episodes(model, episodes, query_format="in_context", loop=InnerLoop(steps=0),
+                                max_new_tokens=3, members=[member])
+    picked = {0: 0, 1: 0}
+    for ep, answers in zip(episodes, chosen, strict=True):
+        cands = [word(ep, 0), word(ep, 1)]
+        assert len(set(cands)) == 2
+        s = ep.n_support
+        for q, answer in enumerate(answers):
+            scores = []
+            for cand in cands:
+                one = Episode(features=torch.cat([ep.features[:s], ep.features[s + q : s + q + 1]]),
+                              captions=ep.captions, questions=[ep.questions[q]], answers=[cand])
+                eb = batch_rows([one], in_context_rows, with_answer=True)
+                batch = model.pack(eb.rows)
+                scores.append(sum(
+                    float(model.target_logprobs(eb.features, batch, prefixes=task_prefixes(
+                        model, eb.features, batch, torch.zeros(len(eb.rows), dtype=torch.long), [p]))[0])
+                    for p in ({}, member)))
+            best = max(range(2), key=scores.__getitem__)
+            assert answer == cands[best]
+            picked[best] += 1
+    assert picked[0] and picked[1]  # each member's answer wins somewhere
+
+
+def test_an_ensemble_answers_only_in_context_without_adaptation(smoke_model: MetaMapper, episodes):
+    member = [_perturbed(smoke_model, 2)]
+    with pytest.raises(ValueError, match="without adaptation steps"):
+        answer_episodes(smoke_model, episodes, query_format="in_context", loop=InnerLoop(steps=1),
+                        members=member)
+    with pytest.raises(ValueError, match="in context"):
+        answer_episodes(smoke_model, episodes, query_format="prefix", loop=InnerLoop(steps=0), members=member)
+
+
 def test_evaluate_records_the_orderings(smoke_model: MetaMapper):
     tasks = build_synthetic_tasks(split="test", ways=2, shots=1, n_tasks=3, seed=3).tasks
     ic = evaluate(smoke_model, tasks, _features, method="in-context", progress=False,
@@ -106,6 +167,10 @@ def test_evaluate_records_the_orderings(smoke_model: MetaMapper):
     maml = evaluate(smoke_model, tasks, _features, method="maml", steps=1, progress=False,
                     max_new_tokens=3, orderings=2)
     assert maml.orderings == 1  # a query alone after its prefix: the support order plays no part
+    assert ic.members == maml.members == 1
+    two = evaluate(smoke_model, tasks, _features, method="in-context", progress=False,
+                   max_new_tokens=3, members=[_perturbed(smoke_model, 3)])
+    assert two.members == 2 and two.orderings == 1 and two.n_queries == 6
 
 
 def test_orderings_below_one_is_a_config_error():
