@@ -20,7 +20,10 @@ from pathlib import Path
 def _cmd_train(a: argparse.Namespace) -> None:
     from metamapper.config import load_config
 
-    cfg = load_config(a.config, a.overrides)
+    config = a.config
+    if config is None and a.resume and (Path(a.out) / "config.yaml").is_file():
+        config = Path(a.out) / "config.yaml"  # resuming: the run's own config (plus any overrides)
+    cfg = load_config(config, a.overrides)
     if cfg.train.method == "standard":
         from metamapper.train.standard import train
     else:
@@ -107,7 +110,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
 def _cmd_demo(a: argparse.Namespace) -> None:
     from metamapper.demo import run_demo
 
-    run_demo(quick=a.quick, out=a.out)
+    run_demo(quick=a.quick, out=a.out or ("runs/demo-quick" if a.quick else "runs/demo"))
 
 
 def _cmd_serve(a: argparse.Namespace) -> None:
@@ -127,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="meta-train a mapper from a YAML config")
-    t.add_argument("--config", help="YAML config (default: the built-in Fashion-MNIST default)")
+    t.add_argument("--config", help="YAML config (default: the run's config.yaml with --resume, else the "
+                                    "built-in Fashion-MNIST default)")
     t.add_argument("--out", required=True, help="run folder (checkpoints, metrics, config)")
     t.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
     t.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
@@ -190,7 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job on the embedded default: train, evaluate, report")
     d.add_argument("--quick", action="store_true", help="a smaller run (about 5 minutes)")
-    d.add_argument("--out", default="runs/demo", help="run folder")
+    d.add_argument("--out", help="run folder (default: runs/demo, with --quick runs/demo-quick)")
     d.set_defaults(fn=_cmd_demo)
 
     sv = sub.add_parser("serve", help="the local web demo: adapt to captioned images in a browser")

@@ -290,6 +290,26 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.lr must be a finite number, got {t.lr}")
 
 
+# what may differ between a run's checkpoint and the config it is resumed with: how long it runs,
+# how often it validates and saves, where it finds its files, how it is evaluated
+RESUMABLE_CHANGES = ("train.updates", "train.max_minutes", "train.val_every", "train.val_tasks",
+                     "train.checkpoint_every", "train.keep_last", "train.max_bad_updates",
+                     "data.feature_cache", "data.root", "backbones.vision_path", "backbones.lm_path", "eval.")
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """``"key: old -> new"`` for each dotted key whose value differs between two configs."""
+
+    def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(old.to_dict()), flat(new.to_dict())
+    return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+
+
 def dump_config(cfg: Config) -> str:
     """The config as YAML text."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -99,7 +99,7 @@ def test_stopped_run_resumes_to_the_same_weights(trained: Path, env: dict[str, s
     p = ok(run(["train", *common, "train.max_minutes=0.00001"], env))  # stops after update 1
     assert [c.name for c in list_checkpoints(out)] == ["step-0000001"]
     assert "after 1 updates" in p.stdout + p.stderr
-    ok(run(["train", "--resume", *common], env))
+    ok(run(["train", "--resume", "--out", str(out), "train.max_minutes=null"], env))  # the run's config
     assert [c.name for c in list_checkpoints(out)][-1] == "step-0000004"
     want = read_checkpoint(trained / "checkpoints" / "step-0000004").weights
     got = read_checkpoint(out / "checkpoints" / "step-0000004").weights
@@ -123,6 +123,9 @@ def test_user_mistakes_end_with_one_line_and_exit_code_2(trained: Path, env: dic
                     "--tasks", "2", "--feature-cache", env["FEATURES"]], "ways must be >= 2"),
         "orderings=0": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
                          "--tasks", "2", "--orderings", "0"], "--orderings must be >= 1"),
+        "resume with another config": (["train", "--config", str(SMOKE), "--out", str(trained), "--resume",
+                                        *TRAIN, f"data.feature_cache={env['FEATURES']}", "train.lr=0.5"],
+                                       "train.lr: 0.001 -> 0.5"),
         "ensemble of a missing run": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
                                        "--tasks", "2", "--ensemble", "nope"], "'nope' does not exist"),
         "support without caption": (["predict", "--checkpoint", str(trained), "--support",

@@ -162,7 +162,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     opt, sched = common.make_optimizer(params, cfg)
     start, state = 0, {}
     if resume and (run_dir / "checkpoints").exists():
-        start, state = common.resume(run_dir, model, opt, sched, lrs)
+        start, state = common.resume(run_dir, model, opt, sched, lrs, cfg)
     if main:
         common.write_run_config(run_dir, cfg)
     log = common.MetricsLog(run_dir, enabled=main, resume_step=start if resume else None)

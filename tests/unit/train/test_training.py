@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from metamapper.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
-from metamapper.config import Config, load_config
+from metamapper.config import Config, ConfigError, load_config
 from metamapper.data.synthetic import draw
 from metamapper.models.metamapper import MetaMapper
 from metamapper.train import episodic, standard
@@ -127,6 +127,18 @@ def test_resume_refuses_a_checkpoint_of_other_backbones(in_context_run: Path, fe
     with pytest.raises(CheckpointError, match="other backbones"):
         episodic.train(config(features_dir, "backbones.seed=1"), run, resume=True, progress=False)
     assert sorted(p.name for p in list_checkpoints(run)) == before
+
+
+def test_resume_refuses_another_config_but_may_run_longer(in_context_run: Path, features_dir: Path,
+                                                           tmp_path: Path) -> None:
+    run = tmp_path / "changed"
+    shutil.copytree(in_context_run, run)
+    with pytest.raises(ConfigError, match=r"cannot resume .*changed.*train\.lr: 0\.001 -> 0\.002.*config\.yaml"):
+        episodic.train(config(features_dir, "train.lr=0.002"), run, resume=True, progress=False)
+    assert [p.name for p in list_checkpoints(run)][-1] == "step-0000006"  # nothing trained
+    episodic.train(config(features_dir, "train.updates=8", "train.max_minutes=5"), run, resume=True,
+                   progress=False)
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
 def test_standard_recipe_runs(tmp_path: Path, features_dir: Path) -> None:
