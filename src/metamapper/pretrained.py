@@ -60,6 +60,18 @@ def _read(run_dir: str | os.PathLike[str], checkpoint: str | None = None) -> Che
     return latest_checkpoint(path)
 
 
+def _load_mapper(ckpt: Checkpoint, model: MetaMapper, mapper: torch.nn.Module) -> None:
+    """Load ``ckpt``'s mapper weights into ``mapper`` (``model``'s or a copy of it), refusing a
+    checkpoint of other backbones or one that does not fit the mapper."""
+    check_compatible(ckpt.meta, vision=model.vision.identity if model.vision is not None else None,
+                     lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
+                     embed_dim=model.lm.embed_dim, where=str(ckpt.path))
+    try:
+        mapper.load_state_dict({k[7:]: v for k, v in ckpt.weights.items() if k.startswith("mapper.")})
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {ckpt.path} does not fit its mapper config: {e}") from None
+
+
 def load_members(run: LoadedRun, run_dirs: Sequence[str | os.PathLike[str]]) -> list[dict[str, torch.Tensor]]:
     """The mapper weights of further runs, to answer beside ``run``'s own as an ensemble.
 
@@ -72,24 +84,16 @@ def load_members(run: LoadedRun, run_dirs: Sequence[str | os.PathLike[str]]) -> 
     """
     import copy
 
-    model = run.model
     out = []
     for d in run_dirs:
         ckpt = _read(d)
-        check_compatible(ckpt.meta, vision=model.vision.identity if model.vision is not None else None,
-                         lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
-                         embed_dim=model.lm.embed_dim, where=str(ckpt.path))
         other = config_from_dict(ckpt.meta["config"]).mapper
         if other != run.config.mapper:
             raise CheckpointError(f"checkpoint {ckpt.path} has another mapper config than {run.path} "
                                   f"({other} != {run.config.mapper}); an ensemble needs the same mapper")
-        weights = {k[7:]: v for k, v in ckpt.weights.items() if k.startswith("mapper.")}
-        try:
-            copy.deepcopy(model.mapper).load_state_dict(weights)
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint {ckpt.path} does not fit its mapper config: {e}") from None
-        device = model.mapper.feat_mean.device
-        out.append({k: v.to(device) for k, v in weights.items()})
+        member = copy.deepcopy(run.model.mapper)
+        _load_mapper(ckpt, run.model, member)
+        out.append(member.state_dict())
     return out
 
 
@@ -105,7 +109,8 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
             (``load_members``; in context, without adaptation steps).
 
     Raises:
-        CheckpointError: missing run, no valid checkpoint, or other backbones.
+        CheckpointError: missing run, no valid checkpoint, other backbones, or (``ensemble``)
+            another mapper config.
     """
     from metamapper.models.factory import build_model
 
@@ -113,14 +118,7 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
     cfg = config_from_dict(ckpt.meta["config"])
     model = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"],
                         with_vision=with_vision)
-    check_compatible(ckpt.meta, vision=model.vision.identity if model.vision is not None else None,
-                     lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
-                     embed_dim=model.lm.embed_dim, where=str(ckpt.path))
-    mapper_w = {k[7:]: v for k, v in ckpt.weights.items() if k.startswith("mapper.")}
-    try:
-        model.mapper.load_state_dict(mapper_w)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {ckpt.path} does not fit its mapper config: {e}") from None
+    _load_mapper(ckpt, model, model.mapper)
     lrs = None
     lr_w = {k[10:]: v for k, v in ckpt.weights.items() if k.startswith("inner_lrs.")}
     if lr_w:
