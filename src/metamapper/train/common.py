@@ -104,10 +104,10 @@ def save(run_dir: Path, step: int, model: MetaMapper, cfg: Config, opt: torch.op
 
 
 def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: Any,
-           lrs: nn.Module | None, cfg: Config | None = None) -> tuple[int, dict[str, Any]]:
+           lrs: nn.Module | None, cfg: Config) -> tuple[int, dict[str, Any]]:
     """Restore the newest valid checkpoint; returns (step, trainer state).
 
-    With ``cfg`` (the config the run goes on with), a checkpoint trained with another config is
+    A checkpoint trained with a config other than ``cfg`` (the one the run goes on with) is
     refused (``ConfigError`` naming the keys) unless only ``config.RESUMABLE_CHANGES`` differ.
 
     Weights, optimizer, scheduler and the Python/NumPy/torch RNG states (dropout) are restored;
@@ -117,14 +117,13 @@ def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: 
     ckpt = latest_checkpoint(run_dir, trainer=True)
     check_compatible(ckpt.meta, vision=None, lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
                      embed_dim=model.lm.embed_dim, where=str(ckpt.path))
-    if cfg is not None:
-        changed = [c for c in config_changes(config_from_dict(ckpt.meta["config"]), cfg)
-                   if not c.startswith(RESUMABLE_CHANGES)]
-        if changed:
-            raise ConfigError(
-                f"cannot resume {run_dir}: its checkpoint {ckpt.path.name} was trained with another config ("
-                + "; ".join(changed) + f"); resume with the run's own {run_dir / 'config.yaml'} (only the updates, "
-                "time limit, validation, checkpointing, paths and evaluation may change) or train into a new folder")
+    changed = [c for c in config_changes(config_from_dict(ckpt.meta["config"]), cfg)
+               if not c.startswith(RESUMABLE_CHANGES)]
+    if changed:
+        raise ConfigError(
+            f"cannot resume {run_dir}: its checkpoint {ckpt.path.name} was trained with another config ("
+            + "; ".join(changed) + f"); resume with the run's own {run_dir / 'config.yaml'} (only the updates, "
+            "time limit, validation, checkpointing, paths and evaluation may change) or train into a new folder")
     load_trainable_state(model, lrs, ckpt.weights)
     state = load_trainer_state(ckpt)
     opt.load_state_dict(state["optimizer"])
