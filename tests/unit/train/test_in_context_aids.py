@@ -141,3 +141,20 @@ def test_class_mix_share_zero_and_unmatched_ways():
 def test_class_mix_out_of_range_is_a_config_error():
     with pytest.raises(ConfigError, match="class_mix"):
         config_from_dict({}, ["train.class_mix=2"])
+
+
+def test_feature_noise_adds_gaussian_noise_of_the_given_std_and_keeps_the_text():
+    from metamapper.train.episodic import _noisy
+
+    ep = Episode(features=torch.full((6, 4, 256), 3.0), captions=["This is a dax.", "This is a wug."],
+                 questions=["This is a"] * 4, answers=["dax", "wug", "wug", "dax"])
+    out = _noisy(ep, 0.5, torch.Generator().manual_seed(0))
+    noise = out.features - 3.0
+    assert abs(float(noise.mean())) < 0.02 and abs(float(noise.std()) - 0.5) < 0.02
+    assert torch.equal(ep.features, torch.full((6, 4, 256), 3.0))  # input untouched
+    assert (out.captions, out.questions, out.answers) == (ep.captions, ep.questions, ep.answers)
+
+
+def test_negative_feature_noise_is_a_config_error():
+    with pytest.raises(ConfigError, match="feature_noise"):
+        config_from_dict({}, ["train.feature_noise=-0.1"])

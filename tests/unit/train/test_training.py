@@ -231,3 +231,12 @@ def test_only_the_validation_tasks_used_are_prepared(features_dir: Path) -> None
     run = prepare_run(config(features_dir, "train.val_every=2", "train.val_tasks=3"), progress=False)
     assert len(run["val_tasks"]) == 3 and len(run["val_table"].index) == len(
         {k for t in run["val_tasks"] for k in t.image_keys()})
+
+
+def test_feature_noise_reaches_the_training_loss(in_context_run: Path, tmp_path: Path,
+                                                 features_dir: Path) -> None:
+    """Same tasks and initialisation as ``in_context_run``; only the features are noisy."""
+    run = tmp_path / "noisy"
+    episodic.train(config(features_dir, "train.feature_noise=0.5"), run, progress=False)
+    noisy, clean = metrics(run)[0]["loss"], metrics(in_context_run)[0]["loss"]
+    assert math.isfinite(noisy) and noisy != pytest.approx(clean, rel=1e-4)
