@@ -33,7 +33,7 @@ class DemoPlan:
 DEFAULT_METHOD = ("train.lm_dtype=bfloat16", "train.spread_weight=1", "train.geometry_weight=1",
                   "train.cosine=true")
 
-FULL = DemoPlan(  # 26.9 min measured with `make demo` (fresh clone, cold caches, 2 idle cores, 3e99774)
+FULL = DemoPlan(  # 25.0 min measured with `make demo` (fresh clone, cold caches, 2 idle cores, 9dd08c6)
     main_overrides=(*DEFAULT_METHOD, "train.max_minutes=11.5", "train.val_tasks=50"),
     maml_overrides=("train.updates=20",),
     standard_overrides=("train.updates=50",),
@@ -42,7 +42,7 @@ FULL = DemoPlan(  # 26.9 min measured with `make demo` (fresh clone, cold caches
     baseline_tasks=20,
     baseline_tasks_5shot=10,
 )
-QUICK = DemoPlan(  # 4.6 min measured with `make demo QUICK=1` (fresh clone, cold caches, 3e99774);
+QUICK = DemoPlan(  # 4.4 min measured with `make demo QUICK=1` (fresh clone, cold caches, 1436f45);
     # 40 main updates at a constant rate of 2e-3 (Open-Ended 1-shot on 60 tasks, train.seed 0 / 1 / 2:
     # 67.5 / 65.0 / 71.7; with 30 updates 65.0 / 65.0 / 60.8). 30 at 1e-3 (this plan until 9dd08c6)
     # stayed at chance for seeds 0 and 1 (49.2, 49.2; 70.8 for seed 2), 30 at 3e-3 too (51.7, 51.7),
