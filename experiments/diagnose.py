@@ -18,9 +18,9 @@ import torch
 
 from metamapper.data.fashion import CLASS_NAMES, DEFAULT_ROOT, FashionMNIST
 from metamapper.data.feature_table import FeatureTable
+from metamapper.data.sources import evaluation_tasks
 from metamapper.eval.fewshot import answer_episodes, get_method
 from metamapper.eval.metrics import exact_match
-from metamapper.eval.tasksets import evaluation_tasks
 from metamapper.meta.episode import episode_from_task
 from metamapper.meta.maml import InnerLoop
 from metamapper.pretrained import load_run

@@ -7,10 +7,13 @@
     metamapper export-fashion DIR --variant open_ended --ways 2 --shots 1 --tasks 500
     metamapper demo [--quick]
     metamapper serve [--checkpoint runs/demo] [--host 127.0.0.1] [--port 7860]
+    metamapper config show [--config configs/paper_coco.yaml] [train.updates=100 ...]
 """
 
 from __future__ import annotations
 
+# Each subcommand imports what it needs when it runs: `metamapper --help` and `metamapper config
+# show` answer without loading torch.
 import argparse
 import json
 import sys
@@ -29,27 +32,31 @@ def _cmd_train(a: argparse.Namespace) -> None:
     else:
         from metamapper.train.episodic import train
     out = train(cfg, a.out, resume=a.resume)
-    from metamapper.train.distributed import is_main
+    from metamapper.distributed import is_main
 
     if is_main():
         print(f"run written to {out}")
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
+    from metamapper.data.sources import evaluation_tasks
+    from metamapper.distributed import init_from_env
+    from metamapper.eval.fewshot import adaptation_steps
     from metamapper.eval.report import results_table
-    from metamapper.eval.tasksets import evaluate_run, evaluation_tasks
+    from metamapper.eval.run import evaluate_run
     from metamapper.pretrained import load_run
-    from metamapper.train.distributed import init_from_env
 
     rank, _ = init_from_env()  # under torchrun, ranks share the tasks; rank 0 reports
-    # check the cheap things (dataset, ways, shots) before loading the backbones
+    # check the cheap things (dataset, ways, shots, steps) before loading the backbones
     ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=a.tasks, seed=a.seed)
-    if a.orderings is not None and a.orderings < 1:
-        raise ValueError(f"--orderings must be >= 1, got {a.orderings}")
-    run = load_run(a.checkpoint, ensemble=a.ensemble)
+    if a.method is not None:
+        adaptation_steps(a.method, a.steps, 0)
+    if a.repeats < 0:
+        raise ValueError(f"--repeats must be >= 0, got {a.repeats}")
+    run = load_run(a.checkpoint)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
-                       progress=rank == 0, orderings=a.orderings)
+                       progress=rank == 0)
     res["dataset"] = a.dataset
     if rank != 0:
         return
@@ -76,7 +83,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
 
     paths, captions = _parse_support(a.support)
     support, queries = [load_image(p) for p in paths], [load_image(q) for q in a.query]
-    run = load_run(a.checkpoint, ensemble=a.ensemble)
+    run = load_run(a.checkpoint)
     adapted = adapt_to_support(run, support, captions, steps=a.steps, method=a.method)
     answers = adapted.answer(queries, question=a.question)
     for q, ans in zip(a.query, answers, strict=True):
@@ -86,7 +93,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
 def _cmd_prepare(a: argparse.Namespace) -> None:
     from metamapper.config import load_config
     from metamapper.data.feature_table import FeatureTable
-    from metamapper.eval.tasksets import evaluation_tasks
+    from metamapper.data.sources import evaluation_tasks
     from metamapper.models.factory import build_vision
 
     cfg = load_config(a.config, a.overrides)
@@ -122,6 +129,16 @@ def _cmd_serve(a: argparse.Namespace) -> None:
     serve(a.checkpoint, host=a.host, port=a.port)
 
 
+def _cmd_config_show(a: argparse.Namespace) -> None:
+    from metamapper.config import dump_config, load_config
+
+    print(dump_config(load_config(a.config, a.overrides)), end="")
+
+
+STEPS_HELP = ("adaptation steps (default: no-adapt 0, in-context 0, else the steps the run was "
+              "trained with, else 5)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from metamapper.eval.fewshot import METHODS
 
@@ -131,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="meta-train a mapper from a YAML config")
     t.add_argument("--config", help="YAML config (default: the run's config.yaml with --resume, else the "
-                                    "built-in Fashion-MNIST default)")
+                                    "built-in default; see `metamapper config show`)")
     t.add_argument("--out", required=True, help="run folder (checkpoints, metrics, config)")
     t.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
     t.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
@@ -140,28 +157,20 @@ def build_parser() -> argparse.ArgumentParser:
     def task_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dataset", required=True,
                         help="a Frozen benchmark name (open_ended_mi, real_name_mi, fast_vqa, "
-                             "guided_vqa), fashion-open-ended, fashion-real-name or synthetic")
+                             "guided_vqa; needs --data), fashion-open-ended, fashion-real-name or "
+                             "synthetic")
         sp.add_argument("--data", help="dataset folder (benchmark JSON + images; Fashion IDX files)")
         sp.add_argument("--ways", type=int, default=2)
         sp.add_argument("--shots", type=int, default=1)
         sp.add_argument("--tasks", type=int, default=1000, help="tasks to use (0: all)")
-
-    def ensemble_arg(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--ensemble", nargs="+", default=[], metavar="RUN",
-                        help="further runs of the same config (e.g. other train.seed) that answer "
-                             "with --checkpoint's: the most likely of their answers wins (in-context)")
 
     e = sub.add_parser("evaluate", help="meta-test a trained run")
     e.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
     task_args(e)
     e.add_argument("--repeats", type=int, default=0, help="show each support pair R more times")
     e.add_argument("--task-induction", action="store_true", help="'Answer with dax or blicket.'")
-    e.add_argument("--steps", type=int, help="adaptation steps (default: as trained)")
+    e.add_argument("--steps", type=int, help=STEPS_HELP)
     e.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
-    e.add_argument("--orderings", type=int,
-                   help="support in context: answer under this many support orders and keep the "
-                        "most likely answer (default: the run's eval.orderings)")
-    ensemble_arg(e)
     e.add_argument("--seed", type=int, default=1234, help="seed of sampled tasks")
     e.add_argument("--feature-cache", help="feature cache folder")
     e.add_argument("--out", help="write the results JSON here")
@@ -172,9 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--support", nargs="+", required=True, metavar="IMG=CAPTION")
     pr.add_argument("--query", nargs="+", required=True, metavar="IMG")
     pr.add_argument("--question", default="This is a", help="text after the query image")
-    pr.add_argument("--steps", type=int)
-    pr.add_argument("--method", choices=sorted(METHODS))
-    ensemble_arg(pr)
+    pr.add_argument("--steps", type=int, help=STEPS_HELP)
+    pr.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
     pr.set_defaults(fn=_cmd_predict)
 
     pp = sub.add_parser("prepare", help="fill the feature cache for a dataset")
@@ -202,6 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     sv.add_argument("--port", type=int, default=7860)
     sv.set_defaults(fn=_cmd_serve)
+
+    c = sub.add_parser("config", help="the resolved config")
+    csub = c.add_subparsers(dest="config_command", required=True)
+    cs = csub.add_parser("show", help="print the config a run would use, as YAML")
+    cs.add_argument("--config", help="YAML config (default: the built-in default)")
+    cs.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    cs.set_defaults(fn=_cmd_config_show)
     return p
 
 

@@ -19,12 +19,43 @@ from typing import Any
 
 import yaml
 
-from metamapper.meta.maml import InnerLoop
-from metamapper.models.mapper import READOUTS
-
 
 class ConfigError(ValueError):
     """An invalid configuration (message names the key and the problem)."""
+
+
+@dataclass
+class InnerLoop:
+    """Inner-loop settings (defaults: the paper's).
+
+    Attributes:
+        steps: SGD steps on the support loss (paper: 5).
+        lr: inner learning rate (paper: 0.01); the initial value when learned (Meta-SGD).
+        first_order: drop second-order terms (no ``create_graph``).
+        adapt: which mapper parameters adapt: ``"all"`` or a comma list of name prefixes
+            (e.g. ``"prefix"`` adapts only the learnable prefix vectors).
+        meta_sgd: learn a per-parameter, element-wise inner learning rate (Meta-SGD).
+        per_step_lr: with ``meta_sgd``, a separate learning rate for each step.
+    """
+
+    steps: int = 5
+    lr: float = 0.01
+    first_order: bool = True
+    adapt: str = "all"
+    meta_sgd: bool = False
+    per_step_lr: bool = False
+
+    def __post_init__(self) -> None:
+        if self.steps < 0:
+            raise ValueError(f"inner steps must be >= 0, got {self.steps}")
+        if self.lr < 0:
+            raise ValueError(f"inner learning rate must be >= 0, got {self.lr}")
+
+    def selects(self, name: str) -> bool:
+        """Whether parameter ``name`` is adapted in the inner loop."""
+        if self.adapt == "all":
+            return True
+        return any(name == p or name.startswith(p + ".") for p in self.adapt.split(","))
 
 
 @dataclass
@@ -48,7 +79,6 @@ class MapperConfig:
     output_norm: bool = True  # layer-normalise each prefix vector, times a learned scale initialised to the LM's token-embedding norm
     norm_first: bool = True  # pre-LN attention block (the paper's is post-LN)
     standardize: bool = True  # standardise visual features with the training set's per-dimension mean/std
-    readout: str = "queries"  # attention mapper's prefix: queries (learned positions, the paper's) | visual (the visual tokens' positions)
 
 
 @dataclass
@@ -60,9 +90,8 @@ class DataConfig:
     ways: int = 2  # classes per task (N)
     shots: int = 1  # support examples per class (k)
     queries_per_class: int = 2  # query images per class in meta-training tasks
-    naming: str = "made_up"  # meta-training words: made_up | mixed | real (made-up words force binding)
+    naming: str = "made_up"  # meta-training words: made_up (a fresh made-up word per class per task: forces binding) | real (class names)
     images_per_class: int | None = 1000  # training images per class read from the source (None: all)
-    subclass_share: float = 0.0  # share of meta-training tasks between sub-groups of one class (fashion-mnist)
     feature_cache: str | None = None  # feature cache folder (default: ~/.cache/metamapper/features)
 
 
@@ -75,17 +104,13 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW weight decay
     clip: float = 1.0  # gradient-norm clip (paper: 1.0)
     warmup: int = 0  # linear warm-up updates
-    cosine: bool = False  # cosine decay to 0 after warm-up
+    cosine: bool = True  # cosine decay to 0 after warm-up (false: a constant rate, the paper's)
     inner: InnerLoop = field(default_factory=lambda: InnerLoop(steps=0))  # inner loop (maml: steps=5, lr=0.01)
     step_weights: list[float] | None = None  # query-loss weight per inner step (None: last step only)
     queries_per_row: int = 4  # in_context: queries (with answers) that share one copy of the support context
-    copy_queries: float = 0.0  # in_context warm-up: share of query images replaced by their class's support image at update 0 ...
-    copy_updates: int = 0  # ... decreasing linearly to none at this update (0: no warm-up)
-    spread_weight: float = 0.0  # weight of the anti-collapse hinge on the prefixes' spread over images (0: off)
+    spread_weight: float = 1.0  # weight of the anti-collapse hinge on the prefixes' spread over images (0: off)
     spread_target: float = 0.25  # ... the spread it asks for: per-element std over images / mean |element|
-    geometry_weight: float = 0.0  # weight of the prefixes-keep-the-features'-similarities penalty (0: off)
-    class_mix: float = 0.0  # share of meta-training tasks whose classes are blends of two tasks' classes (0: off)
-    feature_noise: float = 0.0  # std of Gaussian noise added to visual features in training (relative to their std)
+    geometry_weight: float = 1.0  # weight of the prefixes-keep-the-features'-similarities penalty (0: off)
     val_every: int = 50  # validate every this many updates (0: never)
     val_tasks: int = 100  # held-out tasks per validation
     checkpoint_every: int = 50  # write a checkpoint every this many updates
@@ -93,7 +118,7 @@ class TrainConfig:
     seed: int = 0  # seed of task sampling and initialisation
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     max_bad_updates: int = 10  # stop after this many non-finite losses/gradients in a row
-    lm_dtype: str = "float32"  # float32 | bfloat16: the frozen LM during training (mapper, optimiser and loss stay float32; evaluation runs float32); bfloat16 is ~2.3x faster on CPU (benchmarks/lm_dtype.py)
+    lm_dtype: str = "bfloat16"  # float32 | bfloat16: the frozen LM during training (mapper, optimiser and loss stay float32; evaluation runs float32); bfloat16 is ~2.3x faster on CPU (benchmarks/lm_dtype.py)
 
 
 @dataclass
@@ -103,7 +128,6 @@ class EvalConfig:
     variants: list[str] = field(default_factory=lambda: ["open_ended", "real_name"])  # fashion variants
     steps: int | None = None  # adaptation steps at test time (None: as trained)
     max_new_tokens: int = 8  # generation length limit
-    orderings: int = 1  # support in context: answer under this many support orders, keep the most likely answer
     batch_tasks: int = 32  # tasks answered together
     seed: int = 1234  # seed of the fixed evaluation tasks
 
@@ -234,8 +258,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"data.ways must be >= 2, got {d.ways}")
     if d.shots < 1:
         raise ConfigError(f"data.shots must be >= 1, got {d.shots}")
-    if cfg.eval.orderings < 1:
-        raise ConfigError(f"eval.orderings must be >= 1, got {cfg.eval.orderings}")
     if t.queries_per_row < 1:
         raise ConfigError(f"train.queries_per_row must be >= 1, got {t.queries_per_row}")
     if d.queries_per_class < 1:
@@ -248,20 +270,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.method must be maml, in_context or standard, got {t.method!r}")
     if cfg.mapper.kind not in ("attention", "mlp"):
         raise ConfigError(f"mapper.kind must be attention or mlp, got {cfg.mapper.kind!r}")
-    if not 0 <= cfg.data.subclass_share <= 1:
-        raise ConfigError(f"data.subclass_share must be in [0, 1], got {cfg.data.subclass_share}")
-    if cfg.data.subclass_share and cfg.data.source != "fashion-mnist":
-        raise ConfigError("data.subclass_share needs data.source=fashion-mnist (the classes of its images)")
-    if cfg.mapper.readout not in READOUTS:
-        raise ConfigError(f"mapper.readout must be one of {READOUTS}, got {cfg.mapper.readout!r}")
-    if cfg.mapper.readout == "visual" and cfg.mapper.kind != "attention":
-        raise ConfigError("mapper.readout=visual needs mapper.kind=attention")
     if cfg.mapper.prefix_len < 1:
         raise ConfigError(f"mapper.prefix_len must be >= 1, got {cfg.mapper.prefix_len}")
     if t.lm_dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"train.lm_dtype must be float32 or bfloat16, got {t.lm_dtype!r}")
-    if d.naming not in ("made_up", "mixed", "real"):
-        raise ConfigError(f"data.naming must be made_up, mixed or real, got {d.naming!r}")
+    if d.naming not in ("made_up", "real"):
+        raise ConfigError(f"data.naming must be made_up or real, got {d.naming!r}")
     m = cfg.mapper
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"mapper.dropout must be in [0, 1), got {m.dropout}")
@@ -275,17 +289,12 @@ def validate(cfg: Config) -> None:
     for key, value in {"train.clip": t.clip, "train.max_minutes": t.max_minutes}.items():
         if value is not None and not value > 0:
             raise ConfigError(f"{key} must be > 0, got {value}")
-    if not 0 <= t.copy_queries <= 1 or t.copy_updates < 0:
-        raise ConfigError("train.copy_queries must be in [0, 1] and train.copy_updates >= 0")
     if t.spread_weight < 0 or not t.spread_target > 0:
         raise ConfigError("train.spread_weight must be >= 0 and train.spread_target > 0")
-    if not 0 <= t.class_mix <= 1:
-        raise ConfigError(f"train.class_mix must be in [0, 1], got {t.class_mix}")
     if t.geometry_weight < 0:
         raise ConfigError(f"train.geometry_weight must be >= 0, got {t.geometry_weight}")
-    for key, value in {"train.weight_decay": t.weight_decay, "train.feature_noise": t.feature_noise}.items():
-        if not value >= 0:
-            raise ConfigError(f"{key} must be >= 0, got {value}")
+    if not t.weight_decay >= 0:
+        raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
     if not math.isfinite(t.lr):
         raise ConfigError(f"train.lr must be a finite number, got {t.lr}")
 

@@ -1,4 +1,4 @@
-"""Name -> builder registries for backbones and benchmarks.
+"""Name -> builder registries for backbones, and the one registry of task sources.
 
 New backbones and task sources register themselves by name and need no edit to core code::
 
@@ -7,12 +7,22 @@ New backbones and task sources register themselves by name and need no edit to c
     @VISION_ENCODERS.register("my-encoder")
     def build_my_encoder(*, path=None, mode="pooled", **kwargs):
         ...
+
+A task source (``data.source`` in a config, ``--dataset`` of ``metamapper evaluate``) is a
+``TaskSource``: meta-training and validation tasks from a ``DataConfig``, test tasks for
+evaluation. Training, validation and evaluation all look sources up here
+(``metamapper.data.sources``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from metamapper.config import DataConfig
+    from metamapper.data.tasks import TaskSet
 
 T = TypeVar("T")
 
@@ -25,16 +35,16 @@ class UnknownNameError(KeyError):
 
 
 class Registry(Generic[T]):
-    """A mapping from names to builder functions of one kind of object."""
+    """A mapping from names to one kind of entry (a builder function, a ``TaskSource``)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self._builders: dict[str, Callable[..., T]] = {}
+        self._builders: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator that registers ``builder`` under ``name`` (names are unique)."""
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator (or call) that registers an entry under ``name`` (names are unique)."""
 
-        def decorate(builder: Callable[..., T]) -> Callable[..., T]:
+        def decorate(builder: T) -> T:
             if name in self._builders:
                 raise ValueError(f"{self.kind} {name!r} is already registered")
             self._builders[name] = builder
@@ -46,7 +56,7 @@ class Registry(Generic[T]):
         """The registered names, sorted."""
         return sorted(self._builders)
 
-    def get(self, name: str) -> Callable[..., T]:
+    def get(self, name: str) -> T:
         try:
             return self._builders[name]
         except KeyError:
@@ -54,17 +64,36 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}"
             ) from None
 
-    def build(self, name: str, **kwargs: Any) -> T:
-        """Build the object registered as ``name`` with keyword arguments."""
-        return self.get(name)(**kwargs)
+    def build(self, name: str, **kwargs: Any) -> Any:
+        """Call the builder registered as ``name`` with keyword arguments."""
+        builder: Any = self.get(name)
+        return builder(**kwargs)
 
     def __contains__(self, name: object) -> bool:
         return name in self._builders
 
 
-VISION_ENCODERS: Registry[Any] = Registry("vision encoder")
-LANGUAGE_MODELS: Registry[Any] = Registry("language model")
-TASK_SOURCES: Registry[Any] = Registry("task source")
+@dataclass(frozen=True)
+class TaskSource:
+    """A named source of few-shot tasks.
+
+    Attributes:
+        train_val: ``(data config, n_tasks, seed) -> (train, validation)`` task sets for
+            meta-training; None for a source that only tests.
+        test: ``(*, root, variant, ways, shots, n_tasks, seed) -> TaskSet``: the test tasks
+            (classes, images or tasks that meta-training never saw); None for a training-only source.
+        datasets: the evaluation names this source answers (``--dataset``) -> the ``variant``
+            passed to ``test``.
+    """
+
+    train_val: Callable[[DataConfig, int, int], tuple[TaskSet, TaskSet]] | None = None
+    test: Callable[..., TaskSet] | None = None
+    datasets: Mapping[str, str] = field(default_factory=dict)
+
+
+VISION_ENCODERS: Registry[Callable[..., Any]] = Registry("vision encoder")
+LANGUAGE_MODELS: Registry[Callable[..., Any]] = Registry("language model")
+TASK_SOURCES: Registry[TaskSource] = Registry("task source")
 
 
 def list_vision_encoders() -> list[str]:

@@ -74,14 +74,6 @@ def test_evaluate_writes_results(trained: Path, env: dict[str, str], tmp_path: P
     assert res["n_tasks"] == 10 and res["n_queries"] == 20
     assert (res["ways"], res["shots"], res["dataset"], res["method"]) == (2, 1, "synthetic", "in-context")
     assert "| in-context | synthetic | 2 | 1 |" in p.stdout
-    assert res["orderings"] == 1  # the run's eval.orderings
-    ok(run(["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic", "--tasks", "4",
-            "--orderings", "2", "--out", str(res_file), "--feature-cache", env["FEATURES"]], env))
-    assert json.loads(res_file.read_text())["orderings"] == 2
-    ok(run(["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic", "--tasks", "4",
-            "--ensemble", str(trained / "checkpoints" / "step-0000002"), "--out", str(res_file),
-            "--feature-cache", env["FEATURES"]], env))
-    assert json.loads(res_file.read_text())["members"] == 2
 
 
 def test_predict_prints_one_answer(trained: Path, env: dict[str, str], images: dict[str, Path]) -> None:
@@ -121,13 +113,14 @@ def test_user_mistakes_end_with_one_line_and_exit_code_2(trained: Path, env: dic
                                    str(images["q"])], "nope.png"),
         "ways=1": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic", "--ways", "1",
                     "--tasks", "2", "--feature-cache", env["FEATURES"]], "ways must be >= 2"),
-        "orderings=0": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
-                         "--tasks", "2", "--orderings", "0"], "--orderings must be >= 1"),
+        "tasks=-1": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
+                      "--tasks", "-1"], "number of tasks must be >= 0"),
+        "steps with no-adapt": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
+                                 "--tasks", "2", "--method", "no-adapt", "--steps", "3"],
+                                "no-adapt takes no adaptation steps"),
         "resume with another config": (["train", "--config", str(SMOKE), "--out", str(trained), "--resume",
                                         *TRAIN, f"data.feature_cache={env['FEATURES']}", "train.lr=0.5"],
                                        "train.lr: 0.001 -> 0.5"),
-        "ensemble of a missing run": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
-                                       "--tasks", "2", "--ensemble", "nope"], "'nope' does not exist"),
         "support without caption": (["predict", "--checkpoint", str(trained), "--support",
                                      str(images["a"]), "--query", str(images["q"])], "IMAGE=CAPTION"),
     }

@@ -25,8 +25,7 @@ def tiny_plan(monkeypatch: pytest.MonkeyPatch) -> demo.DemoPlan:
     if not FASHION.is_file():
         pytest.skip("Debian's Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     plan = demo.DemoPlan(
-        main_overrides=(*TINY, "train.updates=2", "train.meta_batch=2", "train.val_every=0",
-                        "eval.orderings=2"),
+        main_overrides=(*TINY, "train.updates=2", "train.meta_batch=2", "train.val_every=0"),
         maml_overrides=(*TINY, "train.updates=1"),
         standard_overrides=(*TINY, "train.updates=1"),
         main_tasks=3, main_tasks_5shot=2, baseline_tasks=2, baseline_tasks_5shot=0,
@@ -45,11 +44,7 @@ def test_demo_trains_evaluates_and_reports(tiny_plan: demo.DemoPlan, tmp_path: P
     assert sorted((r["dataset"], r["shots"], r["n_tasks"]) for r in main) == [
         ("fashion-open-ended", 1, 3), ("fashion-open-ended", 5, 2),
         ("fashion-real-name", 1, 3), ("fashion-real-name", 5, 2)]
-    assert {r["orderings"] for r in main} == {2}  # the main config's eval.orderings
     baselines = [r for r in rows if r not in main]
-    untrained_rows = [r for r in baselines if r["label"].startswith("untrained")]
-    assert {r["orderings"] for r in untrained_rows} == {2}
-    assert {r["orderings"] for r in baselines if r not in untrained_rows} == {1}  # no support in context
     assert len(baselines) == 4 * 2  # four baselines, 1-shot only: the plan leaves out 5-shot
     assert {r["shots"] for r in baselines} == {1}
     for sub in ("maml", "standard", "untrained"):
@@ -61,16 +56,18 @@ def test_demo_trains_evaluates_and_reports(tiny_plan: demo.DemoPlan, tmp_path: P
     assert len(json.loads((out / "results.json").read_text())) == len(rows)
 
     # A rerun keeps what was measured: nothing is evaluated again.
-    monkeypatch.setattr("metamapper.eval.tasksets.evaluate_run",
+    monkeypatch.setattr(demo, "evaluate_run",
                         lambda *a, **k: pytest.fail("a finished row was evaluated again"))
     again = demo.run_demo(quick=True, out=out)
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
 
 
-def test_the_demo_default_is_configs_fashion_yaml() -> None:
-    """``configs/`` is not installed with the package, so the demo spells the default out in
-    ``DEFAULT_METHOD``: it must stay the shipped config."""
-    from metamapper.config import load_config
+def test_the_default_is_configs_fashion_yaml() -> None:
+    """One default: ``Config()`` (what ``metamapper train`` without ``--config`` and the demo
+    train) is the shipped ``configs/fashion.yaml``, and the demo's plan adds no method setting."""
+    from metamapper.config import Config, load_config
 
     shipped = load_config(Path(__file__).resolve().parents[2] / "configs" / "fashion.yaml")
-    assert demo.demo_config(*demo.DEFAULT_METHOD).to_dict() == shipped.to_dict()
+    assert Config().to_dict() == shipped.to_dict()
+    assert demo.demo_config(*demo.FULL.main_overrides).to_dict() == {
+        **shipped.to_dict(), "train": {**shipped.to_dict()["train"], "val_tasks": 50}}

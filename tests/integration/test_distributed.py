@@ -16,8 +16,11 @@ from metamapper.checkpoint import latest_checkpoint
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 CLI = ["-m", "metamapper.cli"]
+# float32 and no regularisers: the penalties see each rank's share of the meta-batch (like
+# unsynchronised batch norm), so only the plain meta-loss is identical across layouts
 TRAIN = ["train", "--config", str(ROOT / "configs" / "smoke.yaml"), "train.updates=3",
-         "train.meta_batch=4", "train.val_every=0", "train.checkpoint_every=1", "mapper.dropout=0.0"]
+         "train.meta_batch=4", "train.val_every=0", "train.checkpoint_every=1", "mapper.dropout=0.0",
+         "train.lm_dtype=float32", "train.spread_weight=0", "train.geometry_weight=0"]
 
 
 def _run(cmd: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess[str]:

@@ -15,8 +15,9 @@ import pytest
 import torch
 from reliability_helpers import ROOT, SMOKE, smoke_config
 
+from metamapper import distributed
 from metamapper.checkpoint import CKPT_DIR, list_checkpoints, read_checkpoint
-from metamapper.train import distributed, episodic
+from metamapper.train import episodic
 
 RUN = ["train.updates=12", "train.checkpoint_every=1", "train.val_every=0", "mapper.dropout=0.1"]
 SLOW_CLI = [sys.executable, str(Path(__file__).with_name("slow_cli.py"))]

@@ -38,9 +38,10 @@ from typing import Any
 
 import numpy as np
 
+from metamapper.config import DataConfig
 from metamapper.data.images import FolderImageSource
 from metamapper.data.tasks import Example, Query, Task, TaskSet
-from metamapper.registry import TASK_SOURCES
+from metamapper.registry import TASK_SOURCES, TaskSource
 
 BENCHMARK_NAMES: tuple[str, ...] = ("open_ended_mi", "real_name_mi", "fast_vqa", "guided_vqa")
 _FILE = re.compile(
@@ -300,16 +301,36 @@ def split_tasks(
     return {k: [tasks[i] for i in sorted(v.tolist())] for k, v in parts.items()}
 
 
-@TASK_SOURCES.register("frozen-benchmark")
 def build_benchmark_tasks(*, folder: str, benchmark: str, ways: int, shots: int) -> TaskSet:
-    """Task source ``"frozen-benchmark"``: a benchmark file's tasks and its image folder.
-
-    (``benchmark`` is the benchmark's name: ``Registry.build`` takes ``name`` itself.)
+    """A benchmark file's tasks and its image folder.
 
     Example::
 
-        >>> ts = TASK_SOURCES.build("frozen-benchmark", folder="data/oe",
-        ...                         benchmark="open_ended_mi", ways=2, shots=1)
+        >>> ts = build_benchmark_tasks(folder="data/oe", benchmark="open_ended_mi", ways=2, shots=1)
         >>> ts.images.load(ts.tasks[0].queries[0].image)
     """
     return TaskSet(load_benchmark(folder, benchmark, ways, shots), FolderImageSource(folder))
+
+
+def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
+    """In-domain: the benchmark's own tasks, split by ``split_tasks`` (seeded)."""
+    if not d.root:
+        raise ValueError("data.root must name the benchmark folder for source frozen-benchmark")
+    tasks = load_benchmark(d.root, d.benchmark, d.ways, d.shots)
+    parts = split_tasks(tasks, seed=seed)
+    rng = np.random.default_rng(seed)
+    order = [parts["train"][int(i)] for i in rng.integers(0, len(parts["train"]), size=n_tasks)]
+    images = FolderImageSource(d.root)
+    return TaskSet(order, images), TaskSet(parts["val"], images)
+
+
+def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int) -> TaskSet:
+    """The first ``n_tasks`` records of the benchmark file ``variant`` (all when 0)."""
+    if not root:
+        raise ValueError(f"--data must name the folder of the {variant} benchmark")
+    ts = build_benchmark_tasks(folder=root, benchmark=variant, ways=ways, shots=shots)
+    return TaskSet(ts.tasks[:n_tasks] if n_tasks else ts.tasks, ts.images)
+
+
+TASK_SOURCES.register("frozen-benchmark")(TaskSource(
+    train_val=_train_val, test=_test, datasets={name: name for name in BENCHMARK_NAMES}))

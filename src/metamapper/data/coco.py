@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from metamapper.config import DataConfig
 from metamapper.data.images import FolderImageSource
 from metamapper.data.tasks import (
     NAMINGS,
@@ -41,10 +42,10 @@ from metamapper.data.tasks import (
     _permutation,
     _sample_indices,
     _task_id,
-    _uniform,
     choose_words,
 )
-from metamapper.registry import TASK_SOURCES
+from metamapper.data.words import made_up_words
+from metamapper.registry import TASK_SOURCES, TaskSource
 
 
 class CocoFormatError(ValueError):
@@ -176,7 +177,6 @@ class CocoTasks:
         caption_template: str = "This is a {word}.",
         question: str = "This is a",
         real_question: str = "",
-        mixed_real_prob: float = 0.5,
         max_tries: int = 100,
         task_id: str | None = None,
     ) -> Task:
@@ -184,23 +184,21 @@ class CocoTasks:
 
         With ``naming="real"`` each support caption is one of the image's real captions and each
         query asks ``real_question`` (default: nothing, plain captioning) with one of its real
-        captions as the answer; ``Task.words`` are the category names. With ``"made_up"``,
-        ``"fixed"`` or ``"mixed"`` (binding tasks, see ``choose_words``) captions are
+        captions as the answer; ``Task.words`` are the category names. With ``"made_up"`` or
+        ``"fixed"`` (binding tasks, see ``choose_words``) captions are
         ``caption_template`` with the class's word and queries ask ``question`` with the word as
-        the answer (``"mixed"`` uses category names as the words with probability
-        ``mixed_real_prob``).
+        the answer.
 
         Args:
             ways: N.
             shots: k.
             queries_per_class: queries per class.
             rng: ``numpy.random.Generator`` or ``random.Random`` (default: a fresh unseeded one).
-            naming: ``"real"``, ``"made_up"``, ``"fixed"`` or ``"mixed"``.
+            naming: ``"real"``, ``"made_up"`` or ``"fixed"``.
             words: word pool for ``"made_up"`` / ``"fixed"``.
             caption_template: binding caption with ``{word}``.
             question: binding query question.
             real_question: query question under real captions.
-            mixed_real_prob: probability of category names under ``"mixed"``.
             max_tries: category draws to try before giving up (a draw fails when a category has
                 too few images without the other categories).
             task_id: the id; default a hash of the content.
@@ -229,13 +227,11 @@ class CocoTasks:
                              f"of the other drawn categories found in {max_tries} tries")
         names = [self.category_names[c] for c in chosen]
         real = naming == "real"  # real captions; otherwise binding captions with words
-        if naming == "mixed":
-            use_names = _uniform(rng) < mixed_real_prob
-            words_ = tuple(names) if use_names else choose_words(
-                names, naming="made_up", rng=rng, words=words)
-        elif real:
+        if real:
             words_ = tuple(names)
         else:
+            if words is None and naming == "made_up":  # never a category name as a made-up word
+                words = made_up_words(exclude=self.category_names.values())
             words_ = choose_words(names, naming=naming, rng=rng, words=words)
         support, queries = [], []
         for ids, w in zip(picked, words_, strict=True):
@@ -320,18 +316,32 @@ class CocoCaptionPairs:
         return self.pairs[i]
 
 
-@TASK_SOURCES.register("coco")
 def build_coco_tasks(
     *, root: str, split: str = "train", n_tasks: int = 1000, ways: int = 2, shots: int = 1,
     queries_per_class: int = 1, seed: int = 0, **kwargs: Any,
 ) -> TaskSet:
-    """Task source ``"coco"``: ``CocoTasks(root, split).tasks(...)`` with its image folder.
+    """``CocoTasks(root, split).tasks(...)`` with its image folder.
 
     Example::
 
-        >>> ts = TASK_SOURCES.build("coco", root="/data/coco", n_tasks=10, naming="made_up")
+        >>> ts = build_coco_tasks(root="/data/coco", n_tasks=10, naming="made_up")
     """
     coco = CocoTasks(root, split)
     tasks = coco.tasks(n_tasks, ways=ways, shots=shots, queries_per_class=queries_per_class,
                        seed=seed, **kwargs)
     return TaskSet(tasks, coco.images)
+
+
+def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
+    """Cross-domain: COCO train2017 caption tasks grouped by object category; validation on
+    val2017 tasks."""
+    if not d.root:
+        raise ValueError("data.root must name the COCO folder (annotations/ + train2017/ + val2017/)")
+    kw: dict[str, Any] = dict(ways=d.ways, shots=d.shots, queries_per_class=d.queries_per_class,
+                              naming=d.naming)
+    train = build_coco_tasks(root=d.root, split="train", n_tasks=n_tasks, seed=seed, **kw)
+    val = build_coco_tasks(root=d.root, split="val", n_tasks=200, seed=seed + 1, **kw)
+    return train, val
+
+
+TASK_SOURCES.register("coco")(TaskSource(train_val=_train_val))

@@ -5,8 +5,8 @@ split are the meta-training classes, classes 6-9 of the test split the held-out 
 two are never mixed, so test tasks use classes and images that meta-training never saw.
 
 - Meta-training tasks (``split="train"``) name classes with made-up words drawn per task
-  (``variant="open_ended"``, default naming ``"made_up"``) or with real names half of the time
-  (``variant="real_name"``, default naming ``"mixed"``).
+  (``variant="open_ended"``, default naming ``"made_up"``) or with their real names
+  (``variant="real_name"``, default naming ``"real"``).
 - Test tasks (``split="test"``) follow Frozen: Real-Name ("This is a {name}.", answer the lower-case
   real name) and Open-Ended (the five nonsense words ``TEST_WORDS``, assigned at random per task).
 
@@ -30,10 +30,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from metamapper.config import DataConfig
 from metamapper.data.images import ImageLoadError
 from metamapper.data.tasks import Task, TaskSet, sample_task
-from metamapper.data.words import TEST_WORDS
-from metamapper.registry import TASK_SOURCES
+from metamapper.data.words import TEST_WORDS, made_up_words
+from metamapper.registry import TASK_SOURCES, TaskSource
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES: tuple[str, ...] = (
@@ -296,7 +297,7 @@ def fashion_tasks(
 
     Captions are ``"This is a {word}."``, the query question ``"This is a"``, the answer the
     query's word. Default naming: train ``open_ended`` -> ``"made_up"`` (a fresh made-up word per
-    class per task), train ``real_name`` -> ``"mixed"`` (real names in half of the tasks), test
+    class per task), train ``real_name`` -> ``"real"`` (lower-case class names), test
     ``open_ended`` -> ``"fixed"`` (``TEST_WORDS`` assigned at random per task), test ``real_name``
     -> ``"real"`` (lower-case class names).
 
@@ -325,29 +326,58 @@ def fashion_tasks(
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if naming is None:
-        naming = {("train", "open_ended"): "made_up", ("train", "real_name"): "mixed",
+        naming = {("train", "open_ended"): "made_up", ("train", "real_name"): "real",
                   ("test", "open_ended"): "fixed", ("test", "real_name"): "real"}[split, variant]
     keys = class_to_keys(split, None, images_per_class, seed, root=root)
     rng = np.random.default_rng(seed)
     prefix = f"fashion-{split}-{variant}-{ways}w{shots}s-seed{seed}"
     return [
         sample_task(keys, ways=ways, shots=shots, queries_per_class=queries_per_class, rng=rng,
-                    naming=naming, words=TEST_WORDS if naming == "fixed" else None,
+                    naming=naming, words=TEST_WORDS if naming == "fixed" else made_up_words(exclude=CLASS_NAMES),
                     real_names=REAL_NAMES, task_id=f"{prefix}-{i:05d}")
         for i in range(n_tasks)
     ]
 
 
-@TASK_SOURCES.register("fashion-mnist")
 def build_fashion_tasks(
     *, split: str = "train", variant: str = "open_ended",
     root: str | os.PathLike[str] = DEFAULT_ROOT, **kwargs: Any,
 ) -> TaskSet:
-    """Task source ``"fashion-mnist"``: ``fashion_tasks(...)`` with its ``FashionImageSource``.
+    """``fashion_tasks(...)`` with its ``FashionImageSource``.
 
     Example::
 
-        >>> ts = TASK_SOURCES.build("fashion-mnist", split="test", ways=2, n_tasks=10)
+        >>> ts = build_fashion_tasks(split="test", ways=2, n_tasks=10)
     """
     tasks = fashion_tasks(split, variant, root=root, **kwargs)
     return TaskSet(tasks, FashionImageSource(root, split))
+
+
+def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
+    """Meta-train on classes 0-5 of the train split; validate on the same classes' images of the
+    test split (unseen images, never the held-out classes 6-9)."""
+    root = d.root or DEFAULT_ROOT
+    train = fashion_tasks(
+        "train", "open_ended", ways=d.ways, shots=d.shots, queries_per_class=d.queries_per_class,
+        n_tasks=n_tasks, seed=seed, naming=d.naming, images_per_class=d.images_per_class, root=root,
+    )
+    labels = FashionMNIST(str(root), "test").labels
+    keys = {CLASS_NAMES[c]: [f"test/{int(i):06d}" for i in np.flatnonzero(labels == c)[:300]]
+            for c in TRAIN_CLASSES}
+    rng = np.random.default_rng(seed + 1)
+    val = [sample_task(keys, ways=d.ways, shots=d.shots, queries_per_class=1, rng=rng,
+                       naming="made_up", words=made_up_words(exclude=CLASS_NAMES),
+                       task_id=f"fashion-val-{i:04d}") for i in range(200)]
+    return TaskSet(train, FashionImageSource(root, "train")), TaskSet(val, FashionImageSource(root, "test"))
+
+
+def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int) -> TaskSet:
+    """The held-out classes 6-9 of the test split."""
+    return build_fashion_tasks(split="test", variant=variant, ways=ways, shots=shots,
+                               n_tasks=n_tasks, seed=seed, root=root or DEFAULT_ROOT)
+
+
+TASK_SOURCES.register("fashion-mnist")(TaskSource(
+    train_val=_train_val, test=_test,
+    datasets={"fashion-open-ended": "open_ended", "fashion-real-name": "real_name"},
+))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from metamapper.data.feature_cache import FeatureCache
 from metamapper.models.backbones import VisionEncoder, cache_dir
 
 
@@ -53,8 +54,6 @@ class FeatureTable:
 
         Images that cannot be read are skipped and listed in ``table.skipped``.
         """
-        from metamapper.data.feature_cache import FeatureCache
-
         cache = FeatureCache(Path(root) if root else cache_dir() / "features", encoder)
         unique = list(dict.fromkeys(keys))
         report = cache.fill(source, unique, batch_size=batch_size, progress=progress)

@@ -12,10 +12,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from metamapper.config import DataConfig
 from metamapper.data.images import ImageLoadError
 from metamapper.data.tasks import TaskSet, sample_task
-from metamapper.data.words import TEST_WORDS
-from metamapper.registry import TASK_SOURCES
+from metamapper.data.words import TEST_WORDS, made_up_words
+from metamapper.registry import TASK_SOURCES, TaskSource
 
 CLASSES = (
     ("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "circle"),
@@ -32,6 +33,9 @@ TEST_CLASSES = (6, 7)
 def class_name(c: int) -> str:
     colour, shape = CLASSES[c]
     return f"{colour} {shape}"
+
+
+CLASS_NAMES = tuple(class_name(c) for c in range(len(CLASSES)))
 
 
 def draw(c: int, i: int, seed: int = 0, size: int = 32) -> Image.Image:
@@ -78,14 +82,12 @@ class SyntheticImageSource:
         return {class_name(c): [f"c{c}/{i:04d}" for i in range(self.images_per_class)] for c in classes}
 
 
-@TASK_SOURCES.register("synthetic")
 def build_synthetic_tasks(
     *, split: str = "train", variant: str = "open_ended", ways: int = 2, shots: int = 1,
     queries_per_class: int = 1, n_tasks: int = 100, seed: int = 0, naming: str | None = None,
     images_per_class: int | None = 24, **_: Any,
 ) -> TaskSet:
-    """Task source ``"synthetic"``: tasks over generated coloured shapes (train: classes 0-5,
-    test: 6-7)."""
+    """Tasks over generated coloured shapes (train: classes 0-5, test: 6-7)."""
     source = SyntheticImageSource(images_per_class=images_per_class or 24)
     classes = TRAIN_CLASSES if split == "train" else TEST_CLASSES
     if naming is None:
@@ -94,8 +96,25 @@ def build_synthetic_tasks(
     rng = np.random.default_rng(seed)
     tasks = [
         sample_task(keys, ways=ways, shots=shots, queries_per_class=queries_per_class, rng=rng,
-                    naming=naming, words=TEST_WORDS if naming == "fixed" else None,
+                    naming=naming,
+                    words=TEST_WORDS if naming == "fixed" else made_up_words(exclude=CLASS_NAMES),
                     task_id=f"synthetic-{split}-{seed}-{i:05d}")
         for i in range(n_tasks)
     ]
     return TaskSet(tasks, source)
+
+
+def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
+    kw = dict(ways=d.ways, shots=d.shots, queries_per_class=d.queries_per_class)
+    train = build_synthetic_tasks(split="train", n_tasks=n_tasks, seed=seed, naming=d.naming, **kw)
+    val = build_synthetic_tasks(split="test", n_tasks=20, seed=seed + 1, **kw)
+    return train, val
+
+
+def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int) -> TaskSet:
+    return build_synthetic_tasks(split="test", variant=variant, ways=ways, shots=shots,
+                                 n_tasks=n_tasks, seed=seed)
+
+
+TASK_SOURCES.register("synthetic")(TaskSource(train_val=_train_val, test=_test,
+                                              datasets={"synthetic": "open_ended"}))

@@ -33,7 +33,7 @@ from PIL import Image
 from metamapper.data.images import ImageLoadError  # noqa: F401  (re-exported)
 from metamapper.data.words import TEST_WORDS, made_up_words
 
-NAMINGS = ("real", "made_up", "mixed", "fixed")
+NAMINGS = ("real", "made_up", "fixed")
 Rng = np.random.Generator | random.Random
 
 
@@ -239,7 +239,6 @@ def choose_words(
     rng: Rng,
     words: Sequence[str] | None = None,
     real_names: Mapping[str, str] | None = None,
-    mixed_real_prob: float = 0.5,
 ) -> tuple[str, ...]:
     """The answer word of each class for one task.
 
@@ -247,12 +246,10 @@ def choose_words(
         classes: the task's classes, in class order.
         naming: ``"real"`` (``real_names[c]``, or the class name itself), ``"made_up"`` (distinct
             words drawn per task from ``words`` or else ``made_up_words()``), ``"fixed"``
-            (distinct words drawn per task from ``words``, default ``TEST_WORDS``) or ``"mixed"``
-            (real names with probability ``mixed_real_prob`` per task, else made-up words).
+            (distinct words drawn per task from ``words``, default ``TEST_WORDS``).
         rng: a ``numpy.random.Generator`` or ``random.Random``.
         words: the word pool of ``"made_up"`` / ``"fixed"``.
         real_names: class -> real name.
-        mixed_real_prob: probability of real names under ``"mixed"``.
 
     Returns:
         One word per class.
@@ -264,10 +261,6 @@ def choose_words(
     """
     if naming not in NAMINGS:
         raise ValueError(f"naming must be one of {', '.join(NAMINGS)}; got {naming!r}")
-    if naming == "mixed":
-        if not 0.0 <= mixed_real_prob <= 1.0:
-            raise ValueError(f"mixed_real_prob must be in [0, 1], got {mixed_real_prob}")
-        naming = "real" if _uniform(rng) < mixed_real_prob else "made_up"
     if naming == "real":
         names = tuple((real_names or {}).get(c, c) for c in classes)
         if len(set(names)) != len(names):
@@ -305,7 +298,6 @@ def sample_task(
     real_names: Mapping[str, str] | None = None,
     caption_template: str = "This is a {word}.",
     question: str = "This is a",
-    mixed_real_prob: float = 0.5,
     shuffle: bool = True,
     task_id: str | None = None,
 ) -> Task:
@@ -325,12 +317,11 @@ def sample_task(
         shots: k (>= 1).
         queries_per_class: queries per class (>= 0).
         rng: a ``numpy.random.Generator`` or ``random.Random`` (advanced by the call).
-        naming: see ``choose_words``: ``"real"``, ``"made_up"``, ``"mixed"`` or ``"fixed"``.
+        naming: see ``choose_words``: ``"real"``, ``"made_up"`` or ``"fixed"``.
         words: word pool for ``"made_up"`` / ``"fixed"``.
-        real_names: class -> real name for ``"real"`` / ``"mixed"``.
+        real_names: class -> real name for ``"real"``.
         caption_template: support caption, with ``{word}``.
         question: the question text of each query.
-        mixed_real_prob: probability of real names per task under ``"mixed"``.
         shuffle: shuffle support and queries.
         task_id: the id; default a hash of the task's content.
 
@@ -379,7 +370,7 @@ def sample_task(
         used.update(chosen)
         picked.append(chosen)
     task_words = choose_words(classes, naming=naming, rng=rng, words=words,
-                              real_names=real_names, mixed_real_prob=mixed_real_prob)
+                              real_names=real_names)
     support = [
         Example(k, caption_template.format(word=w))
         for keys, w in zip(picked, task_words, strict=True) for k in keys[:shots]

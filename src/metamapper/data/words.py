@@ -4,12 +4,13 @@ Binding tasks name each class with a word that carries no prior meaning, drawn a
 the model must bind the word to the support images instead of memorising class -> word. The pool is
 built from syllables (onset + vowel + optional coda), so the words are pronounceable and tokenise
 like ordinary words. It never contains the five test words of Open-Ended miniImageNet nor the
-Fashion-MNIST class names, so meta-training never sees a test-time answer.
+names a caller excludes (a task source passes its class names, so meta-training never sees a
+test-time answer).
 
 Example::
 
     from metamapper.data.words import TEST_WORDS, made_up_words
-    pool = made_up_words(100, seed=0)   # ['brel', 'tousk', ...] (deterministic)
+    pool = made_up_words(100, seed=0, exclude=["T-shirt/top", "Ankle boot"])  # deterministic
     assert not set(pool) & set(TEST_WORDS)
 """
 
@@ -33,12 +34,11 @@ _CODAS = ("", "", "", "", "n", "m", "l", "r", "s", "t", "k", "x", "nd", "nt", "s
 _WORD = re.compile(r"^[a-z]{3,9}$")
 
 
-def _reserved() -> set[str]:
-    # Imported lazily: fashion.py imports the task sampler, which imports this module.
-    from metamapper.data.fashion import CLASS_NAMES
-
+def _reserved(exclude: frozenset[str]) -> set[str]:
+    """The test words, and each excluded name with its words and their plurals ("ankle boot" ->
+    "ankle boot", "ankle", "boot", "boots", ...)."""
     reserved = set(TEST_WORDS)
-    for name in CLASS_NAMES:
+    for name in exclude:
         low = name.lower()
         reserved.add(low)
         reserved.update(t for t in re.split(r"[^a-z]+", low) if t)
@@ -49,7 +49,7 @@ def _reserved() -> set[str]:
 @lru_cache(maxsize=16)
 def _pool(n: int, seed: int, exclude: frozenset[str]) -> tuple[str, ...]:
     rng = random.Random(seed)
-    banned = _reserved() | exclude
+    banned = _reserved(exclude)
     words: list[str] = []
     seen: set[str] = set()
     for _ in range(max(1000, n * 200)):
@@ -73,14 +73,15 @@ def made_up_words(n: int = 2000, seed: int = 0, exclude: Iterable[str] = ()) -> 
     """A deterministic pool of ``n`` distinct pronounceable made-up words.
 
     Each word has 1-3 syllables, 3-9 lower-case ASCII letters, and is never one of
-    ``TEST_WORDS``, a Fashion-MNIST class name (or a part or plural of one), nor in ``exclude``.
+    ``TEST_WORDS`` nor a name in ``exclude`` (nor a word or plural of one).
     The same ``(n, seed, exclude)`` always gives the same list. A pool word can still
     accidentally be a real English word ("sand"); pass such words in ``exclude`` if it matters.
 
     Args:
         n: number of words.
         seed: seed of the generator.
-        exclude: extra words the pool must not contain (compared lower-case).
+        exclude: names the pool must not contain (compared lower-case; their words and plurals
+            are excluded too), e.g. the class names of a task source.
 
     Returns:
         A list of ``n`` distinct words.

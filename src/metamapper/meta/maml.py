@@ -20,50 +20,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
+from metamapper.config import InnerLoop
 from metamapper.meta.episode import Episode, batch_rows, caption_rows
 from metamapper.models.metamapper import Item, MetaMapper, PackedBatch
 
 Params = dict[str, torch.Tensor]
 RowFormat = Callable[..., list[list[Item]]]
-
-
-@dataclass
-class InnerLoop:
-    """Inner-loop settings (defaults: the paper's).
-
-    Attributes:
-        steps: SGD steps on the support loss (paper: 5).
-        lr: inner learning rate (paper: 0.01); the initial value when learned (Meta-SGD).
-        first_order: drop second-order terms (no ``create_graph``).
-        adapt: which mapper parameters adapt: ``"all"`` or a comma list of name prefixes
-            (e.g. ``"prefix"`` adapts only the learnable prefix vectors).
-        meta_sgd: learn a per-parameter, element-wise inner learning rate (Meta-SGD).
-        per_step_lr: with ``meta_sgd``, a separate learning rate for each step.
-    """
-
-    steps: int = 5
-    lr: float = 0.01
-    first_order: bool = True
-    adapt: str = "all"
-    meta_sgd: bool = False
-    per_step_lr: bool = False
-
-    def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise ValueError(f"inner steps must be >= 0, got {self.steps}")
-        if self.lr < 0:
-            raise ValueError(f"inner learning rate must be >= 0, got {self.lr}")
-
-    def selects(self, name: str) -> bool:
-        """Whether parameter ``name`` is adapted in the inner loop."""
-        if self.adapt == "all":
-            return True
-        return any(name == p or name.startswith(p + ".") for p in self.adapt.split(","))
 
 
 def _key(name: str) -> str:

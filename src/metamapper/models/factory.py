@@ -53,8 +53,7 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
         output_scale=scale, standardize=mc.standardize,
     )
     if mc.kind == "attention":
-        kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first,
-                      readout=mc.readout)
+        kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first)
     mapper = build_mapper(mc.kind, **kwargs)
     return MetaMapper(vision=vision, lm=lm, mapper=mapper)
 

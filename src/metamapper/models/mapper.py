@@ -50,9 +50,6 @@ class _FeatureStats(nn.Module):
         return (features - self.feat_mean) / self.feat_std
 
 
-READOUTS = ("queries", "visual")
-
-
 class AttentionMapper(_FeatureStats):
     """Set multi-head attention over ``[prefix; projected visual tokens]``.
 
@@ -69,10 +66,6 @@ class AttentionMapper(_FeatureStats):
         norm_first: pre-LN block (LayerNorm before attention and feed-forward) instead of the
             original post-LN.
         standardize: standardise the features with fixed dataset statistics first.
-        readout: which outputs of the block become the prefix: ``"queries"`` (the ``l`` learned
-            prefix positions, the paper's) or ``"visual"`` (the positions of the visual tokens,
-            whose residual stream starts from a linear projection of their feature, so the
-            prefix keeps more of what the features hold; needs ``l`` visual tokens per image).
     """
 
     def __init__(
@@ -87,14 +80,10 @@ class AttentionMapper(_FeatureStats):
         output_scale: float | None = None,
         norm_first: bool = False,
         standardize: bool = False,
-        readout: str = "queries",
     ) -> None:
         super().__init__()
         self._init_stats(visual_dim, standardize)
         self.norm_first = norm_first
-        if readout not in READOUTS:
-            raise ValueError(f"readout must be one of {READOUTS}, got {readout!r}")
-        self.readout = readout
         if embed_dim % num_heads:
             raise ValueError(f"num_heads={num_heads} must divide embed_dim={embed_dim}")
         if prefix_len < 1:
@@ -132,12 +121,7 @@ class AttentionMapper(_FeatureStats):
                 f"visual features have size {features.shape[-1]}, the mapper expects "
                 f"{self.visual_dim} (features from another encoder or mode?)"
             )
-        b, n = features.shape[0], features.shape[1]
-        if self.readout == "visual" and n != self.prefix_len:
-            raise MapperShapeError(
-                f"readout='visual' needs prefix_len={self.prefix_len} visual tokens per image, got {n} "
-                "(set mapper.prefix_len to the encoder's token count, e.g. 4 for grid2)"
-            )
+        b = features.shape[0]
         x = self.visual_proj(self.standardized(features))  # (B, n, D)
         h = torch.cat([self.prefix.expand(b, -1, -1), x], dim=1)  # (B, l + n, D)
         if self.norm_first:
@@ -146,7 +130,7 @@ class AttentionMapper(_FeatureStats):
         else:
             h = self.norm1(h + self.dropout(self._attend(h)))
             h = self.norm2(h + self.dropout(self.ff(h)))
-        out = h[:, : self.prefix_len] if self.readout == "queries" else h[:, self.prefix_len :]  # (B, l, D)
+        out = h[:, : self.prefix_len]  # (B, l, D): the outputs at the learned prefix positions
         if self.out_scale is not None:
             out = F.layer_norm(out, (self.embed_dim,)) * self.out_scale
         return out

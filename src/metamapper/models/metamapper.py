@@ -28,6 +28,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metamapper.models.backbones import LanguageModel, VisionEncoder
+from metamapper.models.generation import generate
 
 IGNORE = -100
 
@@ -269,8 +270,6 @@ class MetaMapper(nn.Module):
         **kwargs: object,
     ) -> list[str]:
         """Greedy (or sampled) continuation of each prompt row, stopped at EOS, newline or '.'."""
-        from metamapper.models.generation import generate
-
         batch = self.pack(rows)
         emb = self.embed(features, batch, params, prefixes)
         out = generate(
@@ -285,24 +284,3 @@ class MetaMapper(nn.Module):
         if self.vision is None:
             raise RuntimeError("this model was built without an image encoder")
         return self.vision.encode(images)  # type: ignore[arg-type]
-
-    # ------------------------------------------------------------------ few-shot API
-
-    @classmethod
-    def from_pretrained(cls, run_dir: str, **kwargs: object) -> MetaMapper:
-        """Load a trained run (its backbones are rebuilt from the checkpoint's config)."""
-        from metamapper.pretrained import load_run
-
-        run = load_run(run_dir, **kwargs)  # type: ignore[arg-type]
-        run.model._run = run  # remembered for adapt(): method, inner loop, learned rates
-        return run.model
-
-    def adapt(self, support_images: Sequence[object], captions: Sequence[str], steps: int | None = None,
-              *, method: str | None = None) -> object:
-        """Adapt to a support set; returns an ``AdaptedMetaMapper`` with ``.answer(images)``."""
-        from metamapper.pretrained import adapt_to_support
-
-        run = getattr(self, "_run", None)
-        if run is None:
-            raise RuntimeError("adapt() needs a model loaded with MetaMapper.from_pretrained(run_dir)")
-        return adapt_to_support(run, support_images, captions, steps=steps, method=method)  # type: ignore[arg-type]

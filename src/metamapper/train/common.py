@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import math
 import random
+import signal
+import threading
 import time
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from metamapper import distributed
 from metamapper.checkpoint import (
     check_compatible,
     latest_checkpoint,
@@ -29,6 +33,11 @@ from metamapper.config import (
     config_from_dict,
     dump_config,
 )
+from metamapper.data.feature_table import FeatureTable
+from metamapper.data.sources import training_tasks
+from metamapper.data.tasks import Task, filter_tasks
+from metamapper.eval.fewshot import EvalResult
+from metamapper.models.factory import build_model, build_vision, set_lm_dtype
 from metamapper.models.metamapper import MetaMapper
 
 
@@ -173,21 +182,19 @@ class MetricsLog:
             f.write(json.dumps(record) + "\n")
 
 
-def grads_finite(params: list[nn.Parameter]) -> bool:
-    return all(p.grad is None or torch.isfinite(p.grad).all() for p in params)
+@dataclass
+class PreparedRun:
+    """What a recipe trains with: the model and the run's tasks with their cached features."""
+
+    model: MetaMapper
+    train_tasks: list[Task]
+    val_tasks: list[Task]  # the validation tasks the run uses (none without validation)
+    table: FeatureTable  # features of the training tasks' images
+    val_table: FeatureTable  # ... of the validation tasks' images
 
 
-def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
-    """Sample the run's tasks, fill/load the feature caches, build the model.
-
-    Returns a dict with ``model``, ``train_tasks``, ``val_tasks``, ``table``, ``val_table``.
-    """
-    from metamapper.data.feature_table import FeatureTable
-    from metamapper.data.tasks import filter_tasks
-    from metamapper.models.factory import build_model, build_vision, set_lm_dtype
-    from metamapper.train import distributed
-    from metamapper.train.sources import training_class_keys, training_tasks, with_subclass_tasks
-
+def prepare_run(cfg: Config, *, progress: bool = True) -> PreparedRun:
+    """Sample the run's tasks, fill/load the feature caches, build the model."""
     t = cfg.train
     rank, world = distributed.rank_world()
     if t.meta_batch % world:
@@ -196,27 +203,17 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     train_set, val_set = training_tasks(cfg.data, max(1, t.updates * t.meta_batch), t.seed)
     # only the validation tasks the run will use get their images encoded (none without validation)
     val_set = replace(val_set, tasks=val_set.tasks[: t.val_tasks] if t.val_every and t.updates else [])
-    d = cfg.data
-    class_keys = training_class_keys(d, t.seed) if d.subclass_share else {}
     vision = build_vision(cfg.backbones)
     tables = []
     for ts in (train_set, val_set):
         keys = list(dict.fromkeys(k for task in ts.tasks for k in task.image_keys()))
-        if ts is train_set:  # sub-class tasks may use any training image
-            keys = list(dict.fromkeys([*keys, *(k for ks in class_keys.values() for k in ks)]))
         if world > 1:  # ranks encode disjoint shares of the images in parallel, then all load all
             FeatureTable.from_cache(vision, ts.images, distributed.shard(keys, rank, world),
                                     root=cfg.data.feature_cache, progress=progress)
             distributed.barrier()
         tables.append(FeatureTable.from_cache(vision, ts.images, keys, root=cfg.data.feature_cache,
                                               progress=progress))
-    train_tasks = train_set.tasks
-    if d.subclass_share:
-        class_keys = {c: [k for k in ks if k in tables[0]] for c, ks in class_keys.items()}
-        train_tasks = with_subclass_tasks(train_tasks, class_keys, tables[0], share=d.subclass_share,
-                                          ways=d.ways, shots=d.shots, queries_per_class=d.queries_per_class,
-                                          seed=t.seed)
-    train_tasks = filter_tasks(train_tasks, [k for k, _ in tables[0].skipped])
+    train_tasks = filter_tasks(train_set.tasks, [k for k, _ in tables[0].skipped])
     val_tasks = filter_tasks(val_set.tasks, [k for k, _ in tables[1].skipped])
     seed_everything(t.seed)  # the mapper's initialisation depends only on the seed
     model = build_model(cfg.backbones, cfg.mapper, vision=vision)
@@ -225,18 +222,88 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     if cfg.mapper.standardize:  # fixed statistics of the training features, saved with the mapper
         flat = tables[0].features.reshape(-1, tables[0].dim)
         model.mapper.set_feature_stats(flat.mean(0), flat.std(0))
-    return {"model": model, "train_tasks": train_tasks, "val_tasks": val_tasks,
-            "table": tables[0], "val_table": tables[1]}
+    return PreparedRun(model=model, train_tasks=train_tasks, val_tasks=val_tasks,
+                       table=tables[0], val_table=tables[1])
 
 
-def eval_method_for(cfg: Config) -> str:
-    """The evaluation method that matches how a run was trained."""
-    m, steps = cfg.train.method, cfg.train.inner.steps
-    if m == "in_context":
-        return "in-context-maml" if steps > 0 else "in-context"
-    if m == "maml":
-        return "maml"
-    return "no-adapt"
+def outer_step(loss: torch.Tensor, params: list[nn.Parameter], opt: torch.optim.Optimizer,
+               sched: Any, clip: float) -> float | None:
+    """The optimizer step every recipe takes: backward, average the gradients across ranks,
+    clip, step, advance the schedule.
+
+    A non-finite loss or gradient (on any rank) skips the step, so the weights and the optimizer
+    state stay finite; the schedule advances either way (a resumed run stays in step).
+
+    Returns:
+        the gradient norm before clipping, or None when the update was skipped.
+    """
+    opt.zero_grad(set_to_none=True)
+    gnorm: float | None = None
+    if distributed.all_true(bool(torch.isfinite(loss))):
+        loss.backward()
+        distributed.average_gradients(params)  # identical gradients on every rank
+        gnorm = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        if math.isfinite(gnorm):
+            opt.step()
+        else:
+            gnorm = None
+    sched.step()
+    return gnorm
+
+
+@dataclass
+class Bookkeeping:
+    """What every recipe does after an update: the metrics line, the stop on divergence,
+    validation, checkpoints, and a clean stop on a signal or at ``train.max_minutes``.
+
+    ``after_update`` returns True when the run must stop (its checkpoint is then on disk).
+    """
+
+    run_dir: Path
+    cfg: Config
+    model: MetaMapper
+    opt: torch.optim.Optimizer
+    sched: Any
+    lrs: nn.Module | None
+    log: MetricsLog
+    stop: StopSignal
+    say: Callable[[str], object]  # rank 0 speaks for the job
+    main: bool
+    skipped: int = 0  # non-finite updates so far
+    bad_in_row: int = 0  # ... of them, the latest in a row
+    deadline: float = math.inf
+
+    def after_update(self, done: int, loss: torch.Tensor, gnorm: float | None, *, t0: float,
+                     validate: Callable[[], EvalResult] | None = None, **extra: float) -> bool:
+        t = self.cfg.train
+        if gnorm is None:
+            self.skipped, self.bad_in_row = self.skipped + 1, self.bad_in_row + 1
+        else:
+            self.bad_in_row = 0
+        distributed.fault_hook(distributed.rank_world()[0], done)
+        self.log.write(step=done, loss=distributed.mean_across(loss.item()),
+                       grad_norm=float("nan") if gnorm is None else gnorm, skipped=self.skipped,
+                       **{k: round(v, 4) for k, v in extra.items()},
+                       tasks_per_s=round(t.meta_batch / (time.time() - t0), 2),
+                       lr=self.sched.get_last_lr()[0])
+        if self.bad_in_row >= t.max_bad_updates:
+            raise diverged(self.run_dir, self.bad_in_row, done, " (lower train.lr or train.inner.lr?)")
+        if validate is not None and t.val_every and (done % t.val_every == 0 or done == t.updates):
+            res = validate()
+            self.log.write(step=done, val_accuracy=res.accuracy, val_ci95=res.ci95,
+                           val_support_fit=res.support_fit, val_method=res.method)
+            self.say(f"update {done}: validation accuracy {res.accuracy:.3f} +/- {res.ci95:.3f}"
+                     + (f", support fit {res.support_fit:.3f}" if res.support_fit is not None else ""))
+            self.model.train()
+        out_of_time = distributed.any_flag(time.time() > self.deadline)
+        stopping = distributed.any_flag(self.stop.stop)
+        if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping) and self.main:
+            save(self.run_dir, done, self.model, self.cfg, self.opt, self.sched, self.lrs,
+                 extra={"skipped": self.skipped, "bad_in_row": self.bad_in_row})
+        if out_of_time or stopping:
+            why = "a stop signal" if stopping else f"train.max_minutes={t.max_minutes}"
+            self.say(f"stopped after {done} updates ({why}); checkpoint saved, resume with --resume")
+        return out_of_time or stopping
 
 
 class TrainingDiverged(RuntimeError):
@@ -260,18 +327,13 @@ class StopSignal:
     checkpoint and exits cleanly instead of losing the work since the last one."""
 
     def __init__(self) -> None:
-        import signal
-
         self.stop = False
-        self._signal = signal
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignal:
-        import threading
-
         if threading.current_thread() is threading.main_thread():
-            for sig in (self._signal.SIGTERM, self._signal.SIGINT):
-                self._old[sig] = self._signal.signal(sig, self._handle)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
@@ -281,4 +343,4 @@ class StopSignal:
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self._old.items():
-            self._signal.signal(sig, old)
+            signal.signal(sig, old)

@@ -3,9 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from metamapper.data.coco import CocoCaptionPairs, CocoFormatError, CocoTasks
+from metamapper.data.coco import CocoCaptionPairs, CocoFormatError, CocoTasks, build_coco_tasks
 from metamapper.data.words import TEST_WORDS
-from metamapper.registry import TASK_SOURCES
 
 CATS = {1: "person", 2: "dog", 3: "cat", 4: "car"}
 
@@ -97,8 +96,8 @@ def test_caption_pairs_and_registry(tmp_path):
     key, caption = pairs[0]
     assert key == "val2017/000000000001.jpg" and caption.startswith("image 1 caption 0")
     assert pairs.images.load(key).size == (8, 6)
-    ts = TASK_SOURCES.build("coco", root=str(tmp_path), split="val", n_tasks=3, ways=2,
-                            shots=1, naming="made_up", max_tries=500)
+    ts = build_coco_tasks(root=str(tmp_path), split="val", n_tasks=3, ways=2,
+                          shots=1, naming="made_up", max_tries=500)
     assert len(ts.tasks) == 3 and ts.images.load(ts.tasks[0].support[0].image).mode == "RGB"
 
 

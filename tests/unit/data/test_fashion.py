@@ -17,8 +17,8 @@ from metamapper.data.fashion import (
     read_idx,
 )
 from metamapper.data.images import ImageLoadError, load_image
+from metamapper.data.sources import evaluation_tasks
 from metamapper.data.words import TEST_WORDS
-from metamapper.registry import TASK_SOURCES
 
 
 def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
@@ -92,7 +92,7 @@ def test_task_variants(fashion_root):
     train = fashion_tasks("train", "open_ended", ways=5, shots=1, n_tasks=20, seed=0)
     assert all(k.startswith("train/") for t in train for k in t.image_keys())
     assert not {w for t in train for w in t.words} & (set(TEST_WORDS) | names)
-    ts = TASK_SOURCES.build("fashion-mnist", split="test", ways=2, n_tasks=2)
+    ts = evaluation_tasks("fashion-open-ended", data=None, ways=2, shots=1, n_tasks=2)
     assert len(ts.tasks) == 2 and ts.images.load(ts.tasks[0].queries[0].image).size == (28, 28)
     with pytest.raises(ValueError, match="5 classes, only 4 given"):
         fashion_tasks("test", ways=5, n_tasks=1)

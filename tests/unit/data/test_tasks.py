@@ -83,12 +83,8 @@ def test_sample_task_with_random_random_and_namings():
     assert set(real.words) <= set(CLASSES) | {"zero"}
     fixed = sample_task(CLASSES, ways=5, shots=1, queries_per_class=0, rng=rng, naming="fixed")
     assert sorted(fixed.words) == sorted(TEST_WORDS) and fixed.queries == ()
-    kinds = set()
-    for seed in range(40):
-        t = sample_task(CLASSES, ways=2, shots=1, queries_per_class=1,
-                        rng=np.random.default_rng(seed), naming="mixed")
-        kinds.add(all(w.startswith("class") for w in t.words))
-    assert kinds == {True, False}
+    with pytest.raises(ValueError, match="naming must be one of"):
+        sample_task(CLASSES, ways=2, shots=1, queries_per_class=1, rng=rng, naming="mixed")
 
 
 def test_made_up_names_change_per_task():
@@ -130,7 +126,7 @@ def test_filter_tasks():
 
 @settings(max_examples=40, deadline=None)
 @given(ways=st.integers(2, 5), shots=st.integers(1, 3), q=st.integers(0, 3),
-       seed=st.integers(0, 2**32 - 1), naming=st.sampled_from(["made_up", "real", "mixed"]))
+       seed=st.integers(0, 2**32 - 1), naming=st.sampled_from(["made_up", "real"]))
 def test_sampler_properties(ways, shots, q, seed, naming):
     t = sample_task(CLASSES, ways=ways, shots=shots, queries_per_class=q,
                     rng=np.random.default_rng(seed), naming=naming)

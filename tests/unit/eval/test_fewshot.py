@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from metamapper.data.sources import evaluation_tasks
 from metamapper.data.synthetic import build_synthetic_tasks
 from metamapper.eval.fewshot import (
     METHODS,
+    adaptation_steps,
     answer_episodes,
     evaluate,
     get_method,
@@ -24,7 +26,6 @@ from metamapper.eval.report import (
     results_table,
     write_results,
 )
-from metamapper.eval.tasksets import evaluation_tasks
 from metamapper.meta.episode import Episode, episode_from_task
 from metamapper.meta.maml import InnerLoop
 from metamapper.models.metamapper import MetaMapper
@@ -111,10 +112,23 @@ def test_methods() -> None:
         get_method("zero-shot")
 
 
+def test_one_rule_for_adaptation_steps() -> None:
+    # (method, --steps, trained steps) -> steps
+    cases = {("maml", None, 0): 5, ("maml", None, 3): 3, ("maml", 2, 3): 2, ("maml", 0, 3): 0,
+             ("in-context", None, 4): 0, ("in-context", 2, 0): 2, ("in-context-maml", None, 4): 4,
+             ("in-context-maml", None, 0): 5, ("no-adapt", None, 5): 0, ("no-adapt", 0, 5): 0}
+    assert {k: adaptation_steps(*k) for k in cases} == cases
+    with pytest.raises(ValueError, match="no-adapt takes no adaptation steps"):
+        adaptation_steps("no-adapt", 2, 0)
+    with pytest.raises(ValueError, match=">= 0"):
+        adaptation_steps("maml", -1, 0)
+
+
 @pytest.mark.parametrize("method", ["maml", "no-adapt", "in-context"])
 def test_evaluate_on_synthetic_tasks(model: MetaMapper, tasks, method: str) -> None:
     model.train()
-    res = evaluate(model, tasks, Features(), method=method, steps=1, progress=False, max_new_tokens=3)
+    res = evaluate(model, tasks, Features(), method=method, steps=1 if method == "maml" else None,
+                   progress=False, max_new_tokens=3)
     assert model.training  # the mode is restored
     assert 0.0 <= res.accuracy <= 1.0
     assert res.n_tasks == len(tasks) and res.n_queries == 2 * len(tasks)

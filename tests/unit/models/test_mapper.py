@@ -318,35 +318,3 @@ def test_pre_ln_block_and_learned_output_scale() -> None:
     # each prefix vector is layer-normalised, then scaled: norm = 0.5 * sqrt(16)
     torch.testing.assert_close(out.norm(dim=-1), torch.full((3, 2), 2.0), rtol=1e-3, atol=1e-3)
     assert m.out_scale.requires_grad
-
-
-# ------------------------------------------------------------------ visual readout
-
-
-def test_visual_readout_returns_the_visual_positions_of_the_block():
-    torch.manual_seed(0)
-    queries = small(norm_first=True)
-    visual = small(norm_first=True, readout="visual")
-    visual.load_state_dict(queries.state_dict())  # same weights, other read-out
-    x = torch.randn(2, 3, 12)
-    out = visual(x)
-    assert out.shape == (2, 3, 32)
-    assert not torch.allclose(out, queries(x))
-    # position i starts from the projection of visual token i: swapping tokens swaps outputs
-    # (the block is permutation-equivariant over the visual tokens)
-    torch.testing.assert_close(visual(x[:, [1, 0, 2]]), out[:, [1, 0, 2]], rtol=1e-5, atol=1e-6)
-
-
-def test_visual_readout_needs_prefix_len_tokens():
-    with pytest.raises(MapperShapeError, match="prefix_len=3 visual tokens"):
-        small(readout="visual")(torch.randn(2, 4, 12))
-    with pytest.raises(ValueError, match="readout"):
-        small(readout="pixels")
-
-
-def test_visual_readout_is_a_config_option():
-    from metamapper.config import ConfigError, config_from_dict
-
-    assert config_from_dict({}, ["mapper.readout=visual"]).mapper.readout == "visual"
-    with pytest.raises(ConfigError, match="readout"):
-        config_from_dict({}, ["mapper.readout=visual", "mapper.kind=mlp"])

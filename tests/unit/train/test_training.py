@@ -15,7 +15,7 @@ import torch
 from metamapper.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
 from metamapper.config import Config, ConfigError, load_config
 from metamapper.data.synthetic import draw
-from metamapper.models.metamapper import MetaMapper
+from metamapper.pretrained import MetaMapper
 from metamapper.train import episodic, standard
 
 SMOKE = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
@@ -174,47 +174,21 @@ def test_from_pretrained_in_context_run_answers(in_context_run: Path) -> None:
     assert len(answers) == 1 and isinstance(answers[0], str)
 
 
-def test_an_ensemble_of_runs_loads_and_answers(in_context_run: Path, features_dir: Path,
-                                               tmp_path: Path) -> None:
-    """``from_pretrained(..., ensemble=)``: the other run's mapper answers beside the model's own;
-    other mapper configs and adaptation steps are refused."""
-    other = tmp_path / "seed1"
-    episodic.train(config(features_dir, "train.seed=1"), other, progress=False)
-    model = MetaMapper.from_pretrained(str(in_context_run), ensemble=[other])
-    member = model._run.members[0]
-    saved = mapper_weights(list_checkpoints(other)[-1])
-    assert set(member) == set(model.mapper.state_dict())
-    assert all(torch.equal(member[k], saved[f"mapper.{k}"]) for k in member)
-    assert not all(torch.equal(member[k], v) for k, v in model.mapper.state_dict().items())
-    support, captions = [draw(6, 0), draw(7, 0)], ["This is a dax", "This is a blicket"]
-    adapted = model.adapt(support, captions)
-    answers = adapted.answer([draw(6, 3), draw(7, 3)], question="This is a")
-    assert len(adapted.members) == 1 and len(answers) == 2 and all(isinstance(a, str) for a in answers)
-    with pytest.raises(ValueError, match="ensemble"):
-        model.adapt(support, captions, steps=1)
-    wider = tmp_path / "prefix3"
-    episodic.train(config(features_dir, "mapper.prefix_len=3", "train.updates=2"), wider, progress=False)
-    with pytest.raises(CheckpointError, match=f"{wider}.*another mapper config"):
-        MetaMapper.from_pretrained(str(in_context_run), ensemble=[wider])
-    with pytest.raises(CheckpointError, match="does not exist"):
-        MetaMapper.from_pretrained(str(in_context_run), ensemble=[tmp_path / "nope"])
-
-
 def test_adapt_needs_a_pretrained_model() -> None:
     cfg = load_config(SMOKE)
     from metamapper.models.factory import build_model
 
-    model = build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16)
+    base = build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16)
+    model = MetaMapper(vision=None, lm=base.lm, mapper=base.mapper)
     with pytest.raises(RuntimeError, match="from_pretrained"):
         model.adapt([draw(0, 0)], ["This is a dax."])
 
 
-def test_in_context_aids_and_bfloat16_lm_train_and_log(tmp_path: Path, features_dir: Path) -> None:
-    """The default method's training options together: spread penalty (logged), copy warm-up,
+def test_the_default_regularisers_and_bfloat16_lm_train_and_log(tmp_path: Path, features_dir: Path) -> None:
+    """The default method's training options together: spread and geometry penalties (logged),
     the LM in bfloat16 while training; the saved run loads and evaluates in float32."""
     run = tmp_path / "aids"
-    cfg = config(features_dir, "train.spread_weight=1", "train.copy_queries=0.5",
-                 "train.copy_updates=3", "train.lm_dtype=bfloat16", "train.geometry_weight=1")
+    cfg = config(features_dir, "train.spread_weight=1", "train.lm_dtype=bfloat16", "train.geometry_weight=1")
     episodic.train(cfg, run, progress=False)
     steps = [r for r in metrics(run) if "loss" in r]
     assert len(steps) == 6 and all(math.isfinite(r["loss"]) for r in steps)
@@ -227,16 +201,7 @@ def test_in_context_aids_and_bfloat16_lm_train_and_log(tmp_path: Path, features_
 def test_only_the_validation_tasks_used_are_prepared(features_dir: Path) -> None:
     from metamapper.train.common import prepare_run
 
-    assert prepare_run(config(features_dir), progress=False)["val_tasks"] == []  # val_every=0
+    assert prepare_run(config(features_dir), progress=False).val_tasks == []  # val_every=0
     run = prepare_run(config(features_dir, "train.val_every=2", "train.val_tasks=3"), progress=False)
-    assert len(run["val_tasks"]) == 3 and len(run["val_table"].index) == len(
-        {k for t in run["val_tasks"] for k in t.image_keys()})
-
-
-def test_feature_noise_reaches_the_training_loss(in_context_run: Path, tmp_path: Path,
-                                                 features_dir: Path) -> None:
-    """Same tasks and initialisation as ``in_context_run``; only the features are noisy."""
-    run = tmp_path / "noisy"
-    episodic.train(config(features_dir, "train.feature_noise=0.5"), run, progress=False)
-    noisy, clean = metrics(run)[0]["loss"], metrics(in_context_run)[0]["loss"]
-    assert math.isfinite(noisy) and noisy != pytest.approx(clean, rel=1e-4)
+    assert len(run.val_tasks) == 3 and len(run.val_table.index) == len(
+        {k for t in run.val_tasks for k in t.image_keys()})
