@@ -177,6 +177,8 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         if k not in known:
             where = f"{prefix}.{k}" if prefix else k
             raise ConfigError(f"unknown config key {where!r}; known: {', '.join(sorted(known))}")
+    # an empty section in a file (`data:` with nothing under it) reads as None: the defaults
+    data = {k: v for k, v in data.items() if not (v is None and dataclasses.is_dataclass(hints[k]))}
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -192,7 +194,9 @@ def _set_dotted(data: dict[str, Any], dotted: str) -> None:
     node = data
     parts = key.strip().split(".")
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
+        if node.get(p) is None:  # absent, or an empty section in the file (`data:`)
+            node[p] = {}
+        node = node[p]
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {p!r} is not a section")
     node[parts[-1]] = value

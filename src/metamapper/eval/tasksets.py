@@ -34,6 +34,8 @@ def evaluation_tasks(dataset: str, *, data: str | None, ways: int, shots: int, n
         if not data:
             raise ValueError(f"--data must name the folder of the {dataset} benchmark")
         tasks = load_benchmark(data, dataset, ways, shots)
+        if not tasks:  # before any backbone is loaded
+            raise ValueError(f"{dataset} in {data} has no {ways}-way {shots}-shot task (an empty list)")
         return TaskSet(tasks[:n_tasks] if n_tasks else tasks, FolderImageSource(data))
     if dataset in FASHION_DATASETS:
         from metamapper.data.fashion import DEFAULT_ROOT, build_fashion_tasks

@@ -12,8 +12,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from metamapper.config import DataConfig
-from metamapper.data.tasks import Task, TaskSet, sample_task
+from metamapper.config import ConfigError, DataConfig
+from metamapper.data.tasks import Task, TaskSet, TaskSizeError, sample_task
 
 Builder = Callable[[DataConfig, int, int], tuple[TaskSet, TaskSet]]
 TRAINING_SOURCES: dict[str, Builder] = {}
@@ -84,7 +84,11 @@ def training_tasks(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, Tas
     """``(train, val)`` task sets for ``d.source``."""
     if d.source not in TRAINING_SOURCES:
         raise ValueError(f"unknown data.source {d.source!r}; choose from {', '.join(sorted(TRAINING_SOURCES))}")
-    return TRAINING_SOURCES[d.source](d, n_tasks, seed)
+    try:
+        return TRAINING_SOURCES[d.source](d, n_tasks, seed)
+    except TaskSizeError as e:  # name the settings, not the sampler's arguments
+        raise ConfigError(f"data.ways={d.ways}, data.shots={d.shots}, data.queries_per_class="
+                          f"{d.queries_per_class} do not fit data.source={d.source}: {e}") from None
 
 
 def training_class_keys(d: DataConfig, seed: int) -> dict[str, list[str]]:
