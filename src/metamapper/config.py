@@ -90,6 +90,7 @@ class TrainConfig:
     val_tasks: int = 100  # held-out tasks per validation
     checkpoint_every: int = 50  # write a checkpoint every this many updates
     keep_last: int = 3  # checkpoints kept
+    keep_best: bool = True  # also keep the checkpoint of the best validation accuracy (and write one at every validation)
     seed: int = 0  # seed of task sampling and initialisation
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     max_bad_updates: int = 10  # stop after this many non-finite losses/gradients in a row
@@ -297,7 +298,7 @@ def validate(cfg: Config) -> None:
 # what may differ between a run's checkpoint and the config it is resumed with: how long it runs,
 # how often it validates and saves, where it finds its files, how it is evaluated
 RESUMABLE_CHANGES = ("train.updates", "train.max_minutes", "train.val_every", "train.val_tasks",
-                     "train.checkpoint_every", "train.keep_last", "train.max_bad_updates",
+                     "train.checkpoint_every", "train.keep_last", "train.keep_best", "train.max_bad_updates",
                      "data.feature_cache", "data.root", "backbones.vision_path", "backbones.lm_path", "eval.")
 
 

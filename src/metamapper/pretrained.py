@@ -23,8 +23,9 @@ from metamapper.checkpoint import (
     Checkpoint,
     CheckpointError,
     check_compatible,
-    latest_checkpoint,
+    checkpoint_config,
     read_checkpoint,
+    select_checkpoint,
 )
 from metamapper.config import Config, config_from_dict
 from metamapper.meta.episode import Episode
@@ -50,14 +51,13 @@ class LoadedRun:
         return eval_method_for(self.config)
 
 
-def _read(run_dir: str | os.PathLike[str], checkpoint: str | None = None) -> Checkpoint:
-    """A run's newest valid checkpoint, ``checkpoint`` if given, or the checkpoint folder itself."""
-    path = Path(run_dir)
-    if (path / "meta.json").is_file() and checkpoint is None:  # a checkpoint folder itself
-        return read_checkpoint(path)
+def _read(run_dir: str | os.PathLike[str], checkpoint: str | None = None, step: str | int | None = None,
+          allow_fallback: bool = False) -> Checkpoint:
+    """``checkpoint`` if given, else the run's checkpoint chosen by ``step`` (latest, best, N; see
+    ``checkpoint.select_checkpoint``), or the checkpoint folder itself."""
     if checkpoint is not None:
         return read_checkpoint(checkpoint)
-    return latest_checkpoint(path)
+    return select_checkpoint(run_dir, step, allow_fallback=allow_fallback)
 
 
 def _load_mapper(ckpt: Checkpoint, model: MetaMapper, mapper: torch.nn.Module) -> None:
@@ -87,7 +87,7 @@ def load_members(run: LoadedRun, run_dirs: Sequence[str | os.PathLike[str]]) -> 
     out = []
     for d in run_dirs:
         ckpt = _read(d)
-        other = config_from_dict(ckpt.meta["config"]).mapper
+        other = config_from_dict(checkpoint_config(ckpt)).mapper
         if other != run.config.mapper:
             raise CheckpointError(f"checkpoint {ckpt.path} has another mapper config than {run.path} "
                                   f"({other} != {run.config.mapper}); an ensemble needs the same mapper")
@@ -98,7 +98,8 @@ def load_members(run: LoadedRun, run_dirs: Sequence[str | os.PathLike[str]]) -> 
 
 
 def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
-             with_vision: bool = True, ensemble: Sequence[str | os.PathLike[str]] = ()) -> LoadedRun:
+             with_vision: bool = True, ensemble: Sequence[str | os.PathLike[str]] = (),
+             step: str | int | None = None, allow_fallback: bool = False) -> LoadedRun:
     """Rebuild the backbones named in a run's checkpoint and load its mapper.
 
     Args:
@@ -107,6 +108,10 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
         with_vision: also build the image encoder (not needed with cached features).
         ensemble: further runs of the same mapper config whose mappers answer beside this one
             (``load_members``; in context, without adaptation steps).
+        step: which of the run's checkpoints: ``"latest"`` (default), ``"best"`` (validation
+            accuracy) or a step number.
+        allow_fallback: a corrupt newest checkpoint falls back to the newest valid one (with a
+            warning) instead of raising.
 
     Raises:
         CheckpointError: missing run, no valid checkpoint, other backbones, or (``ensemble``)
@@ -114,8 +119,8 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
     """
     from metamapper.models.factory import build_model
 
-    ckpt = _read(run_dir, checkpoint)
-    cfg = config_from_dict(ckpt.meta["config"])
+    ckpt = _read(run_dir, checkpoint, step, allow_fallback)
+    cfg = config_from_dict(checkpoint_config(ckpt))
     model = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"],
                         with_vision=with_vision)
     _load_mapper(ckpt, model, model.mapper)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from metamapper.checkpoint import checkpoint_record
 from metamapper.data.tasks import TaskSet, filter_tasks, with_repeats, with_task_induction
 from metamapper.eval.fewshot import EvalResult, evaluate, get_method
 
@@ -86,6 +87,7 @@ def evaluate_run(run: object, taskset: TaskSet, *, method: str | None = None, st
     out = res.to_dict()
     out.update(ways=tasks[0].ways, shots=tasks[0].shots, repeats=repeats, induction=induction,
                skipped_images=[k for k, _ in table.skipped])
+    out["checkpoint"] = checkpoint_record(run)  # type: ignore[arg-type]  # which weights answered
     if with_zero_steps and m.default_steps is None and res.steps > 0:
         zero = evaluate(model, tasks, table, method=method, steps=0, loop=replace(loop, steps=0),
                         batch_tasks=batch_tasks, progress=progress, distributed=True,

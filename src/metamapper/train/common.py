@@ -15,11 +15,14 @@ import torch
 from torch import nn
 
 from metamapper.checkpoint import (
+    append_line,
     check_compatible,
+    checkpoint_config,
     latest_checkpoint,
     list_checkpoints,
     load_trainer_state,
     save_checkpoint,
+    write_atomic,
 )
 from metamapper.config import (
     RESUMABLE_CHANGES,
@@ -94,13 +97,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(run_dir: Path, step: int, model: MetaMapper, cfg: Config, opt: torch.optim.Optimizer,
-         sched: Any, lrs: nn.Module | None, extra: dict[str, Any] | None = None) -> Path:
-    """Write a resumable checkpoint of the current training state."""
+         sched: Any, lrs: nn.Module | None, extra: dict[str, Any] | None = None,
+         val_accuracy: float | None = None) -> Path:
+    """Write a resumable checkpoint of the current training state (``val_accuracy``: of this
+    update's validation, if any; ``train.keep_best`` keeps the best)."""
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
              **(extra or {})}
     return save_checkpoint(run_dir, step=step, weights=trainable_state(model, lrs),
                            meta=checkpoint_meta(model, cfg), trainer_state=state,
-                           keep_last=cfg.train.keep_last)
+                           keep_last=cfg.train.keep_last, keep_best=cfg.train.keep_best,
+                           val_accuracy=val_accuracy)
 
 
 def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: Any,
@@ -117,7 +123,7 @@ def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: 
     ckpt = latest_checkpoint(run_dir, trainer=True)
     check_compatible(ckpt.meta, vision=None, lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
                      embed_dim=model.lm.embed_dim, where=str(ckpt.path))
-    changed = [c for c in config_changes(config_from_dict(ckpt.meta["config"]), cfg)
+    changed = [c for c in config_changes(config_from_dict(checkpoint_config(ckpt)), cfg)
                if not c.startswith(RESUMABLE_CHANGES)]
     if changed:
         raise ConfigError(
@@ -134,7 +140,7 @@ def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: 
 
 def write_run_config(run_dir: Path, cfg: Config) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    write_atomic(run_dir / "config.yaml", dump_config(cfg))
 
 
 class MetricsLog:
@@ -161,16 +167,13 @@ class MetricsLog:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
                 keep.append(line)
-        tmp = self.path.with_name(f".tmp-{self.path.name}")
-        tmp.write_text("".join(f"{line}\n" for line in keep))
-        tmp.replace(self.path)
+        write_atomic(self.path, "".join(f"{line}\n" for line in keep))
 
     def write(self, **record: Any) -> None:
         if not self.enabled:
             return
         record.setdefault("time_s", round(time.time() - self.start, 2))
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
 
 
 def grads_finite(params: list[nn.Parameter]) -> bool:

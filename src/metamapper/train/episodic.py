@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from metamapper import runs
 from metamapper.config import Config
 from metamapper.eval.fewshot import evaluate
 from metamapper.eval.metrics import normalize_answer
@@ -138,8 +139,13 @@ def geometry_penalty(model: MetaMapper, episodes: list[Episode]) -> torch.Tensor
     return (gram(p) - gram(f).detach())[off].pow(2).mean()
 
 
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+@runs.exclusive_run  # one writer per run folder; resume/overwrite checked (metamapper.runs)
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> Path:
     """Meta-train a mapper with ``cfg`` into ``run_dir`` (resuming from its last checkpoint).
+
+    ``resume``: continue the run in ``run_dir`` (it must hold one); ``overwrite``: move a run
+    already there aside (see ``metamapper.runs.claim_run``); neither: ``run_dir`` must not hold one.
 
     Returns:
         ``run_dir``; it holds ``config.yaml``, ``metrics.jsonl`` and ``checkpoints/``.
@@ -186,6 +192,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     with common.StopSignal() as stop:
         for step in bar:
             t0 = time.time()
+            val_accuracy = None  # this update's validation accuracy, if it validates
             # sample -> adapt -> query loss -> outer step
             batch_tasks = [tasks[(step * t.meta_batch + i) % len(tasks)] for i in range(t.meta_batch)]
             batch_tasks = distributed.shard(batch_tasks, rank, world)  # this rank's share
@@ -241,6 +248,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                 res = evaluate(model, run["val_tasks"][: t.val_tasks], run["val_table"],
                                method=eval_method, steps=t.inner.steps, loop=t.inner, lrs=lrs,
                                support_fit=t.method == "maml", progress=False, distributed=True)
+                val_accuracy = res.accuracy
                 log.write(step=done, val_accuracy=res.accuracy, val_ci95=res.ci95,
                           val_support_fit=res.support_fit, val_method=eval_method)
                 say(f"update {done}: validation accuracy {res.accuracy:.3f} +/- {res.ci95:.3f}"
@@ -248,9 +256,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                 model.train()
             out_of_time = distributed.any_flag(time.time() > deadline)
             stopping = distributed.any_flag(stop.stop)
-            if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping) and main:
+            keep = t.keep_best and val_accuracy is not None  # a validated step may be the best
+            if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping or keep) and main:
                 common.save(run_dir, done, model, cfg, opt, sched, lrs,
-                             extra={"skipped": skipped, "bad_in_row": bad_in_row})
+                            extra={"skipped": skipped, "bad_in_row": bad_in_row}, val_accuracy=val_accuracy)
             if out_of_time or stopping:
                 why = "a stop signal" if stopping else f"train.max_minutes={t.max_minutes}"
                 say(f"stopped after {done} updates ({why}); checkpoint saved, resume with --resume")

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from metamapper import runs
 from metamapper.config import Config
 from metamapper.eval.fewshot import evaluate
 from metamapper.models.metamapper import Text
@@ -38,8 +39,11 @@ def caption_pairs(tasks: list[object]) -> list[tuple[str, str]]:
     return list(pairs.items())
 
 
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train the mapper on captioning mini-batches of ``train.meta_batch`` pairs."""
+@runs.exclusive_run  # one writer per run folder; resume/overwrite checked (metamapper.runs)
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> Path:
+    """Train the mapper on captioning mini-batches of ``train.meta_batch`` pairs (``resume`` /
+    ``overwrite``: as in ``episodic.train``)."""
     from metamapper.meta.episode import sentence
 
     run_dir = Path(run_dir)
@@ -66,6 +70,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     bad_in_row = state.get("bad_in_row", 0)
     with common.StopSignal() as stop:
         for step in bar:
+            val_accuracy = None  # this update's validation accuracy, if it validates
             idx = [int(order[(step * t.meta_batch + i) % len(pairs)]) for i in range(t.meta_batch)]
             idx = distributed.shard(idx, rank, world)  # this rank's share of the mini-batch
             feats = table([pairs[i][0] for i in idx])  # (batch, n_tokens, dim)
@@ -89,12 +94,15 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
             if t.val_every and (done % t.val_every == 0 or done == t.updates):
                 res = evaluate(model, run["val_tasks"][: t.val_tasks], run["val_table"],
                                method="no-adapt", progress=False, distributed=True)
+                val_accuracy = res.accuracy
                 log.write(step=done, val_accuracy=res.accuracy, val_ci95=res.ci95, val_method="no-adapt")
                 model.train()
             out_of_time = distributed.any_flag(time.time() > deadline)
             stopping = distributed.any_flag(stop.stop)
-            if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping) and main:
-                common.save(run_dir, done, model, cfg, opt, sched, None, extra={"bad_in_row": bad_in_row})
+            keep = t.keep_best and val_accuracy is not None  # a validated step may be the best
+            if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping or keep) and main:
+                common.save(run_dir, done, model, cfg, opt, sched, None, extra={"bad_in_row": bad_in_row},
+                            val_accuracy=val_accuracy)
             if out_of_time or stopping:
                 bar.write(f"stopped after {done} updates; checkpoint saved, resume with --resume")
                 break
