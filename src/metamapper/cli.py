@@ -31,7 +31,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
         from metamapper.train.standard import train
     else:
         from metamapper.train.episodic import train
-    out = train(cfg, a.out, resume=a.resume)
+    out = train(cfg, a.out, resume=a.resume, overwrite=a.overwrite)
     from metamapper.distributed import is_main
 
     if is_main():
@@ -53,7 +53,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
         adaptation_steps(a.method, a.steps, 0)
     if a.repeats < 0:
         raise ValueError(f"--repeats must be >= 0, got {a.repeats}")
-    run = load_run(a.checkpoint)
+    run = load_run(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
                        progress=rank == 0)
@@ -83,9 +83,16 @@ def _cmd_predict(a: argparse.Namespace) -> None:
 
     paths, captions = _parse_support(a.support)
     support, queries = [load_image(p) for p in paths], [load_image(q) for q in a.query]
-    run = load_run(a.checkpoint)
+    run = load_run(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback)
     adapted = adapt_to_support(run, support, captions, steps=a.steps, method=a.method)
     answers = adapted.answer(queries, question=a.question)
+    if a.json:
+        from metamapper.checkpoint import checkpoint_record
+
+        print(json.dumps({"answers": [{"query": q, "answer": ans.strip()} for q, ans in
+                                      zip(a.query, answers, strict=True)],
+                          "question": a.question, "checkpoint": checkpoint_record(run)}, indent=2))
+        return
     for q, ans in zip(a.query, answers, strict=True):
         print(ans.strip() if len(a.query) == 1 else f"{q}\t{ans.strip()}")
 
@@ -126,7 +133,7 @@ def _cmd_serve(a: argparse.Namespace) -> None:
     except ImportError as e:  # the web libraries are an optional extra
         raise ValueError(f"the web demo needs pip install 'metamapper[web]' ({e})") from None
 
-    serve(a.checkpoint, host=a.host, port=a.port)
+    serve(a.checkpoint, host=a.host, port=a.port, step=a.step, allow_fallback=a.allow_fallback)
 
 
 def _cmd_config_show(a: argparse.Namespace) -> None:
@@ -151,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "built-in default; see `metamapper config show`)")
     t.add_argument("--out", required=True, help="run folder (checkpoints, metrics, config)")
     t.add_argument("--resume", action="store_true", help="continue from the last good checkpoint")
+    t.add_argument("--overwrite", action="store_true",
+                   help="OUT may hold a run: move its config, metrics and checkpoints into "
+                        "OUT/replaced-<time>/ and start again")
     t.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     t.set_defaults(fn=_cmd_train)
 
@@ -164,8 +174,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--shots", type=int, default=1)
         sp.add_argument("--tasks", type=int, default=1000, help="tasks to use (0: all)")
 
+    def step_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--step", help="which checkpoint of the run: latest (default), best "
+                                       "(validation accuracy) or a step number")
+        sp.add_argument("--allow-fallback", action="store_true",
+                        help="if the newest checkpoint is corrupt, use the newest valid one")
+
     e = sub.add_parser("evaluate", help="meta-test a trained run")
     e.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    step_args(e)
     task_args(e)
     e.add_argument("--repeats", type=int, default=0, help="show each support pair R more times")
     e.add_argument("--task-induction", action="store_true", help="'Answer with dax or blicket.'")
@@ -178,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="adapt to a few captioned images and answer a query")
     pr.add_argument("--checkpoint", required=True)
+    step_args(pr)
+    pr.add_argument("--json", action="store_true",
+                    help="print the answers and the checkpoint (run, step, checksum, config) as JSON")
     pr.add_argument("--support", nargs="+", required=True, metavar="IMG=CAPTION")
     pr.add_argument("--query", nargs="+", required=True, metavar="IMG")
     pr.add_argument("--question", default="This is a", help="text after the query image")
@@ -207,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sv = sub.add_parser("serve", help="the local web demo: adapt to captioned images in a browser")
     sv.add_argument("--checkpoint", help="run folder (default: runs/demo, trained first if missing)")
+    step_args(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     sv.add_argument("--port", type=int, default=7860)
     sv.set_defaults(fn=_cmd_serve)
@@ -238,7 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         from metamapper.train.common import TrainingDiverged
 
         # user mistakes (bad paths, configs, checkpoints, data) end with one line, no traceback
-        if not isinstance(e, (ValueError, KeyError, FileNotFoundError, TrainingDiverged)):
+        # OSError: a missing file, a full disk, no permission (the message names the path)
+        if not isinstance(e, (ValueError, KeyError, OSError, TrainingDiverged)):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"metamapper: error: {msg}", file=sys.stderr)

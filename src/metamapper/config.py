@@ -115,6 +115,7 @@ class TrainConfig:
     val_tasks: int = 100  # held-out tasks per validation
     checkpoint_every: int = 50  # write a checkpoint every this many updates
     keep_last: int = 3  # checkpoints kept
+    keep_best: bool = True  # also keep the checkpoint of the best validation accuracy (and write one at every validation)
     seed: int = 0  # seed of task sampling and initialisation
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     max_bad_updates: int = 10  # stop after this many non-finite losses/gradients in a row
@@ -201,6 +202,8 @@ def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         if k not in known:
             where = f"{prefix}.{k}" if prefix else k
             raise ConfigError(f"unknown config key {where!r}; known: {', '.join(sorted(known))}")
+    # an empty section in a file (`data:` with nothing under it) reads as None: the defaults
+    data = {k: v for k, v in data.items() if not (v is None and dataclasses.is_dataclass(hints[k]))}
     kwargs = {k: _coerce(v, hints[k], f"{prefix}.{k}" if prefix else k) for k, v in data.items()}
     try:
         return cls(**kwargs)
@@ -216,7 +219,9 @@ def _set_dotted(data: dict[str, Any], dotted: str) -> None:
     node = data
     parts = key.strip().split(".")
     for p in parts[:-1]:
-        node = node.setdefault(p, {})
+        if node.get(p) is None:  # absent, or an empty section in the file (`data:`)
+            node[p] = {}
+        node = node[p]
         if not isinstance(node, dict):
             raise ConfigError(f"override {key!r}: {p!r} is not a section")
     node[parts[-1]] = value
@@ -302,7 +307,7 @@ def validate(cfg: Config) -> None:
 # what may differ between a run's checkpoint and the config it is resumed with: how long it runs,
 # how often it validates and saves, where it finds its files, how it is evaluated
 RESUMABLE_CHANGES = ("train.updates", "train.max_minutes", "train.val_every", "train.val_tasks",
-                     "train.checkpoint_every", "train.keep_last", "train.max_bad_updates",
+                     "train.checkpoint_every", "train.keep_last", "train.keep_best", "train.max_bad_updates",
                      "data.feature_cache", "data.root", "backbones.vision_path", "backbones.lm_path", "eval.")
 
 

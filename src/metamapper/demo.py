@@ -23,6 +23,7 @@ from metamapper.eval.report import (
 )
 from metamapper.eval.run import evaluate_run
 from metamapper.pretrained import load_run
+from metamapper.runs import has_run
 from metamapper.train import episodic, standard
 
 
@@ -106,7 +107,7 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo") -> list[dict
     }
     for label, (run_dir, cfg, train_fn) in runs.items():
         print(f"\n== training: {label}")
-        train_fn(cfg, run_dir, resume=True)
+        train_fn(cfg, run_dir, resume=has_run(run_dir))  # a rerun continues what is there
     rows: list[dict[str, object]] = []
     settings = [(ds, shots) for ds in ("fashion-open-ended", "fashion-real-name") for shots in (1, 5)]
     base = {1: plan.baseline_tasks, 5: plan.baseline_tasks_5shot}  # evaluation tasks per shot count

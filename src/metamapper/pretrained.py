@@ -20,11 +20,11 @@ import torch
 from PIL import Image
 
 from metamapper.checkpoint import (
-    Checkpoint,
     CheckpointError,
     check_compatible,
-    latest_checkpoint,
+    checkpoint_config,
     read_checkpoint,
+    select_checkpoint,
 )
 from metamapper.config import Config, ConfigError, config_from_dict
 from metamapper.eval.fewshot import (
@@ -68,16 +68,16 @@ class MetaMapper(modeling.MetaMapper):
     run: LoadedRun | None = None  # set by from_pretrained: config, learned rates, checkpoint
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
+    def from_pretrained(cls, run_dir: str | os.PathLike[str], *, step: str | int | None = None,
                         with_vision: bool = True) -> MetaMapper:
         """Load a trained run (its backbones are rebuilt from the checkpoint's config).
 
         Args:
             run_dir: a run folder written by ``metamapper train``, or a checkpoint folder in it.
-            checkpoint: a specific ``checkpoints/step-*`` folder (default: the newest valid one).
+            step: ``"latest"`` (default), ``"best"`` (by validation accuracy) or a step number.
             with_vision: also build the image encoder (not needed with cached features).
         """
-        return load_run(run_dir, checkpoint=checkpoint, with_vision=with_vision).model
+        return load_run(run_dir, step=step, with_vision=with_vision).model
 
     def adapt(self, support_images: Sequence[Image.Image], captions: Sequence[str],
               steps: int | None = None, *, method: str | None = None) -> AdaptedMetaMapper:
@@ -88,33 +88,29 @@ class MetaMapper(modeling.MetaMapper):
         return adapt_to_support(self.run, support_images, captions, steps=steps, method=method)
 
 
-def _read(run_dir: str | os.PathLike[str], checkpoint: str | None = None) -> Checkpoint:
-    """A run's newest valid checkpoint, ``checkpoint`` if given, or the checkpoint folder itself."""
-    path = Path(run_dir)
-    if (path / "meta.json").is_file() and checkpoint is None:  # a checkpoint folder itself
-        return read_checkpoint(path)
-    if checkpoint is not None:
-        return read_checkpoint(checkpoint)
-    return latest_checkpoint(path)
-
-
 def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
-             with_vision: bool = True) -> LoadedRun:
+             with_vision: bool = True, step: str | int | None = None,
+             allow_fallback: bool = False) -> LoadedRun:
     """Rebuild the backbones named in a run's checkpoint and load its mapper.
 
     Args:
         run_dir: a run folder written by ``metamapper train`` (or a checkpoint folder inside it).
-        checkpoint: a specific ``checkpoints/step-*`` folder (default: the newest valid one).
+        checkpoint: a specific ``checkpoints/step-*`` folder (default: the one ``step`` picks).
         with_vision: also build the image encoder (not needed with cached features).
+        step: which of the run's checkpoints: ``"latest"`` (default), ``"best"`` (validation
+            accuracy) or a step number (``checkpoint.select_checkpoint``).
+        allow_fallback: a corrupt newest checkpoint falls back to the newest valid one (with a
+            warning) instead of raising.
 
     Raises:
-        CheckpointError: missing run, no valid checkpoint, other backbones, or weights that do not
-            fit the mapper config.
+        CheckpointError: missing run or step, a corrupt checkpoint, other backbones, or weights
+            that do not fit the mapper config.
     """
-    ckpt = _read(run_dir, checkpoint)
+    ckpt = read_checkpoint(checkpoint) if checkpoint is not None else select_checkpoint(
+        run_dir, step, allow_fallback=allow_fallback)
     try:
-        cfg = config_from_dict(ckpt.meta["config"])
-    except (KeyError, TypeError, ConfigError) as e:
+        cfg = config_from_dict(checkpoint_config(ckpt))
+    except ConfigError as e:
         raise CheckpointError(f"checkpoint {ckpt.path}: meta.json holds no valid config ({e})") from None
     base = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"], with_vision=with_vision)
     model = MetaMapper(vision=base.vision, lm=base.lm, mapper=base.mapper)

@@ -11,13 +11,13 @@ import time
 import metamapper.checkpoint as checkpoint
 from metamapper.cli import main
 
-_save_file = checkpoint.save_file
+_save_weights = checkpoint._save_weights
 
 
-def _slow_save_file(tensors, filename, *args, **kwargs):
-    _save_file(tensors, filename, *args, **kwargs)
+def _slow_save_weights(blob, path):
+    _save_weights(blob, path)
     time.sleep(float(sys.argv[1]))
 
 
-checkpoint.save_file = _slow_save_file
+checkpoint._save_weights = _slow_save_weights
 sys.exit(main(sys.argv[2:]))

@@ -329,6 +329,8 @@ def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int
     if not root:
         raise ValueError(f"--data must name the folder of the {variant} benchmark")
     ts = build_benchmark_tasks(folder=root, benchmark=variant, ways=ways, shots=shots)
+    if not ts.tasks:  # said before any backbone is loaded
+        raise ValueError(f"{variant} in {root} has no {ways}-way {shots}-shot task (an empty list)")
     return TaskSet(ts.tasks[:n_tasks] if n_tasks else ts.tasks, ts.images)
 
 

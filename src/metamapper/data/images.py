@@ -17,7 +17,9 @@ Example::
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -47,11 +49,20 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def load_image(path: str | os.PathLike[str]) -> Image.Image:
-    """Load an image file as RGB, EXIF orientation applied, fully decoded.
+def load_image(source: str | os.PathLike[str] | bytes, *, name: str | None = None,
+               formats: Sequence[str] | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Load an image file (or the bytes of one) as RGB, EXIF orientation applied, fully decoded.
+
+    The one decoder of the project: the CLI reads files with it, the web demo its uploads, so an
+    image gives the same pixels either way.
 
     Args:
-        path: the image file.
+        source: the image file, or its bytes (an upload).
+        name: what to call it in error messages (default: ``image file 'PATH'``; for bytes
+            ``image``), e.g. ``"support image 2 (cat.png)"``.
+        formats: PIL formats allowed (default: every format PIL reads).
+        max_pixels: refuse an image with more pixels, from its header, before decoding
+            (default: PIL's decompression-bomb limit ``Image.MAX_IMAGE_PIXELS``).
 
     Returns:
         A ``PIL.Image.Image`` in mode ``"RGB"`` whose pixels are already read (the file is
@@ -61,51 +72,64 @@ def load_image(path: str | os.PathLike[str]) -> Image.Image:
     palette and other modes go through PIL's conversion.
 
     Raises:
-        ImageLoadError: the file is missing, empty, not an image, corrupt or truncated, or
-            larger than PIL's decompression-bomb limit (``Image.MAX_IMAGE_PIXELS``). Any error
-            the decoder raises on a malformed file becomes an ``ImageLoadError`` too.
+        ImageLoadError: the file is missing, empty, not an image (of ``formats``), corrupt or
+            truncated, or larger than ``max_pixels``. Any error the decoder raises on a
+            malformed file becomes an ``ImageLoadError`` too.
 
     Example::
 
         >>> load_image("cat.jpg").mode
         'RGB'
+        >>> load_image(Path("cat.png").read_bytes(), name="upload cat.png").mode
+        'RGB'
     """
-    p = Path(path)
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        what = name or "image"
+        if not data:
+            raise ImageLoadError(f"{what} is empty (0 bytes)")
+        fp: Path | io.BytesIO = io.BytesIO(data)
+    else:
+        p = Path(source)
+        what = name or f"image file {str(p)!r}"
+        try:
+            size = p.stat().st_size
+        except FileNotFoundError:
+            raise ImageLoadError(f"{what} does not exist") from None
+        except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
+            raise ImageLoadError(f"{what} cannot be read: {e}") from None
+        if not p.is_file():
+            raise ImageLoadError(f"{what} is not a file")
+        if size == 0:
+            raise ImageLoadError(f"{what} is empty (0 bytes)")
+        fp = p
     try:
-        size = p.stat().st_size
-    except FileNotFoundError:
-        raise ImageLoadError(f"image file {str(p)!r} does not exist") from None
-    except (OSError, ValueError) as e:  # ValueError: a NUL byte in the name
-        raise ImageLoadError(f"image file {str(p)!r} cannot be read: {e}") from None
-    if not p.is_file():
-        raise ImageLoadError(f"image path {str(p)!r} is not a file")
-    if size == 0:
-        raise ImageLoadError(f"image file {str(p)!r} is empty (0 bytes)")
-    try:
-        with Image.open(p) as im:
-            limit = Image.MAX_IMAGE_PIXELS
+        with Image.open(fp, formats=formats) as im:
+            limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
             if limit and im.width * im.height > limit:  # before decoding a single pixel
-                raise ImageLoadError(
-                    f"image file {str(p)!r} has {im.width}x{im.height} pixels, over the "
-                    f"decompression-bomb limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)")
+                if max_pixels is None:
+                    raise ImageLoadError(
+                        f"{what} has {im.width}x{im.height} pixels, over the decompression-bomb "
+                        f"limit of {limit} (PIL.Image.MAX_IMAGE_PIXELS)")
+                raise ImageLoadError(f"{what} is {im.width}x{im.height} pixels; the limit is "
+                                     f"{limit / 1e6:g} megapixels per image")
             im.load()  # decode now: truncation and corruption surface here, not later
             out = _to_rgb(ImageOps.exif_transpose(im))
             out.load()
     except ImageLoadError:
         raise
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(f"image file {str(p)!r} exceeds PIL's decompression-bomb "
-                             f"limit: {e}") from None
+        raise ImageLoadError(f"{what} exceeds PIL's decompression-bomb limit: {e}") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"image file {str(p)!r} is not a readable image "
-                             "(corrupt or unknown format)") from None
+        if formats:
+            raise ImageLoadError(f"{what} is not an image (allowed: {', '.join(formats)})") from None
+        raise ImageLoadError(f"{what} is not a readable image (corrupt or unknown format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageLoadError(f"image file {str(p)!r} is corrupt or truncated: {e}") from None
+        raise ImageLoadError(f"{what} is corrupt or truncated: {e}") from None
     except MemoryError:
-        raise ImageLoadError(f"image file {str(p)!r} is too large to decode in memory") from None
+        raise ImageLoadError(f"{what} is too large to decode in memory") from None
     except Exception as e:  # decoders raise odd types on crafted files (struct.error, ...)
-        raise ImageLoadError(f"image file {str(p)!r} is corrupt ({type(e).__name__}: "
-                             f"{e})") from None
+        raise ImageLoadError(f"{what} is corrupt ({type(e).__name__}: {e})") from None
     return out
 
 

@@ -17,8 +17,8 @@ import metamapper.data.class_folders
 import metamapper.data.coco
 import metamapper.data.fashion
 import metamapper.data.synthetic  # noqa: F401  (these imports register the built-in sources)
-from metamapper.config import DataConfig
-from metamapper.data.tasks import TaskSet
+from metamapper.config import ConfigError, DataConfig
+from metamapper.data.tasks import TaskSet, TaskSizeError
 from metamapper.registry import TASK_SOURCES, TaskSource
 
 
@@ -28,7 +28,11 @@ def training_tasks(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, Tas
     source = TASK_SOURCES.get(d.source)
     if source.train_val is None:
         raise ValueError(f"data.source {d.source!r} has no meta-training tasks (it only tests)")
-    return source.train_val(d, n_tasks, seed)
+    try:
+        return source.train_val(d, n_tasks, seed)
+    except TaskSizeError as e:  # name the settings, not the sampler's arguments
+        raise ConfigError(f"data.ways={d.ways}, data.shots={d.shots}, data.queries_per_class="
+                          f"{d.queries_per_class} do not fit data.source={d.source}: {e}") from None
 
 
 def list_datasets() -> list[str]:

@@ -286,6 +286,10 @@ def _task_id(prefix: str, support: Sequence[Example], queries: Sequence[Query]) 
     return f"{prefix}{h.hexdigest()[:12]}"
 
 
+class TaskSizeError(ValueError):
+    """More ways, shots or queries than the classes' images allow (callers name their settings)."""
+
+
 def sample_task(
     class_to_keys: Mapping[str, Sequence[str]],
     *,
@@ -344,12 +348,12 @@ def sample_task(
         raise ValueError(f"queries_per_class must be an int >= 0, got {queries_per_class!r}")
     names = list(class_to_keys)
     if len(names) < ways:
-        raise ValueError(f"{ways}-way tasks need {ways} classes, only {len(names)} given")
+        raise TaskSizeError(f"{ways}-way tasks need {ways} classes, only {len(names)} given")
     need = shots + queries_per_class
     small = [c for c in names if len(class_to_keys[c]) < need]
     if small:
         c = small[0]
-        raise ValueError(
+        raise TaskSizeError(
             f"class {c!r} has {len(class_to_keys[c])} images, fewer than shots + "
             f"queries_per_class = {need}"
             + (f" ({len(small) - 1} more such classes)" if len(small) > 1 else "")

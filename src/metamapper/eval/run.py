@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from metamapper.checkpoint import checkpoint_record
 from metamapper.data.feature_table import FeatureTable
 from metamapper.data.tasks import TaskSet, filter_tasks, with_repeats, with_task_induction
 from metamapper.eval.fewshot import adaptation_steps, evaluate
@@ -58,6 +59,7 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
     out = res.to_dict()
     out.update(ways=tasks[0].ways, shots=tasks[0].shots, repeats=repeats, induction=induction,
                skipped_images=[k for k, _ in table.skipped])
+    out["checkpoint"] = checkpoint_record(run)  # which weights answered
     if with_zero_steps and res.steps > 0:
         zero = evaluate(model, tasks, table, method=method, steps=0, loop=replace(loop, steps=0),
                         batch_tasks=batch_tasks, progress=progress, distributed=True)

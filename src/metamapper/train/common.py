@@ -19,11 +19,14 @@ from torch import nn
 
 from metamapper import distributed
 from metamapper.checkpoint import (
+    append_line,
     check_compatible,
+    checkpoint_config,
     latest_checkpoint,
     list_checkpoints,
     load_trainer_state,
     save_checkpoint,
+    write_atomic,
 )
 from metamapper.config import (
     RESUMABLE_CHANGES,
@@ -103,13 +106,16 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save(run_dir: Path, step: int, model: MetaMapper, cfg: Config, opt: torch.optim.Optimizer,
-         sched: Any, lrs: nn.Module | None, extra: dict[str, Any] | None = None) -> Path:
-    """Write a resumable checkpoint of the current training state."""
+         sched: Any, lrs: nn.Module | None, extra: dict[str, Any] | None = None,
+         val_accuracy: float | None = None) -> Path:
+    """Write a resumable checkpoint of the current training state (``val_accuracy``: of this
+    update's validation, if any; ``train.keep_best`` keeps the best)."""
     state = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state(),
              **(extra or {})}
     return save_checkpoint(run_dir, step=step, weights=trainable_state(model, lrs),
                            meta=checkpoint_meta(model, cfg), trainer_state=state,
-                           keep_last=cfg.train.keep_last)
+                           keep_last=cfg.train.keep_last, keep_best=cfg.train.keep_best,
+                           val_accuracy=val_accuracy)
 
 
 def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: Any,
@@ -126,7 +132,7 @@ def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: 
     ckpt = latest_checkpoint(run_dir, trainer=True)
     check_compatible(ckpt.meta, vision=None, lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
                      embed_dim=model.lm.embed_dim, where=str(ckpt.path))
-    changed = [c for c in config_changes(config_from_dict(ckpt.meta["config"]), cfg)
+    changed = [c for c in config_changes(config_from_dict(checkpoint_config(ckpt)), cfg)
                if not c.startswith(RESUMABLE_CHANGES)]
     if changed:
         raise ConfigError(
@@ -143,7 +149,7 @@ def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: 
 
 def write_run_config(run_dir: Path, cfg: Config) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(cfg))
+    write_atomic(run_dir / "config.yaml", dump_config(cfg))
 
 
 class MetricsLog:
@@ -170,16 +176,13 @@ class MetricsLog:
                 continue
             if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
                 keep.append(line)
-        tmp = self.path.with_name(f".tmp-{self.path.name}")
-        tmp.write_text("".join(f"{line}\n" for line in keep))
-        tmp.replace(self.path)
+        write_atomic(self.path, "".join(f"{line}\n" for line in keep))
 
     def write(self, **record: Any) -> None:
         if not self.enabled:
             return
         record.setdefault("time_s", round(time.time() - self.start, 2))
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        append_line(self.path, json.dumps(record))
 
 
 @dataclass
@@ -288,8 +291,10 @@ class Bookkeeping:
                        lr=self.sched.get_last_lr()[0])
         if self.bad_in_row >= t.max_bad_updates:
             raise diverged(self.run_dir, self.bad_in_row, done, " (lower train.lr or train.inner.lr?)")
+        val_accuracy = None  # this update's validation accuracy, if it validates
         if validate is not None and t.val_every and (done % t.val_every == 0 or done == t.updates):
             res = validate()
+            val_accuracy = res.accuracy
             self.log.write(step=done, val_accuracy=res.accuracy, val_ci95=res.ci95,
                            val_support_fit=res.support_fit, val_method=res.method)
             self.say(f"update {done}: validation accuracy {res.accuracy:.3f} +/- {res.ci95:.3f}"
@@ -297,9 +302,10 @@ class Bookkeeping:
             self.model.train()
         out_of_time = distributed.any_flag(time.time() > self.deadline)
         stopping = distributed.any_flag(self.stop.stop)
-        if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping) and self.main:
+        keep = t.keep_best and val_accuracy is not None  # a validated update may be the best
+        if (done % t.checkpoint_every == 0 or done == t.updates or out_of_time or stopping or keep) and self.main:
             save(self.run_dir, done, self.model, self.cfg, self.opt, self.sched, self.lrs,
-                 extra={"skipped": self.skipped, "bad_in_row": self.bad_in_row})
+                 extra={"skipped": self.skipped, "bad_in_row": self.bad_in_row}, val_accuracy=val_accuracy)
         if out_of_time or stopping:
             why = "a stop signal" if stopping else f"train.max_minutes={t.max_minutes}"
             self.say(f"stopped after {done} updates ({why}); checkpoint saved, resume with --resume")

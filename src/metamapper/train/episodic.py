@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from metamapper import distributed
+from metamapper import distributed, runs
 from metamapper.config import Config
 from metamapper.eval.fewshot import EvalResult, eval_method_for, evaluate
 from metamapper.meta.episode import episode_from_task, in_context_rows, query_rows
@@ -28,8 +28,13 @@ from metamapper.train import common
 from metamapper.train.penalties import geometry_penalty, spread_penalty
 
 
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
+@runs.exclusive_run  # one writer per run folder; resume/overwrite checked (metamapper.runs)
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> Path:
     """Meta-train a mapper with ``cfg`` into ``run_dir`` (resuming from its last checkpoint).
+
+    ``resume``: continue the run in ``run_dir`` (it must hold one); ``overwrite``: move a run
+    already there aside (see ``metamapper.runs.claim_run``); neither: ``run_dir`` must not hold one.
 
     Returns:
         ``run_dir``; it holds ``config.yaml``, ``metrics.jsonl`` and ``checkpoints/``.

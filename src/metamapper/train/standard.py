@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from metamapper import distributed
+from metamapper import distributed, runs
 from metamapper.config import Config
 from metamapper.data.tasks import Task
 from metamapper.eval.fewshot import EvalResult, evaluate
@@ -41,8 +41,11 @@ def caption_pairs(tasks: Sequence[Task]) -> list[tuple[str, str]]:
     return list(pairs.items())
 
 
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train the mapper on captioning mini-batches of ``train.meta_batch`` pairs."""
+@runs.exclusive_run  # one writer per run folder; resume/overwrite checked (metamapper.runs)
+def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
+          progress: bool = True) -> Path:
+    """Train the mapper on captioning mini-batches of ``train.meta_batch`` pairs (``resume`` /
+    ``overwrite``: as in ``episodic.train``)."""
     run_dir = Path(run_dir)
     t = cfg.train
     rank, world = distributed.init_from_env()

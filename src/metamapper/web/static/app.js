@@ -218,7 +218,7 @@ async function loadInfo() {
   try {
     const info = await (await fetch("/api/info")).json();
     limits = info.limits;
-    $("run-info").textContent = `Run: ${info.run} · trained for: ${info.method}`;
+    $("run-info").textContent = `Run: ${info.run} (step ${info.step}) · trained for: ${info.method}`;
     $("question").placeholder = info.default_question;
     for (const m of info.methods) {
       const opt = document.createElement("option");
