@@ -72,6 +72,7 @@ class BackboneConfig:
 @dataclass
 class MapperConfig:
     kind: str = "attention"  # attention (the meta-mapper) | mlp (the paper's ablation)
+    preset: str = ""  # "" (our attention mapper, the fields below) | paper: the authors' mapper exactly (models.mapper.PaperMapper: prefix in the visual space, Q/K/V to the LM size, one linear feed-forward, post-LN; uses prefix_len, num_heads, dropout, standardize, output_norm; ff_dim and norm_first do not apply)
     prefix_len: int = 4  # visual prefix vectors per image (paper: 4)
     num_heads: int = 8  # attention heads; must divide the LM embedding size
     ff_dim: int | None = 1152  # feed-forward hidden size (None: the LM embedding size)
@@ -270,6 +271,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.method must be maml, in_context or standard, got {t.method!r}")
     if cfg.mapper.kind not in ("attention", "mlp"):
         raise ConfigError(f"mapper.kind must be attention or mlp, got {cfg.mapper.kind!r}")
+    if cfg.mapper.preset not in ("", "paper"):
+        raise ConfigError(f"mapper.preset must be '' or paper, got {cfg.mapper.preset!r}")
+    if cfg.mapper.preset == "paper" and cfg.mapper.kind != "attention":
+        raise ConfigError("mapper.preset=paper is the authors' attention mapper; it needs "
+                          f"mapper.kind=attention, got {cfg.mapper.kind!r}")
     if cfg.mapper.prefix_len < 1:
         raise ConfigError(f"mapper.prefix_len must be >= 1, got {cfg.mapper.prefix_len}")
     if t.lm_dtype not in ("float32", "bfloat16"):

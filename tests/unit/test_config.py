@@ -129,6 +129,7 @@ def test_wrong_types_name_the_key(override: str, key: str, what: str) -> None:
         ("train.updates=-1", "train.updates"),
         ("train.inner.steps=-1", "inner steps"),
         ("train.inner.lr=-0.5", "inner learning rate"),
+        ("mapper.preset=authors", "mapper.preset"),
     ],
 )
 def test_out_of_range_values_are_refused(override: str, key: str) -> None:
@@ -167,3 +168,9 @@ def test_override_without_equals_sign() -> None:
 def test_config_error_is_a_value_error() -> None:
     # the CLI turns ValueError into a one-line message with exit code 2
     assert issubclass(ConfigError, ValueError)
+
+
+def test_paper_preset_needs_the_attention_kind() -> None:
+    assert load_config(SMOKE, ["mapper.preset=paper"]).mapper.preset == "paper"
+    with pytest.raises(ConfigError, match="mapper.kind=attention"):
+        load_config(SMOKE, ["mapper.preset=paper", "mapper.kind=mlp"])
