@@ -39,25 +39,36 @@ def _cmd_train(a: argparse.Namespace) -> None:
 
 
 def _cmd_evaluate(a: argparse.Namespace) -> None:
-    from metamapper.data.sources import evaluation_tasks
+    from metamapper.data.sources import check_task_induction, evaluation_tasks
     from metamapper.distributed import init_from_env
     from metamapper.eval.fewshot import adaptation_steps
     from metamapper.eval.report import results_table
-    from metamapper.eval.run import evaluate_run
+    from metamapper.eval.run import check_trained_tasks, evaluate_run, read_run_config
     from metamapper.pretrained import load_run
 
     rank, _ = init_from_env()  # under torchrun, ranks share the tasks; rank 0 reports
-    # check the cheap things (dataset, ways, shots, steps) before loading the backbones
-    ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=a.tasks, seed=a.seed)
+    # check the cheap things (flags, the run's config, the tasks) before loading the backbones
+    if a.tasks is not None and a.tasks < 0:
+        raise ValueError(f"the number of tasks must be >= 0, got {a.tasks}")
+    if a.task_induction:
+        check_task_induction(a.dataset)
     if a.method is not None:
         adaptation_steps(a.method, a.steps, 0)
     if a.repeats < 0:
         raise ValueError(f"--repeats must be >= 0, got {a.repeats}")
+    cfg = read_run_config(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback)
+    n_tasks = cfg.eval.tasks if a.tasks is None else a.tasks
+    ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=n_tasks,
+                          seed=a.seed, split=a.split)
+    overlap = check_trained_tasks(cfg, a.dataset, ts, split=a.split, data=a.data)
+    if overlap and rank == 0:
+        print(f"metamapper: warning: {overlap} of the {len(ts.tasks)} tasks are tasks this run "
+              "meta-trained on (--split all)", file=sys.stderr)
     run = load_run(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
                        progress=rank == 0)
-    res["dataset"] = a.dataset
+    res.update(dataset=a.dataset, split=a.split, seed=a.seed, trained_overlap=overlap)
     if rank != 0:
         return
     print(results_table([res]))
@@ -104,7 +115,9 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
     from metamapper.models.factory import build_vision
 
     cfg = load_config(a.config, a.overrides)
-    ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=a.tasks)
+    ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots,
+                          n_tasks=cfg.eval.tasks if a.tasks is None else a.tasks, seed=a.seed,
+                          split=a.split)
     vision = build_vision(cfg.backbones)
     keys = [k for t in ts.tasks for k in t.image_keys()]
     table = FeatureTable.from_cache(vision, ts.images, keys, root=cfg.data.feature_cache)
@@ -147,6 +160,7 @@ STEPS_HELP = ("adaptation steps (default: no-adapt 0, in-context 0, else the ste
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from metamapper.data.tasks import EVAL_SPLITS
     from metamapper.eval.fewshot import METHODS
 
     p = argparse.ArgumentParser(prog="metamapper", description=__doc__.split("\n")[0],
@@ -172,7 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data", help="dataset folder (benchmark JSON + images; Fashion IDX files)")
         sp.add_argument("--ways", type=int, default=2)
         sp.add_argument("--shots", type=int, default=1)
-        sp.add_argument("--tasks", type=int, default=1000, help="tasks to use (0: all)")
+        sp.add_argument("--tasks", type=int,
+                        help="tasks to use (0: all; default: the run's / config's eval.tasks, 1000)")
+        sp.add_argument("--split", choices=EVAL_SPLITS, default="test",
+                        help="test (default): a benchmark file's seeded test part, or the held-out "
+                             "test tasks; val: its validation part / a validation stream of "
+                             "held-out tasks; train, all: a benchmark file's training part or all "
+                             "of it (refused for tasks the run meta-trained on, unless all)")
+        sp.add_argument("--seed", type=int, default=1234,
+                        help="seed of sampled tasks (fixed: every run is scored on the same tasks)")
 
     def step_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--step", help="which checkpoint of the run: latest (default), best "
@@ -185,10 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     step_args(e)
     task_args(e)
     e.add_argument("--repeats", type=int, default=0, help="show each support pair R more times")
-    e.add_argument("--task-induction", action="store_true", help="'Answer with dax or blicket.'")
+    e.add_argument("--task-induction", action="store_true",
+                   help="'Answer with dax or blicket.' before each question (not on the VQA sets)")
     e.add_argument("--steps", type=int, help=STEPS_HELP)
     e.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
-    e.add_argument("--seed", type=int, default=1234, help="seed of sampled tasks")
     e.add_argument("--feature-cache", help="feature cache folder")
     e.add_argument("--out", help="write the results JSON here")
     e.set_defaults(fn=_cmd_evaluate)

@@ -13,6 +13,7 @@ import dataclasses
 import math
 import types
 import typing
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class BackboneConfig:
 @dataclass
 class MapperConfig:
     kind: str = "attention"  # attention (the meta-mapper) | mlp (the paper's ablation)
+    preset: str = ""  # "" (our attention mapper, the fields below) | paper: the authors' mapper exactly (models.mapper.PaperMapper: prefix in the visual space, Q/K/V to the LM size, one linear feed-forward, post-LN; uses prefix_len, num_heads, dropout, standardize, output_norm; ff_dim and norm_first do not apply)
     prefix_len: int = 4  # visual prefix vectors per image (paper: 4)
     num_heads: int = 8  # attention heads; must divide the LM embedding size
     ff_dim: int | None = 1152  # feed-forward hidden size (None: the LM embedding size)
@@ -124,13 +126,18 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    tasks: int = 1000  # evaluation tasks per setting
-    shots: list[int] = field(default_factory=lambda: [1, 5])  # shots evaluated
-    variants: list[str] = field(default_factory=lambda: ["open_ended", "real_name"])  # fashion variants
-    steps: int | None = None  # adaptation steps at test time (None: as trained)
-    max_new_tokens: int = 8  # generation length limit
-    batch_tasks: int = 32  # tasks answered together
-    seed: int = 1234  # seed of the fixed evaluation tasks
+    # How `metamapper evaluate` (and `evaluate_run`) score this run unless told otherwise. What is
+    # scored (dataset, shots, split, the fixed task seed) is chosen on the command line: the test
+    # tasks are a property of the data, the same for every run.
+    tasks: int = 1000  # evaluation tasks (--tasks; 0: every task of a benchmark file's part)
+    max_new_tokens: int = 8  # generation length limit of each answer
+    batch_tasks: int = 32  # tasks adapted and answered together (memory, not results)
+
+
+# Keys older runs' configs hold that no longer exist; reading such a config drops them with a
+# warning, so that older runs still load. eval.shots / eval.variants / eval.steps / eval.seed were
+# never read: `evaluate` takes them from its flags (--shots, --dataset, --steps, --seed).
+RETIRED_KEYS = {"eval": ("shots", "variants", "steps", "seed")}
 
 
 @dataclass
@@ -198,6 +205,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
+    retired = [k for k in data if k not in known and k in RETIRED_KEYS.get(prefix, ())]
+    if retired:
+        warnings.warn(f"config keys {', '.join(f'{prefix}.{k}' for k in retired)} are retired and "
+                      "ignored", UserWarning, stacklevel=2)
+        data = {k: v for k, v in data.items() if k not in retired}
     for k in data:
         if k not in known:
             where = f"{prefix}.{k}" if prefix else k
@@ -275,6 +287,14 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.method must be maml, in_context or standard, got {t.method!r}")
     if cfg.mapper.kind not in ("attention", "mlp"):
         raise ConfigError(f"mapper.kind must be attention or mlp, got {cfg.mapper.kind!r}")
+    if cfg.mapper.preset not in ("", "paper"):
+        raise ConfigError(f"mapper.preset must be '' or paper, got {cfg.mapper.preset!r}")
+    if cfg.mapper.preset == "paper" and cfg.mapper.kind != "attention":
+        raise ConfigError("mapper.preset=paper is the authors' attention mapper; it needs "
+                          f"mapper.kind=attention, got {cfg.mapper.kind!r}")
+    e = cfg.eval
+    if e.tasks < 0 or e.max_new_tokens < 1 or e.batch_tasks < 1:
+        raise ConfigError("eval.tasks must be >= 0, eval.max_new_tokens and eval.batch_tasks >= 1")
     if cfg.mapper.prefix_len < 1:
         raise ConfigError(f"mapper.prefix_len must be >= 1, got {cfg.mapper.prefix_len}")
     if t.lm_dtype not in ("float32", "bfloat16"):

@@ -80,15 +80,20 @@ class TaskSource:
     Attributes:
         train_val: ``(data config, n_tasks, seed) -> (train, validation)`` task sets for
             meta-training; None for a source that only tests.
-        test: ``(*, root, variant, ways, shots, n_tasks, seed) -> TaskSet``: the test tasks
-            (classes, images or tasks that meta-training never saw); None for a training-only source.
+        test: ``(*, root, variant, ways, shots, n_tasks, seed, split) -> TaskSet``: the
+            evaluation tasks of ``split`` (``data.tasks.EVAL_SPLITS``; ``"test"``: classes,
+            images or tasks that meta-training never saw; a source refuses a split it lacks with
+            a ``ValueError``); None for a training-only source.
         datasets: the evaluation names this source answers (``--dataset``) -> the ``variant``
             passed to ``test``.
+        no_induction: evaluation names on which task induction ("Answer with dax or
+            blicket.") is refused: their answers are not the support words (VQA).
     """
 
     train_val: Callable[[DataConfig, int, int], tuple[TaskSet, TaskSet]] | None = None
     test: Callable[..., TaskSet] | None = None
     datasets: Mapping[str, str] = field(default_factory=dict)
+    no_induction: frozenset[str] = frozenset()
 
 
 VISION_ENCODERS: Registry[Callable[..., Any]] = Registry("vision encoder")

@@ -70,9 +70,11 @@ def test_evaluate_writes_results(trained: Path, env: dict[str, str], tmp_path: P
                 "--feature-cache", env["FEATURES"]], env))
     res = json.loads(res_file.read_text())
     assert 0.0 <= res["accuracy"] <= 1.0
-    assert isinstance(res["ci95"], float)
+    lo, hi = res["ci95"]  # two queries per task: Wilson with the tasks as trials
+    assert 0.0 <= lo <= res["accuracy"] <= hi <= 1.0 and res["ci_method"] == "wilson-tasks"
     assert res["n_tasks"] == 10 and res["n_queries"] == 20
     assert (res["ways"], res["shots"], res["dataset"], res["method"]) == (2, 1, "synthetic", "in-context")
+    assert (res["split"], res["seed"], res["trained_overlap"]) == ("test", 1234, 0)
     assert "| in-context | synthetic | 2 | 1 |" in p.stdout
 
 

@@ -25,7 +25,7 @@ def test_smoke_yaml_loads_with_its_values_and_defaults_elsewhere() -> None:
     assert (cfg.mapper.prefix_len, cfg.mapper.num_heads) == (2, 4)
     assert (cfg.data.source, cfg.train.method, cfg.train.updates, cfg.train.meta_batch) == (
         "synthetic", "in_context", 20, 4)
-    assert cfg.eval.shots == [1]
+    assert cfg.eval.tasks == 20
     assert cfg.train.lr == 1e-3 and cfg.train.keep_last == 3  # defaults
 
 
@@ -36,13 +36,13 @@ def test_no_file_gives_the_defaults() -> None:
 def test_dotted_overrides_reach_nested_sections_with_types() -> None:
     cfg = load_config(SMOKE, [
         "train.inner.steps=5", "train.inner.lr=0.05", "train.inner.first_order=false",
-        "train.updates=7", "mapper.prefix_len=3", "eval.shots=[1, 5]", "data.feature_cache=/tmp/x",
+        "train.updates=7", "mapper.prefix_len=3", "eval.max_new_tokens=12", "data.feature_cache=/tmp/x",
         "train.step_weights=[0, 0, 0.25, 0.25, 0.25, 0.25]", "train.lr=0.01",
     ])
     assert isinstance(cfg.train.inner, InnerLoop)
     assert (cfg.train.inner.steps, cfg.train.inner.lr, cfg.train.inner.first_order) == (5, 0.05, False)
     assert cfg.train.inner.adapt == "all"  # untouched fields keep their defaults
-    assert (cfg.train.updates, cfg.mapper.prefix_len, cfg.eval.shots) == (7, 3, [1, 5])
+    assert (cfg.train.updates, cfg.mapper.prefix_len, cfg.eval.max_new_tokens) == (7, 3, 12)
     assert cfg.data.feature_cache == "/tmp/x"
     assert cfg.train.step_weights == [0.0, 0.0, 0.25, 0.25, 0.25, 0.25]
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == 0.01
@@ -102,8 +102,8 @@ def test_unknown_key_in_the_file_names_the_key_and_the_file(tmp_path: Path) -> N
         ("train.lr=fast", "train.lr", "number"),
         ("train.cosine=3", "train.cosine", "true/false"),
         ("train.method=3", "train.method", "string"),
-        ("eval.shots=5", "eval.shots", "list"),
-        ("eval.shots=[1, x]", "eval.shots[1]", "integer"),
+        ("train.step_weights=5", "train.step_weights", "list"),
+        ("train.step_weights=[1, x]", "train.step_weights[1]", "number"),
         ("train.inner=5", "train.inner", "mapping"),
     ],
 )
@@ -129,6 +129,9 @@ def test_wrong_types_name_the_key(override: str, key: str, what: str) -> None:
         ("train.updates=-1", "train.updates"),
         ("train.inner.steps=-1", "inner steps"),
         ("train.inner.lr=-0.5", "inner learning rate"),
+        ("mapper.preset=authors", "mapper.preset"),
+        ("eval.tasks=-1", "eval.tasks"),
+        ("eval.batch_tasks=0", "eval.batch_tasks"),
     ],
 )
 def test_out_of_range_values_are_refused(override: str, key: str) -> None:
@@ -167,3 +170,19 @@ def test_override_without_equals_sign() -> None:
 def test_config_error_is_a_value_error() -> None:
     # the CLI turns ValueError into a one-line message with exit code 2
     assert issubclass(ConfigError, ValueError)
+
+
+def test_paper_preset_needs_the_attention_kind() -> None:
+    assert load_config(SMOKE, ["mapper.preset=paper"]).mapper.preset == "paper"
+    with pytest.raises(ConfigError, match="mapper.kind=attention"):
+        load_config(SMOKE, ["mapper.preset=paper", "mapper.kind=mlp"])
+
+
+def test_retired_eval_keys_of_older_runs_are_dropped_with_a_warning() -> None:
+    old_run = {"eval": {"tasks": 50, "shots": [1, 5], "variants": ["open_ended"], "steps": None,
+                        "seed": 1234}}
+    with pytest.warns(UserWarning, match="eval.shots, eval.variants, eval.steps, eval.seed"):
+        cfg = config_from_dict(old_run)
+    assert cfg.eval.tasks == 50
+    with pytest.raises(ConfigError, match="'eval.shotz'"):  # other unknown keys stay errors
+        config_from_dict({"eval": {"shotz": 1}})

@@ -23,7 +23,13 @@ Example::
     for f in list_benchmark_files("data/open_ended_mi"):
         print(f.name, f.ways, f.shots)
     tasks = load_benchmark("data/open_ended_mi", "open_ended_mi", ways=2, shots=1)
-    splits = split_tasks(tasks, seed=0)          # {"train": [...], "val": [...], "test": [...]}
+    splits = split_tasks(tasks)                  # {"train": [...], "val": [...], "test": [...]}
+
+In-domain meta-training (``data.source: frozen-benchmark``) uses the ``train`` part and validates
+on ``val``; ``metamapper evaluate --dataset open_ended_mi`` scores the ``test`` part by default
+(``--split``). The split is seeded with the constant ``SPLIT_SEED``: a property of the file, the
+same for every run, so evaluation finds it without the run and every run is scored on the same
+test tasks.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import numpy as np
 
 from metamapper.config import DataConfig
 from metamapper.data.images import FolderImageSource
-from metamapper.data.tasks import Example, Query, Task, TaskSet
+from metamapper.data.tasks import EVAL_SPLITS, Example, Query, Task, TaskSet
 from metamapper.registry import TASK_SOURCES, TaskSource
 
 BENCHMARK_NAMES: tuple[str, ...] = ("open_ended_mi", "real_name_mi", "fast_vqa", "guided_vqa")
@@ -48,6 +54,10 @@ _FILE = re.compile(
     r"^(?P<name>" + "|".join(BENCHMARK_NAMES) + r")_shots_(?P<shots>\d+)_ways_(?P<ways>\d+)"
     r"_all_questions\.json$"
 )
+VQA_NAMES: frozenset[str] = frozenset({"fast_vqa", "guided_vqa"})
+"""Benchmarks whose answers are attributes, not the support words: no task induction."""
+SPLIT_SEED = 0
+"""Seed of the train / val / test split of every benchmark file (``split_tasks``)."""
 _PAIR = re.compile(r"^(caption|image)_([0-9]+)$")
 _STRIP = " \t\n.,!?;:\"'"
 
@@ -267,7 +277,8 @@ def load_benchmark(
 
 
 def split_tasks(
-    tasks: Sequence[Task], *, seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    tasks: Sequence[Task], *, seed: int = SPLIT_SEED,
+    fractions: tuple[float, float, float] = (0.7, 0.1, 0.2),
 ) -> dict[str, list[Task]]:
     """Split tasks at random into disjoint train / val / test lists (in-domain training).
 
@@ -278,7 +289,8 @@ def split_tasks(
 
     Args:
         tasks: the tasks.
-        seed: the seed of the permutation.
+        seed: the seed of the permutation (default ``SPLIT_SEED``, what training and
+            evaluation use).
         fractions: (train, val, test) fractions, non-negative, summing to 1.
 
     Returns:
@@ -286,7 +298,7 @@ def split_tasks(
 
     Example::
 
-        >>> s = split_tasks(tasks, seed=0)
+        >>> s = split_tasks(tasks)
         >>> sum(len(v) for v in s.values()) == len(tasks)
         True
     """
@@ -312,27 +324,50 @@ def build_benchmark_tasks(*, folder: str, benchmark: str, ways: int, shots: int)
     return TaskSet(load_benchmark(folder, benchmark, ways, shots), FolderImageSource(folder))
 
 
+def benchmark_split(tasks: Sequence[Task], split: str) -> list[Task]:
+    """The part ``split`` of a benchmark file's tasks: ``"train"``, ``"val"`` or ``"test"`` of
+    ``split_tasks`` (seeded with ``SPLIT_SEED``), or ``"all"`` of them (file order).
+
+    Example::
+
+        >>> len(benchmark_split(tasks, "test")) == len(split_tasks(tasks)["test"])
+        True
+    """
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
+    return list(tasks) if split == "all" else split_tasks(tasks)[split]
+
+
 def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
-    """In-domain: the benchmark's own tasks, split by ``split_tasks`` (seeded)."""
+    """In-domain: ``n_tasks`` tasks drawn (with ``seed``) from the file's ``train`` part; the
+    ``val`` part validates. The split itself is ``SPLIT_SEED``'s, whatever the run's seed."""
     if not d.root:
         raise ValueError("data.root must name the benchmark folder for source frozen-benchmark")
     tasks = load_benchmark(d.root, d.benchmark, d.ways, d.shots)
-    parts = split_tasks(tasks, seed=seed)
+    parts = split_tasks(tasks)
+    if not parts["train"]:
+        raise ValueError(f"{benchmark_filename(d.benchmark, d.ways, d.shots)}: {len(tasks)} tasks "
+                         "leave none for meta-training")
     rng = np.random.default_rng(seed)
     order = [parts["train"][int(i)] for i in rng.integers(0, len(parts["train"]), size=n_tasks)]
     images = FolderImageSource(d.root)
     return TaskSet(order, images), TaskSet(parts["val"], images)
 
 
-def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int) -> TaskSet:
-    """The first ``n_tasks`` records of the benchmark file ``variant`` (all when 0)."""
+def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int,
+          split: str = "test") -> TaskSet:
+    """The first ``n_tasks`` tasks (all when 0) of the part ``split`` of the benchmark file
+    ``variant`` (``benchmark_split``); ``seed`` is unused (the split's seed is ``SPLIT_SEED``)."""
     if not root:
         raise ValueError(f"--data must name the folder of the {variant} benchmark")
     ts = build_benchmark_tasks(folder=root, benchmark=variant, ways=ways, shots=shots)
-    if not ts.tasks:  # said before any backbone is loaded
-        raise ValueError(f"{variant} in {root} has no {ways}-way {shots}-shot task (an empty list)")
-    return TaskSet(ts.tasks[:n_tasks] if n_tasks else ts.tasks, ts.images)
+    tasks = benchmark_split(ts.tasks, split)
+    if not tasks:
+        raise ValueError(f"{benchmark_filename(variant, ways, shots)}: the {split} part of its "
+                         f"{len(ts.tasks)} tasks is empty")
+    return TaskSet(tasks[:n_tasks] if n_tasks else tasks, ts.images)
 
 
 TASK_SOURCES.register("frozen-benchmark")(TaskSource(
-    train_val=_train_val, test=_test, datasets={name: name for name in BENCHMARK_NAMES}))
+    train_val=_train_val, test=_test, datasets={name: name for name in BENCHMARK_NAMES},
+    no_induction=VQA_NAMES))

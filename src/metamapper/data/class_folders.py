@@ -108,10 +108,14 @@ def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet
     return train, val
 
 
-def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int) -> TaskSet:
+def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int,
+          split: str = "test") -> TaskSet:
+    """Tasks on the ``test`` classes, or on the ``val`` classes (``split="val"``)."""
     if not root:
         raise ValueError("--data must name the folder of class folders")
-    return _tasks(root, "test", ways=ways, shots=shots, queries_per_class=1, n_tasks=n_tasks or 1000,
+    if split not in ("test", "val"):
+        raise ValueError(f"image-folders evaluation has test and val classes, not {split!r}")
+    return _tasks(root, split, ways=ways, shots=shots, queries_per_class=1, n_tasks=n_tasks or 1000,
                   seed=seed, naming="fixed" if variant == "open_ended" else "real")
 
 

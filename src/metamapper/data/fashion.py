@@ -9,6 +9,10 @@ two are never mixed, so test tasks use classes and images that meta-training nev
   (``variant="real_name"``, default naming ``"real"``).
 - Test tasks (``split="test"``) follow Frozen: Real-Name ("This is a {name}.", answer the lower-case
   real name) and Open-Ended (the five nonsense words ``TEST_WORDS``, assigned at random per task).
+- ``metamapper evaluate --dataset fashion-open-ended`` scores held-out-class test tasks drawn with
+  the fixed test seed; ``--split val`` draws a validation stream of held-out-class tasks with
+  another seed (``data.tasks.VAL_SEED_OFFSET``, ids ``fashion-val-...``) for choosing models
+  and settings without looking at the test tasks (the two streams share the held-out images).
 
 Example::
 
@@ -22,7 +26,7 @@ from __future__ import annotations
 
 import gzip
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -32,7 +36,7 @@ from PIL import Image
 
 from metamapper.config import DataConfig
 from metamapper.data.images import ImageLoadError
-from metamapper.data.tasks import Task, TaskSet, sample_task
+from metamapper.data.tasks import VAL_SEED_OFFSET, Task, TaskSet, sample_task
 from metamapper.data.words import TEST_WORDS, made_up_words
 from metamapper.registry import TASK_SOURCES, TaskSource
 
@@ -371,10 +375,20 @@ def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet
     return TaskSet(train, FashionImageSource(root, "train")), TaskSet(val, FashionImageSource(root, "test"))
 
 
-def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int) -> TaskSet:
-    """The held-out classes 6-9 of the test split."""
-    return build_fashion_tasks(split="test", variant=variant, ways=ways, shots=shots,
-                               n_tasks=n_tasks, seed=seed, root=root or DEFAULT_ROOT)
+def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int,
+          split: str = "test") -> TaskSet:
+    """Tasks on the held-out classes 6-9 of the test split: the ``test`` stream (``seed``) or
+    the ``val`` stream (``seed + VAL_SEED_OFFSET``, ids ``fashion-val-...``)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"Fashion-MNIST evaluation has a test and a val stream of held-out-class "
+                         f"tasks, not {split!r} (train/all are parts of a benchmark file)")
+    if split == "test":
+        return build_fashion_tasks(split="test", variant=variant, ways=ways, shots=shots,
+                                   n_tasks=n_tasks, seed=seed, root=root or DEFAULT_ROOT)
+    ts = build_fashion_tasks(split="test", variant=variant, ways=ways, shots=shots, n_tasks=n_tasks,
+                             seed=seed + VAL_SEED_OFFSET, root=root or DEFAULT_ROOT)
+    tasks = [replace(t, task_id=t.task_id.replace("fashion-test-", "fashion-val-", 1)) for t in ts.tasks]
+    return TaskSet(tasks, ts.images)
 
 
 TASK_SOURCES.register("fashion-mnist")(TaskSource(

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from metamapper.config import DataConfig
 from metamapper.data.images import ImageLoadError
-from metamapper.data.tasks import TaskSet, sample_task
+from metamapper.data.tasks import VAL_SEED_OFFSET, TaskSet, sample_task
 from metamapper.data.words import TEST_WORDS, made_up_words
 from metamapper.registry import TASK_SOURCES, TaskSource
 
@@ -87,7 +87,7 @@ def build_synthetic_tasks(
     queries_per_class: int = 1, n_tasks: int = 100, seed: int = 0, naming: str | None = None,
     images_per_class: int | None = 24, **_: Any,
 ) -> TaskSet:
-    """Tasks over generated coloured shapes (train: classes 0-5, test: 6-7)."""
+    """Tasks over generated coloured shapes (``split`` train: classes 0-5; test or val: 6-7)."""
     source = SyntheticImageSource(images_per_class=images_per_class or 24)
     classes = TRAIN_CLASSES if split == "train" else TEST_CLASSES
     if naming is None:
@@ -111,9 +111,16 @@ def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet
     return train, val
 
 
-def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int) -> TaskSet:
-    return build_synthetic_tasks(split="test", variant=variant, ways=ways, shots=shots,
-                                 n_tasks=n_tasks, seed=seed)
+def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int,
+          split: str = "test") -> TaskSet:
+    """Tasks on the held-out classes 6-7: the ``test`` stream (``seed``) or the ``val`` stream
+    (``seed + VAL_SEED_OFFSET``, ids ``synthetic-val-...``)."""
+    if split not in ("test", "val"):
+        raise ValueError(f"synthetic evaluation has a test and a val stream of held-out-class "
+                         f"tasks, not {split!r}")
+    return build_synthetic_tasks(split=split, variant=variant, ways=ways, shots=shots,
+                                 n_tasks=n_tasks,
+                                 seed=seed + VAL_SEED_OFFSET if split == "val" else seed)
 
 
 TASK_SOURCES.register("synthetic")(TaskSource(train_val=_train_val, test=_test,

@@ -35,6 +35,12 @@ from metamapper.data.words import TEST_WORDS, made_up_words
 
 NAMINGS = ("real", "made_up", "fixed")
 Rng = np.random.Generator | random.Random
+EVAL_SPLITS = ("train", "val", "test", "all")
+"""What ``evaluation_tasks(split=...)`` may ask for: a benchmark file's seeded parts (or all of
+it); sources that sample tasks offer ``test`` and ``val`` streams."""
+VAL_SEED_OFFSET = 1_000_003
+"""Sampled sources draw their ``val`` stream with ``seed + VAL_SEED_OFFSET`` (and ``val`` task
+ids), so it never repeats the ``test`` stream of the same ``seed``."""
 
 
 @dataclass(frozen=True)

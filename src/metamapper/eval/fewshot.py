@@ -22,7 +22,12 @@ from tqdm.auto import tqdm
 
 from metamapper import distributed as dist_utils
 from metamapper.config import Config, InnerLoop
-from metamapper.eval.metrics import exact_match, mean_ci95, normalize_answer
+from metamapper.eval.metrics import (
+    accuracy_interval,
+    bootstrap_interval,
+    exact_match,
+    normalize_answer,
+)
 from metamapper.meta.episode import ROW_FORMATS, Episode, batch_rows, episode_from_task
 from metamapper.meta.maml import InnerLearningRates, adapt, task_prefixes
 from metamapper.models.metamapper import MetaMapper
@@ -88,14 +93,27 @@ def adaptation_steps(method: str, steps: int | None, trained_steps: int) -> int:
 
 @dataclass
 class EvalResult:
-    """Accuracy of one method on one set of tasks."""
+    """Accuracy of one method on one set of tasks.
+
+    Attributes:
+        accuracy: the mean of per-task exact-match accuracies (with equal queries per task: the
+            fraction of queries answered right).
+        ci95: its 95% interval ``(low, high)``, asymmetric (``metrics.accuracy_interval``).
+        ci_method: how ``ci95`` was computed: ``"wilson"`` (one query per task: Wilson score
+            interval over the queries) or ``"wilson-tasks"`` (several queries per task: Wilson
+            with the tasks as trials, conservative).
+        ci95_bootstrap: with several queries per task, also the seeded percentile bootstrap over
+            tasks (None otherwise).
+    """
 
     method: str
     accuracy: float
-    ci95: float
+    ci95: tuple[float, float]
     n_tasks: int
     n_queries: int
     steps: int
+    ci_method: str = "wilson"
+    ci95_bootstrap: tuple[float, float] | None = None
     support_fit: float | None = None
     examples: list[dict[str, str]] = field(default_factory=list)
 
@@ -184,7 +202,8 @@ def evaluate(
     n_examples: int = 5,
     distributed: bool = False,
 ) -> EvalResult:
-    """Meta-test ``model`` on ``tasks`` with ``method``; exact match with a 95% CI.
+    """Meta-test ``model`` on ``tasks`` with ``method``; exact match with a 95% interval
+    (``EvalResult.ci95``, ``metrics.accuracy_interval``).
 
     Args:
         model: the model (put in eval mode here).
@@ -246,7 +265,10 @@ def evaluate(
         fits = [f for p in parts for f in p[1]]
         n_queries = sum(p[2] for p in parts)
         examples = [e for p in parts for e in p[3]][:n_examples]
-    acc, ci = mean_ci95(per_task)
+    acc = sum(per_task) / len(per_task) if per_task else float("nan")
+    ci, ci_method = accuracy_interval(per_task, n_queries)
+    boot = bootstrap_interval(per_task, seed=0) if n_queries != len(per_task) else None
     fit = sum(fits) / len(fits) if fits else None
     return EvalResult(method=method, accuracy=acc, ci95=ci, n_tasks=len(per_task),
-                      n_queries=n_queries, steps=n_steps, support_fit=fit, examples=examples)
+                      n_queries=n_queries, steps=n_steps, ci_method=ci_method, ci95_bootstrap=boot,
+                      support_fit=fit, examples=examples)

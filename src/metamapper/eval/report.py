@@ -12,27 +12,70 @@ def _pct(x: object) -> str:
     return "—" if not isinstance(x, (int, float)) or x != x else f"{100 * x:.1f}"
 
 
+def _interval(ci: object) -> tuple[float, float] | None:
+    """A result's ``ci95`` as ``(low, high)``; None when absent or not finite."""
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(
+            isinstance(x, (int, float)) and x == x for x in ci):
+        return float(ci[0]), float(ci[1])
+    return None
+
+
+def format_accuracy(accuracy: object, ci95: object) -> str:
+    """``"50.0 (28.0–72.0)"``: the accuracy in percent with its (asymmetric) 95% interval.
+
+    Results written before intervals were asymmetric hold a half-width: ``"50.0 ± 10.0"``.
+
+    Example::
+
+        >>> format_accuracy(0.0, (0.0, 0.1611))
+        '0.0 (0.0–16.1)'
+    """
+    acc = _pct(accuracy)
+    ci = _interval(ci95)
+    if ci is not None:
+        return f"{acc} ({_pct(ci[0])}–{_pct(ci[1])})"
+    if isinstance(ci95, (int, float)) and ci95 == ci95:  # an older result: a half-width
+        return f"{acc} ± {_pct(ci95)}"
+    return acc
+
+
 def results_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A markdown table: one row per (method, dataset, ways, shots) result."""
-    head = ("| method | dataset | ways | shots | accuracy % | 95% CI ± | 0 steps % | tasks |\n"
-            "|---|---|---|---|---|---|---|---|")
+    """A markdown table: one row per (method, dataset, ways, shots) result.
+
+    The accuracy cell holds the 95% interval in brackets; a split other than ``test`` is named
+    after the dataset (``"open_ended_mi (val)"``).
+    """
+    head = ("| method | dataset | ways | shots | accuracy % (95% CI) | 0 steps % | tasks |\n"
+            "|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
+        split = r.get("split", "test")
+        dataset = f"{r.get('dataset', '')}" + (f" ({split})" if split != "test" else "")
         lines.append(
-            f"| {r.get('label', r.get('method'))} | {r.get('dataset', '')} | {r.get('ways', '')} | "
-            f"{r.get('shots', '')} | {_pct(r.get('accuracy'))} | {_pct(r.get('ci95'))} | "
+            f"| {r.get('label', r.get('method'))} | {dataset} | {r.get('ways', '')} | "
+            f"{r.get('shots', '')} | {format_accuracy(r.get('accuracy'), r.get('ci95'))} | "
             f"{_pct(r.get('accuracy_0_steps'))} | {r.get('n_tasks', '')} |"
         )
     return "\n".join(lines)
 
 
+def _error_bar(accuracy: float, ci95: object) -> tuple[float, float]:
+    """Distances below and above the accuracy to its interval's ends (0 when unknown)."""
+    ci = _interval(ci95)
+    if ci is not None:
+        return max(0.0, accuracy - ci[0]), max(0.0, ci[1] - accuracy)
+    half = ci95 if isinstance(ci95, (int, float)) and ci95 == ci95 else 0.0
+    return half, half
+
+
 def write_results(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """The result rows as a JSON list."""
     Path(path).write_text(json.dumps(list(rows), indent=2))
 
 
 def plot_accuracy_vs_shots(rows: Sequence[dict[str, Any]], path: str | Path, *,
                            chance: float | None = 0.5) -> Path:
-    """One panel per dataset: accuracy (with 95% CI) against shots, a line per method."""
+    """One panel per dataset: accuracy (with its 95% interval) against shots, a line per method."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,11 +86,11 @@ def plot_accuracy_vs_shots(rows: Sequence[dict[str, Any]], path: str | Path, *,
     for ax, ds in zip(axes[0], datasets, strict=True):
         sub = [r for r in rows if r.get("dataset", "") == ds]
         for label in dict.fromkeys(r.get("label", r["method"]) for r in sub):
-            pts = sorted((r["shots"], r["accuracy"], r["ci95"]) for r in sub
-                         if r.get("label", r["method"]) == label)
+            pts = sorted((r["shots"], r["accuracy"], _error_bar(r["accuracy"], r.get("ci95")))
+                         for r in sub if r.get("label", r["method"]) == label)
             xs = [p[0] for p in pts]
-            ax.errorbar(xs, [100 * p[1] for p in pts], yerr=[100 * (p[2] or 0) for p in pts],
-                        marker="o", capsize=3, label=label)
+            yerr = [[100 * p[2][0] for p in pts], [100 * p[2][1] for p in pts]]  # (below, above)
+            ax.errorbar(xs, [100 * p[1] for p in pts], yerr=yerr, marker="o", capsize=3, label=label)
         if chance is not None:
             ax.axhline(100 * chance, color="grey", ls="--", lw=1, label="chance")
         ax.set_title(ds)

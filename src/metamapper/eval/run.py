@@ -9,21 +9,72 @@ Example::
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from metamapper.checkpoint import checkpoint_record
+from metamapper.checkpoint import (
+    CheckpointError,
+    checkpoint_config,
+    checkpoint_record,
+    select_checkpoint,
+)
+from metamapper.config import Config, ConfigError, config_from_dict
 from metamapper.data.feature_table import FeatureTable
+from metamapper.data.sources import trained_task_overlap
 from metamapper.data.tasks import TaskSet, filter_tasks, with_repeats, with_task_induction
 from metamapper.eval.fewshot import adaptation_steps, evaluate
 from metamapper.pretrained import LoadedRun
 
 
+def read_run_config(path: str | os.PathLike[str], *, step: str | int | None = None,
+                    allow_fallback: bool = False) -> Config:
+    """The config of the run's checkpoint that ``step`` picks (``checkpoint.select_checkpoint``),
+    read without building the model: what ``evaluate`` checks before it loads the backbones.
+
+    Raises:
+        CheckpointError: no such run or step, no valid checkpoint, or no valid config in it.
+    """
+    ckpt = select_checkpoint(path, step, allow_fallback=allow_fallback)
+    try:
+        return config_from_dict(checkpoint_config(ckpt))
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {ckpt.path}: meta.json holds no valid config ({e})") from None
+
+
+def check_trained_tasks(cfg: Config, dataset: str, taskset: TaskSet, *, split: str,
+                        data: str | None = None) -> int:
+    """Refuse to score tasks the run meta-trained on (in-domain training on the same benchmark
+    file), unless ``split="all"`` asks for every task of the file.
+
+    Args:
+        cfg: the run's config.
+        dataset: the evaluation name (``--dataset``).
+        taskset: the evaluation tasks.
+        split: the split they were taken from (``--split``).
+        data: the evaluation's dataset folder (``--data``).
+
+    Returns:
+        How many of the tasks the run meta-trained on (only ever non-zero with ``split="all"``).
+
+    Raises:
+        ValueError: some of the tasks are training tasks and ``split`` is not ``"all"``.
+    """
+    n_train = max(1, cfg.train.updates * cfg.train.meta_batch)  # as train.common.prepare_run draws
+    overlap = trained_task_overlap(cfg.data, n_train, cfg.train.seed, dataset, taskset.tasks, data=data)
+    if overlap and split != "all":
+        raise ValueError(
+            f"{overlap} of the {len(taskset.tasks)} {split} tasks of {dataset} are tasks this run "
+            f"meta-trained on (data.source={cfg.data.source}, data.benchmark={cfg.data.benchmark}); "
+            "score --split test (or val), or ask for --split all knowingly")
+    return overlap
+
+
 def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None, steps: int | None = None,
-                 repeats: int = 0, induction: bool = False, batch_tasks: int = 32,
-                 feature_cache: str | Path | None = None, progress: bool = True,
-                 with_zero_steps: bool = True) -> dict[str, Any]:
+                 repeats: int = 0, induction: bool = False, batch_tasks: int | None = None,
+                 max_new_tokens: int | None = None, feature_cache: str | Path | None = None,
+                 progress: bool = True, with_zero_steps: bool = True) -> dict[str, Any]:
     """Evaluate a loaded run (``pretrained.load_run``) on a task set.
 
     Args:
@@ -32,15 +83,21 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
         method: an evaluation method (default: the one the run was trained for).
         steps: adaptation steps (default: ``eval.fewshot.adaptation_steps``' rule).
         repeats: show each support example this many more times.
-        induction: put the task-induction instruction before each question.
+        induction: put the task-induction instruction before each question (the caller refuses
+            it where it is undefined: ``data.sources.check_task_induction``).
+        batch_tasks: tasks answered together (default: the run's ``eval.batch_tasks``).
+        max_new_tokens: answer length limit (default: the run's ``eval.max_new_tokens``).
         with_zero_steps: for methods that adapt, also score the same tasks without adaptation.
 
     Returns:
-        A JSON-ready dict with ``accuracy``, ``ci95``, ``n_tasks`` and, for methods that adapt,
-        ``accuracy_0_steps`` (the same tasks without adaptation).
+        A JSON-ready dict with ``accuracy``, ``ci95`` (``[low, high]``), ``ci_method``,
+        ``n_tasks`` and, for methods that adapt, ``accuracy_0_steps`` (the same tasks without
+        adaptation).
     """
     model, cfg = run.model, run.config
     method = method or run.method
+    batch_tasks = batch_tasks or cfg.eval.batch_tasks
+    max_new_tokens = max_new_tokens or cfg.eval.max_new_tokens
     n_steps = adaptation_steps(method, steps, cfg.train.inner.steps)
     tasks = [with_repeats(t, repeats) for t in taskset.tasks]
     if induction:
@@ -55,14 +112,16 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
         raise ValueError("no task left to evaluate (every task has an unreadable image)")
     loop = replace(cfg.train.inner, steps=n_steps)
     res = evaluate(model, tasks, table, method=method, steps=n_steps, loop=loop, lrs=run.lrs,
-                   batch_tasks=batch_tasks, progress=progress, distributed=True)
+                   batch_tasks=batch_tasks, max_new_tokens=max_new_tokens, progress=progress,
+                   distributed=True)
     out = res.to_dict()
     out.update(ways=tasks[0].ways, shots=tasks[0].shots, repeats=repeats, induction=induction,
                skipped_images=[k for k, _ in table.skipped])
     out["checkpoint"] = checkpoint_record(run)  # which weights answered
     if with_zero_steps and res.steps > 0:
         zero = evaluate(model, tasks, table, method=method, steps=0, loop=replace(loop, steps=0),
-                        batch_tasks=batch_tasks, progress=progress, distributed=True)
+                        batch_tasks=batch_tasks, max_new_tokens=max_new_tokens, progress=progress,
+                        distributed=True)
         out["accuracy_0_steps"] = zero.accuracy
         out["ci95_0_steps"] = zero.ci95
     return out

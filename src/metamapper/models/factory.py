@@ -52,9 +52,12 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
         visual_dim=dim, embed_dim=lm.embed_dim, prefix_len=mc.prefix_len, dropout=mc.dropout,
         output_scale=scale, standardize=mc.standardize,
     )
-    if mc.kind == "attention":
+    kind = "paper" if mc.preset == "paper" else mc.kind  # the authors' mapper (PaperMapper)
+    if kind == "attention":
         kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first)
-    mapper = build_mapper(mc.kind, **kwargs)
+    elif kind == "paper":
+        kwargs.update(num_heads=mc.num_heads)
+    mapper = build_mapper(kind, **kwargs)
     return MetaMapper(vision=vision, lm=lm, mapper=mapper)
 
 

@@ -297,7 +297,8 @@ class Bookkeeping:
             val_accuracy = res.accuracy
             self.log.write(step=done, val_accuracy=res.accuracy, val_ci95=res.ci95,
                            val_support_fit=res.support_fit, val_method=res.method)
-            self.say(f"update {done}: validation accuracy {res.accuracy:.3f} +/- {res.ci95:.3f}"
+            self.say(f"update {done}: validation accuracy {res.accuracy:.3f} "
+                     f"(95% CI {res.ci95[0]:.3f}-{res.ci95[1]:.3f})"
                      + (f", support fit {res.support_fit:.3f}" if res.support_fit is not None else ""))
             self.model.train()
         out_of_time = distributed.any_flag(time.time() > self.deadline)

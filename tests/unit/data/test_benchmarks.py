@@ -70,7 +70,7 @@ def test_images_subfolder_and_multiword_names(tmp_path):
     rec = make_record(tmp_path, "0001", 2, 1, prefix="real_name_mi", sub="images")
     rec["caption_1"], rec["caption_2"] = "This is a ankle boot", "This is a bag."
     write_benchmark(tmp_path, [rec], name="real_name_mi")
-    ts = evaluation_tasks("real_name_mi", data=str(tmp_path), ways=2, shots=1, n_tasks=0)
+    ts = evaluation_tasks("real_name_mi", data=str(tmp_path), ways=2, shots=1, n_tasks=0, split="all")
     t = ts.tasks[0]
     assert t.words == ("ankle boot", "bag")
     assert t.support[0].image.startswith("images/")

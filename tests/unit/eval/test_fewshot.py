@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from metamapper.eval.fewshot import (
     get_method,
     support_fit_episode,
 )
-from metamapper.eval.metrics import exact_match, mean_ci95, normalize_answer
+from metamapper.eval.metrics import exact_match, normalize_answer
 from metamapper.eval.report import (
     plot_accuracy_vs_shots,
     plot_training_curves,
@@ -94,15 +93,6 @@ def test_exact_match(prediction: str, answer: str, hit: bool) -> None:
     assert exact_match(prediction, answer) is hit
 
 
-def test_mean_ci95() -> None:
-    m, ci = mean_ci95([0, 1, 1, 0])
-    assert m == 0.5 and ci == pytest.approx(1.96 * math.sqrt((1 / 3) / 4))
-    assert mean_ci95([1.0, 1.0, 1.0]) == (1.0, 0.0)
-    m, ci = mean_ci95([0.25])
-    assert m == 0.25 and math.isnan(ci)
-    assert all(math.isnan(x) for x in mean_ci95([]))
-
-
 # ----------------------------------------------------------------------------- evaluate
 
 
@@ -137,6 +127,9 @@ def test_evaluate_on_synthetic_tasks(model: MetaMapper, tasks, method: str) -> N
     assert len(res.examples) == 5 and all(isinstance(e["prediction"], str) for e in res.examples)
     assert {e["answer"] for e in res.examples} <= {w for t in tasks for w in t.words}
     assert json.loads(json.dumps(res.to_dict()))["n_tasks"] == len(tasks)
+    lo, hi = res.ci95  # two queries per task: Wilson over the tasks, and the bootstrap beside it
+    assert res.ci_method == "wilson-tasks" and lo <= res.accuracy <= hi
+    assert res.ci95_bootstrap is not None
 
 
 @pytest.mark.parametrize("method", ["maml", "in-context"])
@@ -198,21 +191,25 @@ def test_evaluation_tasks_refuse_bad_settings() -> None:
 
 
 ROWS = [
+    {"method": "maml", "dataset": "synthetic", "ways": 2, "shots": 1, "accuracy": 0.5,
+     "ci95": [0.3, 0.7], "n_tasks": 10, "accuracy_0_steps": 0.25},
+    {"method": "maml", "dataset": "synthetic", "ways": 2, "shots": 5, "accuracy": 0.75,
+     "ci95": [float("nan"), float("nan")], "n_tasks": 10},
+    {"method": "in-context", "label": "frozen", "dataset": "fashion", "split": "val", "ways": 2,
+     "shots": 1, "accuracy": 0.0, "ci95": [0.0, 0.1611], "n_tasks": 20},
     {"method": "maml", "dataset": "synthetic", "ways": 2, "shots": 1, "accuracy": 0.5, "ci95": 0.1,
-     "n_tasks": 10, "accuracy_0_steps": 0.25},
-    {"method": "maml", "dataset": "synthetic", "ways": 2, "shots": 5, "accuracy": 0.75, "ci95": float("nan"),
-     "n_tasks": 10},
-    {"method": "in-context", "label": "frozen", "dataset": "fashion", "ways": 2, "shots": 1,
-     "accuracy": 1.0, "ci95": 0.0, "n_tasks": 3},
+     "n_tasks": 10},  # a row written before intervals were asymmetric: a half-width
 ]
 
 
 def test_results_table() -> None:
     table = results_table(ROWS).splitlines()
     assert len(table) == 2 + len(ROWS)
-    assert table[2] == "| maml | synthetic | 2 | 1 | 50.0 | 10.0 | 25.0 | 10 |"
-    assert table[3] == "| maml | synthetic | 2 | 5 | 75.0 | — | — | 10 |"
-    assert table[4].startswith("| frozen | fashion |")
+    assert table[0].startswith("| method | dataset | ways | shots | accuracy % (95% CI) |")
+    assert table[2] == "| maml | synthetic | 2 | 1 | 50.0 (30.0–70.0) | 25.0 | 10 |"
+    assert table[3] == "| maml | synthetic | 2 | 5 | 75.0 | — | 10 |"
+    assert table[4] == "| frozen | fashion (val) | 2 | 1 | 0.0 (0.0–16.1) | — | 20 |"
+    assert table[5] == "| maml | synthetic | 2 | 1 | 50.0 ± 10.0 | — | 10 |"
 
 
 def test_results_and_plots_are_written(tmp_path: Path) -> None:
