@@ -243,7 +243,7 @@ def test_keep_best_keeps_and_selects_the_best_validated_checkpoint(
     accuracies = iter([0.9, 0.1])
 
     def fake_evaluate(*args, **kwargs) -> EvalResult:
-        return EvalResult(method="in-context", accuracy=next(accuracies), ci95=0.0, n_tasks=1,
+        return EvalResult(method="in-context", accuracy=next(accuracies), ci95=(0.0, 0.0), n_tasks=1,
                           n_queries=1, steps=0)
 
     monkeypatch.setattr(episodic, "evaluate", fake_evaluate)
