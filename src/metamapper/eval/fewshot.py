@@ -315,7 +315,9 @@ def evaluate(
         per_task = ordered
         fits = [f for p in parts for f in p[1]]
         n_queries = sum(p[2] for p in parts)
-        examples = [e for p in parts for e in p[3]][:n_examples]
+        # the first examples of the whole task list: rank r's i-th example is of task r + i * world
+        indexed = [(i * world + r, e) for r, p in enumerate(parts) for i, e in enumerate(p[3])]
+        examples = [e for _, e in sorted(indexed, key=lambda x: x[0])][:n_examples]
     acc, ci = mean_ci95(per_task)
     fit = sum(fits) / len(fits) if fits else None
     return EvalResult(method=method, accuracy=acc, ci95=ci, n_tasks=len(per_task),
