@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ import yaml
 from tiny_data import write_benchmark, write_coco, write_fashion
 
 from metamapper.checkpoint import list_checkpoints, read_checkpoint
-from metamapper.cli import main
 from metamapper.config import Config, config_from_dict, dump_config, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,17 +57,6 @@ def test_config_loads_validates_and_round_trips(path: Path) -> None:
 
 
 # ------------------------------------------------------------------ one update, tiny stand-ins
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Iterator[Path]:
-    """In-process CLI runs: one thread, a private metamapper cache, not distributed."""
-    tmp = tmp_path_factory.mktemp("configs")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("METAMAPPER_CACHE", str(tmp / "cache"))
-        for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
-            mp.delenv(key, raising=False)
-        yield tmp
 
 
 def stand_ins(cfg: Config, tmp: Path, tiny: dict[str, dict[str, Path]]) -> list[str]:
@@ -104,14 +91,13 @@ def stand_ins(cfg: Config, tmp: Path, tiny: dict[str, dict[str, Path]]) -> list[
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
-def test_config_trains_one_update_on_tiny_stand_ins(path: Path, env: Path, tiny_dirs: dict[str, Path],
-                                                    tiny_dirs_gpt2: dict[str, Path],
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_trains_one_update_on_tiny_stand_ins(path: Path, in_process: Path, cli,
+                                                    tiny_dirs: dict[str, Path],
+                                                    tiny_dirs_gpt2: dict[str, Path]) -> None:
     cfg = load_config(path)
-    overrides = stand_ins(cfg, env, {"llama": tiny_dirs, "gpt2": tiny_dirs_gpt2})
-    out = env / "runs" / path.stem
-    code = main(["train", "--config", str(path), "--out", str(out), *overrides])
-    assert code == 0, capsys.readouterr().err[-3000:]
+    overrides = stand_ins(cfg, in_process, {"llama": tiny_dirs, "gpt2": tiny_dirs_gpt2})
+    out = in_process / "runs" / path.stem
+    cli("train", "--config", path, "--out", out, *overrides)
     [ckpt] = list_checkpoints(out)
     meta = read_checkpoint(ckpt).meta
     assert meta["config"] == load_config(path, overrides).to_dict()  # the config as written

@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import dist_eval
@@ -18,7 +17,6 @@ import pytest
 import torch
 
 from metamapper.checkpoint import latest_checkpoint, list_checkpoints, read_checkpoint
-from metamapper.cli import main
 from metamapper.data.synthetic import build_synthetic_tasks
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,25 +34,9 @@ def _run(cmd: list[str], tmp: Path, **env: str) -> subprocess.CompletedProcess[s
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory: pytest.TempPathFactory, one_thread: None) -> Iterator[Path]:
-    """The one-process side runs in this process (a launch fewer): one thread, the module's
-    metamapper cache, no torchrun variables. Yields the module's folder."""
-    tmp = tmp_path_factory.mktemp("dist")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("METAMAPPER_CACHE", str(tmp / "cache"))
-        for key in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-            mp.delenv(key, raising=False)
-        yield tmp
-
-
-def cli(*args: str) -> None:
-    """``metamapper ARGS`` in this process."""
-    assert main(list(args)) == 0
-
-
-@pytest.fixture(scope="module")
-def runs(one_process: Path, lively_dirs: dict[str, Path]) -> dict[str, Path]:
-    tmp = one_process
+def runs(in_process: Path, cli, lively_dirs: dict[str, Path]) -> dict[str, Path]:
+    """The same 3 updates in this process and under torchrun with 2 processes."""
+    tmp = in_process
     train = [*TRAIN, f"backbones.lm_path={lively_dirs['lm']}", f"data.feature_cache={tmp / 'features'}"]
     cli(*train, "--out", str(tmp / "single"))
     double = _run([*TORCHRUN, *CLI, *train, "--out", str(tmp / "double")], tmp)
@@ -95,7 +77,7 @@ def test_two_ranks_equal_one_process(runs: dict[str, Path]) -> None:
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5)
 
 
-def test_sharded_evaluation_equals_single_process(runs: dict[str, Path]) -> None:
+def test_sharded_evaluation_equals_single_process(runs: dict[str, Path], cli) -> None:
     """The CLI under torchrun writes the one-process results: the same examples in the same
     order (ranks hold tasks r, r + 2, ...), and the 0-step accuracy of an adapting method."""
     tmp = runs["tmp"]
