@@ -6,7 +6,7 @@ QUICK ?=
 FASHION_DIR := /usr/share/datasets/fashion-mnist
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup test demo lint bench clean
+.PHONY: setup test test-random demo lint bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,11 @@ setup: $(BIN)/.installed-dev $(FASHION_DIR)/train-images-idx3-ubyte.gz $(CHROMIU
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/pytest -q
+
+# The suite in a random order (a new seed each time; pytest prints it: rerun with
+# --random-order-seed=N). No test may depend on another having run before it.
+test-random: setup
+	$(BIN)/pytest -q -p no:cacheprovider --random-order
 
 demo: $(BIN)/.installed $(FASHION_DIR)/train-images-idx3-ubyte.gz
 	$(BIN)/metamapper demo $(if $(QUICK),--quick,)

@@ -6,8 +6,10 @@ a test must not change their parameters, modes or ``requires_grad`` flags.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -93,6 +95,51 @@ def images():
     ]
 
 
+@pytest.fixture(scope="session")
+def lively_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Like ``tiny_dirs`` with an LM whose greedy answers depend on its input
+    (``tiny_data.write_lively_lm``)."""
+    from tiny_data import write_lively_lm
+
+    return write_lively_lm(tmp_path_factory.mktemp("lively"))
+
+
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)
+
+
+# set by pytest itself, or once by a library on first use (torch's compiler cache folder)
+_NOT_STATE = {"PYTEST_CURRENT_TEST", "TORCHINDUCTOR_CACHE_DIR"}
+
+
+def _global_state() -> dict[str, Any]:
+    env = {k: v for k, v in os.environ.items() if k not in _NOT_STATE}
+    return {"environment": env, "torch threads": torch.get_num_threads(),
+            "torch default dtype": torch.get_default_dtype(), "grad mode": torch.is_grad_enabled(),
+            "working directory": os.getcwd()}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _state_at_start() -> dict[str, Any]:
+    """The process state before any other fixture (autouse session fixtures are set up first)."""
+    return _global_state()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _no_leaked_global_state(request: pytest.FixtureRequest,
+                            _state_at_start: dict[str, Any]) -> Iterator[None]:
+    """After each test module (its fixtures torn down), the process is as the session found it, so
+    that no test depends on which module ran before it: environment variables, torch's thread
+    count, default dtype and grad mode, the working directory. A fixture that changes them is
+    module- or function-scoped and restores them (``monkeypatch``, or a try/finally); a
+    session-scoped one would change them for every module after it and fails here."""
+    yield
+    before, after = _state_at_start, _global_state()
+    changed = {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    if "environment" in changed:
+        b, a = changed.pop("environment")
+        changed.update({f"${k}": (b.get(k), a.get(k)) for k in sorted(b.keys() | a.keys())
+                        if b.get(k) != a.get(k)})
+    assert not changed, (f"{request.module.__name__} left the process changed (at the start of "
+                         f"the session, now): {changed}")

@@ -43,7 +43,12 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     from metamapper.distributed import init_from_env
     from metamapper.eval.fewshot import adaptation_steps
     from metamapper.eval.report import results_table
-    from metamapper.eval.run import check_trained_tasks, evaluate_run, read_run_config
+    from metamapper.eval.run import (
+        check_trained_tasks,
+        default_split,
+        evaluate_run,
+        read_run_config,
+    )
     from metamapper.pretrained import load_run
 
     rank, _ = init_from_env()  # under torchrun, ranks share the tasks; rank 0 reports
@@ -57,6 +62,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     if a.repeats < 0:
         raise ValueError(f"--repeats must be >= 0, got {a.repeats}")
     cfg = read_run_config(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback)
+    a.split = a.split or default_split(cfg, a.dataset)
     n_tasks = cfg.eval.tasks if a.tasks is None else a.tasks
     ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=n_tasks,
                           seed=a.seed, split=a.split)
@@ -112,12 +118,13 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
     from metamapper.config import load_config
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.sources import evaluation_tasks
+    from metamapper.eval.run import default_split
     from metamapper.models.factory import build_vision
 
     cfg = load_config(a.config, a.overrides)
     ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots,
                           n_tasks=cfg.eval.tasks if a.tasks is None else a.tasks, seed=a.seed,
-                          split=a.split)
+                          split=a.split or default_split(cfg, a.dataset))
     vision = build_vision(cfg.backbones)
     keys = [k for t in ts.tasks for k in t.image_keys()]
     table = FeatureTable.from_cache(vision, ts.images, keys, root=cfg.data.feature_cache)
@@ -188,11 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--shots", type=int, default=1)
         sp.add_argument("--tasks", type=int,
                         help="tasks to use (0: all; default: the run's / config's eval.tasks, 1000)")
-        sp.add_argument("--split", choices=EVAL_SPLITS, default="test",
-                        help="test (default): a benchmark file's seeded test part, or the held-out "
-                             "test tasks; val: its validation part / a validation stream of "
-                             "held-out tasks; train, all: a benchmark file's training part or all "
-                             "of it (refused for tasks the run meta-trained on, unless all)")
+        sp.add_argument("--split", choices=EVAL_SPLITS,
+                        help="test: a benchmark file's seeded test part, or the held-out test "
+                             "tasks; val: its validation part / a validation stream of held-out "
+                             "tasks; train, all: a benchmark file's training part or all of it "
+                             "(refused for tasks the run meta-trained on, unless all). Default: "
+                             "test, except all of a benchmark file the run did not train on")
         sp.add_argument("--seed", type=int, default=1234,
                         help="seed of sampled tasks (fixed: every run is scored on the same tasks)")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -24,11 +23,18 @@ FILE = "open_ended_mi_shots_1_ways_2_all_questions.json"
 
 # ------------------------------------------------------------------ benchmark JSON
 
-_folder = Path(tempfile.mkdtemp(prefix="mm-fuzz-bench-"))
-(_folder / "images").mkdir()
-for _name in ("q.jpg", "1.jpg", "2.jpg", "images/3.jpg"):
-    Image.new("RGB", (4, 4), (200, 10, 10)).save(_folder / _name)
-(_folder / "link.jpg").symlink_to("/etc/hostname")
+
+
+@pytest.fixture(scope="module")
+def bench_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A benchmark folder with the images the fuzzed records may name (and a link out of it)."""
+    folder = tmp_path_factory.mktemp("fuzz-bench")
+    (folder / "images").mkdir()
+    for name in ("q.jpg", "1.jpg", "2.jpg", "images/3.jpg"):
+        Image.new("RGB", (4, 4), (200, 10, 10)).save(folder / name)
+    (folder / "link.jpg").symlink_to("/etc/hostname")
+    return folder
+
 
 VALID = {"question_id": "0001", "question": "This is a", "question_image": "q.jpg",
          "answer": "blicket", "caption_1": "This is a dax", "image_1": "1.jpg",
@@ -77,44 +83,48 @@ def documents(draw) -> bytes:
 
 
 @FUZZ
-@given(documents())
-def test_benchmark_reader_raises_only_benchmark_format_error(doc: bytes) -> None:
-    (_folder / FILE).write_bytes(doc)
+@given(doc=documents())
+def test_benchmark_reader_raises_only_benchmark_format_error(bench_folder: Path, doc: bytes) -> None:
+    (bench_folder / FILE).write_bytes(doc)
     try:
-        tasks = load_benchmark(_folder, "open_ended_mi", 2, 1)
+        tasks = load_benchmark(bench_folder, "open_ended_mi", 2, 1)
     except BenchmarkFormatError as e:
         assert FILE in str(e)
         return
     for task in tasks:  # what loads is well-formed
         assert len(task.support) == 2 and len(task.queries) == 1 and len(task.words) == 2
-        assert all((_folder / ex.image).is_file() for ex in task.support)
+        assert all((bench_folder / ex.image).is_file() for ex in task.support)
         assert all(ex.caption.strip() for ex in task.support)
 
 
-def test_the_json_fuzzer_reaches_valid_documents() -> None:
+def test_the_json_fuzzer_reaches_valid_documents(bench_folder: Path) -> None:
     """Guards the fuzzer itself: the unmutated record loads."""
-    (_folder / FILE).write_bytes(json.dumps([VALID]).encode())
-    assert len(load_benchmark(_folder, "open_ended_mi", 2, 1)) == 1
+    (bench_folder / FILE).write_bytes(json.dumps([VALID]).encode())
+    assert len(load_benchmark(bench_folder, "open_ended_mi", 2, 1)) == 1
 
 
 # ------------------------------------------------------------------ images
 
 
-def _encode(mode: str, fmt: str, **kw) -> bytes:
+def _source(mode: str) -> Image.Image:
     rng = np.random.default_rng(0)
-    rgb = Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8))
-    im = Image.fromarray(rng.integers(0, 65536, (12, 10), dtype=np.uint16)) if mode == "I;16" \
-        else rgb.convert(mode)
+    if mode == "I;16":
+        return Image.fromarray(rng.integers(0, 65536, (12, 10), dtype=np.uint16))
+    return Image.fromarray(rng.integers(0, 256, (12, 10, 3), dtype=np.uint8)).convert(mode)
+
+
+def _encode(mode: str, fmt: str, **kw) -> bytes:
     buf = io.BytesIO()
-    im.save(buf, fmt, **kw)
+    _source(mode).save(buf, fmt, **kw)
     return buf.getvalue()
 
 
-SEEDS = [_encode("RGB", "PNG"), _encode("RGBA", "PNG"), _encode("P", "PNG"), _encode("I;16", "PNG"),
-         _encode("RGB", "JPEG"), _encode("CMYK", "JPEG"), _encode("L", "JPEG", progressive=True),
-         _encode("P", "GIF"), _encode("RGB", "BMP"), _encode("RGB", "TIFF"),
-         _encode("RGB", "TIFF", compression="tiff_lzw"), _encode("RGBA", "WEBP"),
-         _encode("RGB", "ICO")]
+# (mode, format, save options), all 10x12
+FORMATS = [("RGB", "PNG", {}), ("RGBA", "PNG", {}), ("P", "PNG", {}), ("I;16", "PNG", {}),
+           ("RGB", "JPEG", {}), ("CMYK", "JPEG", {}), ("L", "JPEG", {"progressive": True}),
+           ("P", "GIF", {}), ("RGB", "BMP", {}), ("RGB", "TIFF", {}),
+           ("RGB", "TIFF", {"compression": "tiff_lzw"}), ("RGBA", "WEBP", {}), ("RGB", "ICO", {})]
+SEEDS = [_encode(mode, fmt, **kw) for mode, fmt, kw in FORMATS]
 
 
 @st.composite
@@ -137,17 +147,19 @@ def image_bytes(draw) -> bytes:
     return bytes(data)
 
 
-_image_file = Path(tempfile.mkdtemp(prefix="mm-fuzz-img-")) / "fuzzed.img"
+@pytest.fixture(scope="module")
+def image_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz-img") / "fuzzed.img"
 
 
 @FUZZ
-@given(image_bytes() | st.binary(max_size=64))
-def test_image_reader_raises_only_image_load_error(data: bytes) -> None:
-    _image_file.write_bytes(data)
+@given(data=image_bytes() | st.binary(max_size=64))
+def test_image_reader_raises_only_image_load_error(image_file: Path, data: bytes) -> None:
+    image_file.write_bytes(data)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # PIL warns about odd files it still reads
-            im = load_image(_image_file)
+            im = load_image(image_file)
     except ImageLoadError as e:
         assert "fuzzed.img" in str(e)
         return
@@ -155,7 +167,12 @@ def test_image_reader_raises_only_image_load_error(data: bytes) -> None:
     im.tobytes()  # fully decoded
 
 
-@pytest.mark.parametrize("seed", range(len(SEEDS)))
-def test_the_image_fuzzer_seeds_are_readable(seed: int, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("seed", "fmt"), [(i, f"{m}-{f}") for i, (m, f, _) in enumerate(FORMATS)])
+def test_the_image_fuzzer_seeds_are_readable(seed: int, fmt: str, tmp_path: Path) -> None:
+    """Each seed loads at its size; the lossless RGB ones (PNG, BMP, TIFF, ICO) pixel for pixel."""
     (tmp_path / "x").write_bytes(SEEDS[seed])
-    assert load_image(tmp_path / "x").size == (10, 12) or seed == len(SEEDS) - 1  # ICO: resized
+    im = load_image(tmp_path / "x")
+    assert im.mode == "RGB" and im.size == (10, 12)
+    mode, file_format, _ = FORMATS[seed]
+    if mode == "RGB" and file_format != "JPEG":
+        assert np.array_equal(np.asarray(im), np.asarray(_source("RGB")))

@@ -168,8 +168,15 @@ def _check(**kw) -> None:
 
 
 def test_check_compatible_accepts_the_same_backbones() -> None:
-    _check()
-    _check(vision=None)  # e.g. features only
+    """Same identities and sizes pass, and so do the cases where the vision encoder cannot be
+    compared: a model built without it (cached features) or a checkpoint that names none."""
+    meta = json.loads(json.dumps(META))
+    same = dict(lm="tiny-lm:llama:seed0", visual_dim=16, embed_dim=32, where="run/x")
+    assert check_compatible(META, vision="tiny-clip:seed0", **same) is None
+    assert check_compatible(META, vision=None, **same) is None  # e.g. features only
+    assert check_compatible({**META, "vision_identity": None}, vision="efficientnet-lite0",
+                            **same) is None
+    assert META == meta  # nothing written into the checkpoint's record
 
 
 @pytest.mark.parametrize(

@@ -264,7 +264,9 @@ def evaluate(
         per_task = ordered
         fits = [f for p in parts for f in p[1]]
         n_queries = sum(p[2] for p in parts)
-        examples = [e for p in parts for e in p[3]][:n_examples]
+        # the first examples of the whole task list: rank r's i-th example is of task r + i * world
+        indexed = [(i * world + r, e) for r, p in enumerate(parts) for i, e in enumerate(p[3])]
+        examples = [e for _, e in sorted(indexed, key=lambda x: x[0])][:n_examples]
     acc = sum(per_task) / len(per_task) if per_task else float("nan")
     ci, ci_method = accuracy_interval(per_task, n_queries)
     boot = bootstrap_interval(per_task, seed=0) if n_queries != len(per_task) else None

@@ -21,6 +21,7 @@ from metamapper.checkpoint import (
     select_checkpoint,
 )
 from metamapper.config import Config, ConfigError, config_from_dict
+from metamapper.data.benchmarks import BENCHMARK_NAMES
 from metamapper.data.feature_table import FeatureTable
 from metamapper.data.sources import trained_task_overlap
 from metamapper.data.tasks import TaskSet, filter_tasks, with_repeats, with_task_induction
@@ -41,6 +42,22 @@ def read_run_config(path: str | os.PathLike[str], *, step: str | int | None = No
         return config_from_dict(checkpoint_config(ckpt))
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {ckpt.path}: meta.json holds no valid config ({e})") from None
+
+
+def default_split(cfg: Config, dataset: str) -> str:
+    """The split ``evaluate`` scores when none is asked for: the test part of a benchmark file the
+    run meta-trained on (in-domain), all of a benchmark file it never saw (cross-domain, as the
+    published figures are), and the test tasks of every other source.
+
+    Example::
+
+        >>> default_split(Config(), "open_ended_mi"), default_split(Config(), "fashion-open-ended")
+        ('all', 'test')
+    """
+    if dataset not in BENCHMARK_NAMES:
+        return "test"
+    in_domain = cfg.data.source == "frozen-benchmark" and cfg.data.benchmark == dataset
+    return "test" if in_domain else "all"
 
 
 def check_trained_tasks(cfg: Config, dataset: str, taskset: TaskSet, *, split: str,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,7 @@ from metamapper.eval.fewshot import (
     get_method,
     support_fit_episode,
 )
-from metamapper.eval.metrics import exact_match, normalize_answer
+from metamapper.eval.metrics import accuracy_interval, exact_match, normalize_answer
 from metamapper.eval.report import (
     plot_accuracy_vs_shots,
     plot_training_curves,
@@ -31,10 +33,29 @@ from metamapper.models.metamapper import MetaMapper
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
+SMOKE = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
+
 
 @pytest.fixture(scope="module")
-def model(smoke_model: MetaMapper) -> MetaMapper:
-    return smoke_model
+def model(lively_dirs: dict[str, Path]) -> MetaMapper:
+    """The smoke model (random mapper, dropout 0.1, 16-d features) on a tiny LM whose answers
+    depend on its input: the smoke config's own tiny LM answers "a a a a" to everything, so
+    comparisons of its answers could not fail."""
+    from metamapper.config import load_config
+    from metamapper.models.factory import build_model
+
+    cfg = load_config(SMOKE, ["backbones.lm=hf", f"backbones.lm_path={lively_dirs['lm']}"])
+    assert cfg.mapper.dropout > 0  # so that answering in training mode would show
+    torch.manual_seed(0)
+    return build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16)
+
+
+@pytest.fixture(autouse=True)
+def _eval_mode(model: MetaMapper) -> Iterator[None]:
+    """Each test starts with the shared model in eval mode (dropout off) and leaves it so."""
+    model.eval()
+    yield
+    model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -114,22 +135,85 @@ def test_one_rule_for_adaptation_steps() -> None:
         adaptation_steps("maml", -1, 0)
 
 
+def answers_of(model: MetaMapper, eps: list[Episode], fmt: str, loop: InnerLoop) -> list[list[str]]:
+    return answer_episodes(model, eps, query_format=fmt, loop=loop, max_new_tokens=4)[0]
+
+
+def test_the_models_answers_depend_on_the_input(model: MetaMapper, tasks) -> None:
+    """Guards the tests below: answers that never change would make their comparisons vacuous."""
+    eps = [episode_from_task(t, Features()) for t in tasks]
+    for fmt in ("prefix", "in_context"):
+        answers = [a for ep in answers_of(model, eps, fmt, InnerLoop(steps=0)) for a in ep]
+        assert len(set(answers)) >= 3, (fmt, answers)
+
+
+class ScriptedLM:
+    """Stands in for ``model.generate``: runs the real generation (so the prompts are built and
+    checked as usual) but returns ``outputs`` in order, one per prompt row."""
+
+    def __init__(self, model: MetaMapper, outputs: list[str]) -> None:
+        self.generate, self.outputs, self.calls = model.generate, list(outputs), []
+
+    def __call__(self, features, rows, *args, **kwargs) -> list[str]:
+        assert len(self.generate(features, rows, *args, **kwargs)) == len(rows)
+        self.calls.append(len(rows))
+        out, self.outputs = self.outputs[: len(rows)], self.outputs[len(rows) :]
+        return out
+
+
 @pytest.mark.parametrize("method", ["maml", "no-adapt", "in-context"])
-def test_evaluate_on_synthetic_tasks(model: MetaMapper, tasks, method: str) -> None:
+def test_evaluate_scores_each_query_against_its_own_answer(model: MetaMapper, tasks, method: str,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Known accuracy: the LM's answer to query q of task t is right (written as the LM might:
+    capitals, article, period, more text after a newline) when ``(t + q) % 3 == 0`` or q == 0 for
+    even t, and otherwise wrong (the task's other word, or a near miss: the answer plus "s");
+    with maml, its answer to support image i (support fit) is right for i == 0 only."""
+    eps = [episode_from_task(t, Features()) for t in tasks]
+    right = [[(t + q) % 3 == 0 or (q == 0 and t % 2 == 0) for q in range(ep.n_query)]
+             for t, ep in enumerate(eps)]
+    outputs = []
+    for t, (ep, task) in enumerate(zip(eps, tasks, strict=True)):
+        for q, answer in enumerate(ep.answers):
+            wrong = next(w for w in task.words if w != answer) if t % 2 else f"{answer}s"
+            outputs.append(f" The {answer.title()}.\nThis is" if right[t][q] else f" {wrong}")
+    fit = method == "maml"
+    if fit:  # one batch: the queries' prompts, then the support images' prompts
+        outputs += [f" {c.split()[-1]}" if i == 0 else " nothing" for ep in eps
+                    for i, c in enumerate(ep.captions)]
+    lm = ScriptedLM(model, outputs)
+    monkeypatch.setattr(model, "generate", lm)
     model.train()
     res = evaluate(model, tasks, Features(), method=method, steps=1 if method == "maml" else None,
-                   progress=False, max_new_tokens=3)
+                   progress=False, max_new_tokens=3, support_fit=fit, batch_tasks=len(tasks))
     assert model.training  # the mode is restored
-    assert 0.0 <= res.accuracy <= 1.0
+    assert lm.outputs == [] and lm.calls == [2 * len(tasks)] + ([2 * len(tasks)] if fit else [])
+    per_task = [sum(r) / len(r) for r in right]
+    assert res.accuracy == pytest.approx(sum(per_task) / len(per_task))
+    assert tuple(res.ci95) == tuple(accuracy_interval(per_task, 2 * len(tasks))[0])
+    assert 0 < res.accuracy < 1
     assert res.n_tasks == len(tasks) and res.n_queries == 2 * len(tasks)
-    assert res.steps == (1 if method == "maml" else 0)
-    assert res.method == method and res.support_fit is None
-    assert len(res.examples) == 5 and all(isinstance(e["prediction"], str) for e in res.examples)
-    assert {e["answer"] for e in res.examples} <= {w for t in tasks for w in t.words}
-    assert json.loads(json.dumps(res.to_dict()))["n_tasks"] == len(tasks)
+    assert res.steps == (1 if method == "maml" else 0) and res.method == method
+    assert res.support_fit == (0.5 if fit else None)
+    assert [e["answer"] for e in res.examples] == [ep.answers[0] for ep in eps]
+    assert [e["prediction"] for e in res.examples] == [outputs[2 * t] for t in range(len(tasks))]
+    saved = json.loads(json.dumps(res.to_dict()))  # the results file holds what evaluate measured
+    assert saved["accuracy"] == res.accuracy and saved["ci95"] == list(res.ci95)
+    assert saved["examples"] == res.examples and saved["n_queries"] == res.n_queries
     lo, hi = res.ci95  # two queries per task: Wilson over the tasks, and the bootstrap beside it
     assert res.ci_method == "wilson-tasks" and lo <= res.accuracy <= hi
     assert res.ci95_bootstrap is not None
+
+
+@pytest.mark.parametrize("method", ["maml", "in-context"])
+def test_evaluate_answers_with_dropout_off(model: MetaMapper, tasks, method: str) -> None:
+    """Lesson 6: a model left in training mode (mapper dropout 0.1) answers as in eval mode."""
+    feats = Features()
+    kw = dict(method=method, steps=2, loop=InnerLoop(lr=0.5), progress=False, n_examples=100,
+              max_new_tokens=4)
+    want = evaluate(model, tasks, feats, **kw).to_dict()
+    for _ in range(2):
+        model.train()
+        assert evaluate(model, tasks, feats, **kw).to_dict() == want
 
 
 @pytest.mark.parametrize("method", ["maml", "in-context"])
@@ -144,27 +228,40 @@ def test_batch_tasks_do_not_change_predictions(model: MetaMapper, tasks, method:
     eps = [episode_from_task(t, feats) for t in tasks]
     fmt = METHODS[method].query_format
     loop = InnerLoop(steps=METHODS[method].default_steps or 2, lr=0.5)
-    together, _ = answer_episodes(model, eps, query_format=fmt, loop=loop, max_new_tokens=4)
-    alone = [answer_episodes(model, [ep], query_format=fmt, loop=loop, max_new_tokens=4)[0][0]
-             for ep in eps]
+    together = answers_of(model, eps, fmt, loop)
+    alone = [answers_of(model, [ep], fmt, loop)[0] for ep in eps]
     assert together == alone
     assert [len(a) for a in together] == [ep.n_query for ep in eps]
+    assert len({a for ep in together for a in ep}) > 1  # not one answer for everything
 
 
 def test_adaptation_steps_change_the_maml_answers(model: MetaMapper, tasks) -> None:
     feats = Features()
     eps = [episode_from_task(t, feats) for t in tasks]
-    _, p0 = answer_episodes(model, eps, query_format="prefix", loop=InnerLoop(steps=0))
-    _, p2 = answer_episodes(model, eps, query_format="prefix", loop=InnerLoop(steps=2, lr=0.5))
+    a0, p0 = answer_episodes(model, eps, query_format="prefix", loop=InnerLoop(steps=0),
+                             max_new_tokens=4)
+    a2, p2 = answer_episodes(model, eps, query_format="prefix", loop=InnerLoop(steps=2, lr=0.5),
+                             max_new_tokens=4)
     assert p0 == [{} for _ in eps]
     assert not torch.allclose(p2[0]["prefix"], model.mapper.prefix)
     assert not p2[0]["prefix"].requires_grad
+    assert a2 != a0  # the adapted parameters answer
+    assert answers_of(model, eps, "prefix", InnerLoop(steps=0)) == a0  # the model is untouched
 
 
-def test_support_fit_is_computed_for_maml(model: MetaMapper, tasks) -> None:
-    res = evaluate(model, tasks, Features(), method="maml", steps=1, support_fit=True, progress=False,
-                   max_new_tokens=3)
-    assert res.support_fit is not None and 0.0 <= res.support_fit <= 1.0
+def test_the_question_and_the_support_reach_the_lm(model: MetaMapper, tasks) -> None:
+    """Lesson 1: the question text is part of the prompt in both formats; the support captions
+    are in context for in-context answers, and are not seen by prefix answers without steps."""
+    eps = [episode_from_task(t, Features()) for t in tasks]
+    asked = [dataclasses.replace(ep, questions=["What colour is it?"] * ep.n_query) for ep in eps]
+    renamed = [dataclasses.replace(ep, captions=[c.replace("This is a", "Look, a") for c in ep.captions])
+               for ep in eps]
+    still = InnerLoop(steps=0)
+    for fmt in ("prefix", "in_context"):
+        base = answers_of(model, eps, fmt, still)
+        assert answers_of(model, asked, fmt, still) != base, fmt
+    assert answers_of(model, renamed, "in_context", still) != answers_of(model, eps, "in_context", still)
+    assert answers_of(model, renamed, "prefix", still) == answers_of(model, eps, "prefix", still)
 
 
 def test_support_fit_episode_asks_for_the_support_words() -> None:
