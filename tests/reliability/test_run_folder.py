@@ -269,14 +269,17 @@ def test_an_empty_section_in_a_config_file_means_its_defaults(tmp_path: Path) ->
     assert cfg.train.inner == Config().train.inner and cfg.data.ways == Config().data.ways
 
 
-def test_an_empty_benchmark_is_named_before_any_backbone_loads(tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_empty_benchmark_is_named_before_any_backbone_loads(base_run: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str],
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "open_ended_mi_shots_1_ways_2_all_questions.json").write_text("[]")
-    # the checkpoint does not even exist: the empty list is found first
-    rc = main(["evaluate", "--checkpoint", str(tmp_path / "no-run"), "--dataset", "open_ended_mi",
+    monkeypatch.setattr("metamapper.pretrained.load_run",
+                        lambda *a, **k: pytest.fail("the backbones were loaded"))
+    rc = main(["evaluate", "--checkpoint", str(base_run), "--dataset", "open_ended_mi",
                "--data", str(tmp_path)])
     assert rc == 2
-    assert "open_ended_mi in" in capsys.readouterr().err.strip().splitlines()[-1]
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "open_ended_mi_shots_1_ways_2_all_questions.json" in err and "empty" in err
 
 
 def test_too_many_shots_names_the_config_keys(mm_env: dict[str, str], tmp_path: Path,
