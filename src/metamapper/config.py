@@ -121,7 +121,7 @@ class TrainConfig:
     seed: int = 0  # seed of task sampling and initialisation
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     max_bad_updates: int = 10  # stop after this many non-finite losses/gradients in a row
-    lm_dtype: str = "bfloat16"  # float32 | bfloat16: the frozen LM during training (mapper, optimiser and loss stay float32; evaluation runs float32); bfloat16 is ~2.3x faster on CPU (benchmarks/lm_dtype.py)
+    lm_dtype: str = "auto"  # the frozen LM while training: auto (bfloat16 where the hardware computes it natively: CUDA, or a CPU with AVX512-BF16/AMX; else float32) | float32 | bfloat16. The mapper, optimiser and loss stay float32; evaluation runs float32. On a CPU without native bfloat16 (e.g. AVX2 only) bfloat16 is ~40x slower (benchmarks/lm_dtype.py)
 
 
 @dataclass
@@ -297,8 +297,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("eval.tasks must be >= 0, eval.max_new_tokens and eval.batch_tasks >= 1")
     if cfg.mapper.prefix_len < 1:
         raise ConfigError(f"mapper.prefix_len must be >= 1, got {cfg.mapper.prefix_len}")
-    if t.lm_dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"train.lm_dtype must be float32 or bfloat16, got {t.lm_dtype!r}")
+    if t.lm_dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"train.lm_dtype must be auto, float32 or bfloat16, got {t.lm_dtype!r}")
     if d.naming not in ("made_up", "real"):
         raise ConfigError(f"data.naming must be made_up or real, got {d.naming!r}")
     m = cfg.mapper

@@ -52,3 +52,16 @@ def test_bfloat16_lm_keeps_a_float32_mapper_and_loss(one_thread):
 def test_unknown_lm_dtype_is_a_config_error():
     with pytest.raises(ConfigError, match="train.lm_dtype"):
         load_config(SMOKE_CONFIG, ["train.lm_dtype=float16"])
+
+
+def test_auto_lm_dtype_is_bfloat16_only_where_the_hardware_has_it(monkeypatch) -> None:
+    import torch
+
+    from metamapper.train.common import training_lm_dtype
+
+    assert training_lm_dtype("float32", torch.device("cuda")) == "float32"  # explicit wins
+    assert training_lm_dtype("bfloat16", torch.device("cpu")) == "bfloat16"
+    assert training_lm_dtype("auto", torch.device("cuda")) == "bfloat16"
+    for native, want in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda n=native: n)
+        assert training_lm_dtype("auto", torch.device("cpu")) == want
