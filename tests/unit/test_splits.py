@@ -110,7 +110,7 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 def test_evaluate_refuses_training_tasks_before_loading_the_model(
         bench: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(eval_run, "read_run_config", lambda path: in_domain_run(bench))
+    monkeypatch.setattr(eval_run, "read_run_config", lambda path, **k: in_domain_run(bench))
     monkeypatch.setattr("metamapper.pretrained.load_run", lambda *a, **k: pytest.fail("loaded"))
     code, err = run_cli(["evaluate", "--checkpoint", "runs/x", "--dataset", "open_ended_mi",
                          "--data", str(bench), "--split", "train"], capsys)
@@ -128,7 +128,7 @@ def test_evaluate_takes_its_defaults_from_the_runs_eval_section(
         seen.update(n=len(taskset.tasks), kw=kw)
         return {"method": "maml", "accuracy": 0.0, "ci95": [0.0, 0.5], "n_tasks": len(taskset.tasks)}
 
-    monkeypatch.setattr(eval_run, "read_run_config", lambda path: cfg)
+    monkeypatch.setattr(eval_run, "read_run_config", lambda path, **k: cfg)
     monkeypatch.setattr("metamapper.pretrained.load_run", lambda *a, **k: object())
     monkeypatch.setattr(eval_run, "evaluate_run", fake_evaluate_run)
     out = tmp_path / "res.json"
