@@ -80,7 +80,8 @@ class InnerLearningRates(nn.Module):
         n = max(steps, 1) if per_step else 1
         self.per_step = per_step
         self.lrs = nn.ParameterDict(
-            {_key(k): nn.Parameter(torch.full((n, *v.shape), float(init))) for k, v in params.items()}
+            {_key(k): nn.Parameter(torch.full((n, *v.shape), float(init), device=v.device, dtype=v.dtype))
+             for k, v in params.items()}
         )
 
     def get(self, name: str, step: int) -> torch.Tensor:
@@ -100,17 +101,24 @@ def task_prefixes(
     model: MetaMapper,
     features: torch.Tensor,
     batch: PackedBatch,
-    row_task: torch.Tensor,
+    row_task: Sequence[int] | torch.Tensor,
     params: Sequence[Mapping[str, torch.Tensor]],
 ) -> torch.Tensor:
     """Prefix vectors of every image slot of ``batch``, each with its own task's parameters.
 
+    ``row_task[r]`` is the task of row ``r`` (non-decreasing: rows are in task order).
     Returns ``(S, l, D)`` in slot order. Slots are in row order and rows in task order, so the
-    per-task results concatenate in slot order.
+    slots of task ``t`` are one contiguous run and the per-task results concatenate in slot order.
     """
-    slot_task = row_task[batch.prefix_rows[:: model.prefix_len]]  # (S,) task of each image slot
+    row_task = row_task.tolist() if isinstance(row_task, torch.Tensor) else list(row_task)
+    slot_task = [row_task[r] for r in batch.slot_rows]  # task of each image slot (host: no sync)
+    if slot_task != sorted(slot_task):
+        raise ValueError("rows must be grouped by task in task order")
+    counts = [0] * len(params)
+    for t in slot_task:
+        counts[t] += 1
     feats = features[batch.image_index]  # (S, n_tokens, dim) in slot order
-    return torch.cat([model.prefixes(feats[slot_task == t], params[t]) for t in range(len(params))])
+    return torch.cat([model.prefixes(f, p) for f, p in zip(feats.split(counts), params, strict=True)])
 
 
 def task_losses(
@@ -131,12 +139,12 @@ def task_losses(
         ])
     eb = batch_rows(episodes, make_rows)
     batch = model.pack(eb.rows)
-    row_task = torch.tensor(eb.row_task)
-    prefixes = task_prefixes(model, eb.features, batch, row_task, params)  # (S, l, D)
+    prefixes = task_prefixes(model, eb.features, batch, eb.row_task, params)  # (S, l, D)
     per_row = model.loss(eb.features, batch, prefixes=prefixes, per_row=True)  # (rows,)
-    sums = torch.zeros(len(episodes), device=per_row.device, dtype=per_row.dtype).index_add(0, row_task.to(per_row.device), per_row)
-    counts = torch.bincount(row_task, minlength=len(episodes)).clamp(min=1).to(per_row.device)
-    return sums / counts
+    row_task = torch.tensor(eb.row_task, device=per_row.device)
+    counts = [max(1, eb.row_task.count(t)) for t in range(len(episodes))]
+    sums = per_row.new_zeros(len(episodes)).index_add(0, row_task, per_row)
+    return sums / torch.tensor(counts, device=per_row.device, dtype=per_row.dtype)
 
 
 def adapt(
@@ -221,10 +229,13 @@ def meta_loss(
         return task_losses(model, episodes, traj[-1], query_format, batched=batched).mean()
     if len(step_weights) != len(traj):
         raise ValueError(f"step_weights needs {len(traj)} entries (steps + 1), got {len(step_weights)}")
-    total = torch.zeros(())
+    total: torch.Tensor | None = None
     for w, params in zip(step_weights, traj, strict=True):
         if w:
-            total = total + w * task_losses(model, episodes, params, query_format, batched=batched).mean()
+            term = w * task_losses(model, episodes, params, query_format, batched=batched).mean()
+            total = term if total is None else total + term
+    if total is None:
+        raise ValueError("step_weights are all zero: the meta-loss would be a constant")
     return total
 
 
