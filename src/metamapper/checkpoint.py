@@ -162,8 +162,9 @@ def latest_checkpoint(run_dir: str | os.PathLike[str], *, trainer: bool = False)
 
 
 def load_trainer_state(ckpt: Checkpoint) -> dict[str, Any]:
-    """The optimizer/scheduler/RNG states saved beside the weights."""
-    return torch.load(ckpt.path / "trainer.pt", weights_only=False)
+    """The optimizer/scheduler/RNG states saved beside the weights, on the CPU whatever device
+    wrote them (``Optimizer.load_state_dict`` then moves the state to its parameters' device)."""
+    return torch.load(ckpt.path / "trainer.pt", weights_only=False, map_location="cpu")
 
 
 def check_compatible(meta: dict[str, Any], *, vision: str | None, lm: str, visual_dim: int,

@@ -98,7 +98,8 @@ def load_members(run: LoadedRun, run_dirs: Sequence[str | os.PathLike[str]]) -> 
 
 
 def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
-             with_vision: bool = True, ensemble: Sequence[str | os.PathLike[str]] = ()) -> LoadedRun:
+             with_vision: bool = True, ensemble: Sequence[str | os.PathLike[str]] = (),
+             device: str | torch.device | None = None) -> LoadedRun:
     """Rebuild the backbones named in a run's checkpoint and load its mapper.
 
     Args:
@@ -107,17 +108,21 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
         with_vision: also build the image encoder (not needed with cached features).
         ensemble: further runs of the same mapper config whose mappers answer beside this one
             (``load_members``; in context, without adaptation steps).
+        device: where to run (``auto`` when None, whatever device the run was trained on; the
+            weights are read to the CPU and moved there).
 
     Raises:
         CheckpointError: missing run, no valid checkpoint, other backbones, or (``ensemble``)
             another mapper config.
     """
+    from metamapper.device import resolve_device, setup_device
     from metamapper.models.factory import build_model
 
     ckpt = _read(run_dir, checkpoint)
     cfg = config_from_dict(ckpt.meta["config"])
     model = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"],
-                        with_vision=with_vision)
+                        with_vision=with_vision, device=setup_device(resolve_device(device)),
+                        precision=cfg.runtime.precision)
     _load_mapper(ckpt, model, model.mapper)
     lrs = None
     lr_w = {k[10:]: v for k, v in ckpt.weights.items() if k.startswith("inner_lrs.")}

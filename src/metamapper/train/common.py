@@ -84,13 +84,18 @@ def load_trainable_state(model: MetaMapper, lrs: nn.Module | None, weights: dict
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws there
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():  # a GPU run resumed on a GPU
+        torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
 def save(run_dir: Path, step: int, model: MetaMapper, cfg: Config, opt: torch.optim.Optimizer,
@@ -184,6 +189,7 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     """
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.tasks import filter_tasks
+    from metamapper.device import resolve_device, setup_device
     from metamapper.models.factory import build_model, build_vision, set_lm_dtype
     from metamapper.train import distributed
     from metamapper.train.sources import training_class_keys, training_tasks, with_subclass_tasks
@@ -198,7 +204,8 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     val_set = replace(val_set, tasks=val_set.tasks[: t.val_tasks] if t.val_every and t.updates else [])
     d = cfg.data
     class_keys = training_class_keys(d, t.seed) if d.subclass_share else {}
-    vision = build_vision(cfg.backbones)
+    device = setup_device(resolve_device(cfg.runtime.device))  # cuda:LOCAL_RANK under auto
+    vision = build_vision(cfg.backbones, device=device, precision=cfg.runtime.precision)
     tables = []
     for ts in (train_set, val_set):
         keys = list(dict.fromkeys(k for task in ts.tasks for k in task.image_keys()))
@@ -209,7 +216,7 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
                                     root=cfg.data.feature_cache, progress=progress)
             distributed.barrier()
         tables.append(FeatureTable.from_cache(vision, ts.images, keys, root=cfg.data.feature_cache,
-                                              progress=progress))
+                                              progress=progress, device=device))
     train_tasks = train_set.tasks
     if d.subclass_share:
         class_keys = {c: [k for k in ks if k in tables[0]] for c, ks in class_keys.items()}
@@ -219,7 +226,8 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> dict[str, Any]:
     train_tasks = filter_tasks(train_tasks, [k for k, _ in tables[0].skipped])
     val_tasks = filter_tasks(val_set.tasks, [k for k, _ in tables[1].skipped])
     seed_everything(t.seed)  # the mapper's initialisation depends only on the seed
-    model = build_model(cfg.backbones, cfg.mapper, vision=vision)
+    model = build_model(cfg.backbones, cfg.mapper, vision=vision, device=device,
+                        precision=cfg.runtime.precision)
     if t.lm_dtype != "float32":
         set_lm_dtype(model, t.lm_dtype)
     if cfg.mapper.standardize:  # fixed statistics of the training features, saved with the mapper

@@ -146,7 +146,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
     """
     run_dir = Path(run_dir)
     t = cfg.train
-    rank, world = distributed.init_from_env()
+    rank, world = distributed.init_from_env(cfg.runtime.device)
     main = rank == 0
     run = common.prepare_run(cfg, progress=progress and main)  # checks meta_batch vs ranks
     progress = progress and main
