@@ -185,7 +185,7 @@ def answer_episodes(
     if members and loop.steps > 0:
         raise ValueError("an ensemble of runs answers without adaptation steps (method in-context)")
     if loop.steps > 0:
-        params = [{k: v.detach() for k, v in p.items()} for p in adapt(model, episodes, loop=loop, lrs=lrs)[-1]]
+        params = [{k: v.detach() for k, v in p.items()} for p in adapt(model, episodes, loop=loop, lrs=lrs, trajectory=False)[-1]]
     else:
         params = [{} for _ in episodes]
     return answer_with_params(model, episodes, params, query_format=query_format,

@@ -156,6 +156,7 @@ def adapt(
     lrs: InnerLearningRates | None = None,
     support_rows: RowFormat = caption_rows,
     batched: bool = True,
+    trajectory: bool = True,
 ) -> list[list[Params]]:
     """Adapt the mapper to each episode's support set with ``loop.steps`` SGD steps.
 
@@ -167,6 +168,9 @@ def adapt(
         lrs: learned inner learning rates (Meta-SGD); default the fixed ``loop.lr``.
         support_rows: the support loss's row format (the paper's: captioning).
         batched: all tasks in one LM forward per step (else task by task; same result).
+        trajectory: keep every step's parameters. False keeps only the last step's, ``traj ==
+            [last]``: each step holds a copy of the mapper per task (16 MB each at paper size,
+            32 tasks x 6 steps = 3 GB at evaluation), which only a per-step meta-loss needs.
 
     Returns:
         ``traj`` with ``traj[s][t]`` = task t's parameters after s steps (``s = 0..steps``);
@@ -178,7 +182,7 @@ def adapt(
     with torch.enable_grad():  # adaptation needs gradients even inside evaluation's no_grad
         # a distinct (differentiable) copy per task, so autograd.grad returns per-task gradients
         current = [{k: _task_copy(base[k]) for k in names} for _ in episodes]
-        traj = [current]
+        traj = [current] if trajectory else []
         for step in range(loop.steps):
             with _double_backward_safe(create_graph):
                 losses = task_losses(model, episodes, current, support_rows, batched=batched)
@@ -193,8 +197,9 @@ def adapt(
                     nd[k] = p - lr * g
                 new.append(nd)
             current = new
-            traj.append(current)
-    return traj
+            if trajectory:
+                traj.append(current)
+    return traj if trajectory else [current]
 
 
 def _double_backward_safe(create_graph: bool) -> contextlib.AbstractContextManager[None]:

@@ -201,7 +201,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, progress: b
                 gen = torch.Generator().manual_seed(t.seed * 1_000_003 + step)
                 episodes = [_noisy(ep, noise_std, gen) for ep in episodes]
             if t.inner.steps > 0:
-                traj = adapt(model, episodes, loop=t.inner, lrs=lrs)  # traj[s][task] = params
+                traj = adapt(model, episodes, loop=t.inner, lrs=lrs,  # traj[s][task] = params
+                             trajectory=t.step_weights is not None)  # else only the last step
             else:
                 traj = [[{} for _ in episodes]]  # no inner loop: the mapper's own parameters
             loss = meta_loss(model, episodes, traj, query_format, step_weights=t.step_weights)
