@@ -8,19 +8,22 @@ from PIL import Image
 
 from metamapper.meta.episode import Episode
 from metamapper.models.backbones import build_language_model, build_vision_encoder
+from metamapper.models.factory import place_model
 from metamapper.models.mapper import AttentionMapper
 from metamapper.models.metamapper import MetaMapper
 
 WORDS = ["dax", "blicket", "shously", "slation", "perpo"]
 
 
-def paper_model() -> MetaMapper:
-    """The paper's configuration: CLIP ViT-B/32 (512-d pooled) -> mapper (l=4, 8 heads) -> GPT-2."""
+def paper_model(device: torch.device | None = None, precision: str = "auto") -> MetaMapper:
+    """The paper's configuration: CLIP ViT-B/32 (512-d pooled) -> mapper (l=4, 8 heads) -> GPT-2,
+    built on the CPU (the same weights everywhere) and moved to ``device``."""
     vision = build_vision_encoder("clip-vit-b32-random", mode="pooled")
     lm = build_language_model("gpt2-random")
     torch.manual_seed(0)
     mapper = AttentionMapper(visual_dim=512, embed_dim=768, prefix_len=4, num_heads=8)
-    return MetaMapper(vision=vision, lm=lm, mapper=mapper)
+    model = MetaMapper(vision=vision, lm=lm, mapper=mapper)
+    return place_model(model, device, precision=precision) if device is not None else model
 
 
 def random_images(n: int, seed: int = 0) -> list[Image.Image]:
@@ -30,12 +33,13 @@ def random_images(n: int, seed: int = 0) -> list[Image.Image]:
 
 def episodes(model: MetaMapper, *, tasks: int, ways: int, shots: int, queries_per_class: int,
              seed: int = 0) -> tuple[list[Episode], list[list[Image.Image]]]:
-    """Episodes with features encoded once (the feature cache's role), and their raw images."""
+    """Episodes with features encoded once (the feature cache's role) and put on the model's
+    device (as a run's feature table is, once), and their raw images."""
     out, images = [], []
     for t in range(tasks):
         n_s, n_q = ways * shots, ways * queries_per_class
         ims = random_images(n_s + n_q, seed=seed * 1000 + t)
-        feats = model.vision.encode(ims)  # (S + Q, 1, 512)
+        feats = model.encode_images(ims)  # (S + Q, 1, 512) on the model's device
         words = WORDS[:ways]
         out.append(Episode(
             features=feats,
@@ -48,7 +52,7 @@ def episodes(model: MetaMapper, *, tasks: int, ways: int, shots: int, queries_pe
 
 
 def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-    """Achieved float32 FLOP/s of a large square matmul on this machine (the 'peak')."""
+    """Achieved float32 FLOP/s of a large square matmul on this CPU (the CPU's 'peak')."""
     import time
 
     a, b = torch.randn(n, n), torch.randn(n, n)

@@ -8,7 +8,7 @@ ignores (argmax). Prints one JSON line.
 
 Run::
 
-    python benchmarks/generation.py [--device cuda]
+    python benchmarks/generation.py [--device cuda] [--precision float32] [--compile]
 """
 
 from __future__ import annotations
@@ -19,7 +19,10 @@ import platform
 import time
 
 import torch
+from _hardware import add_device_args, hardware, reset_peak_memory, setup
+from torch.utils.flop_counter import FlopCounterMode
 
+from metamapper.device import backbone_dtype, synchronize
 from metamapper.models.backbones import LanguageModel, build_language_model
 from metamapper.models.generation import generate
 
@@ -50,27 +53,25 @@ def reference_decode(
     return out
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    device = torch.device(parser.parse_args().device)
-    lm = build_language_model("gpt2-random", seed=0).to(device)
+    add_device_args(parser, repeats=1)
+    args = parser.parse_args()
+    device = setup(args)
+    dtype = backbone_dtype(args.precision, device)
+    lm = build_language_model("gpt2-random", seed=0)
+    scale = float(lm.model.get_input_embeddings().weight.std())  # before any cast
+    lm.to(device=device, dtype=dtype)
     g = torch.Generator().manual_seed(0)
     lengths = torch.randint(MIN_LEN, MAX_LEN + 1, (BATCH,), generator=g).tolist()
-    scale = lm.model.get_input_embeddings().weight.std()
-    prompts = [torch.randn(n, lm.embed_dim, generator=g) * scale.cpu() for n in lengths]
+    prompts = [torch.randn(n, lm.embed_dim, generator=g) * scale for n in lengths]
     embeds = torch.zeros(BATCH, max(lengths), lm.embed_dim)
     mask = torch.zeros(BATCH, max(lengths), dtype=torch.long)
     for b, p in enumerate(prompts):  # right padding
         embeds[b, : len(p)] = p
         mask[b, : len(p)] = 1
-    embeds, mask = embeds.to(device), mask.to(device)
-    prompts = [p.to(device) for p in prompts]
+    embeds, mask = embeds.to(device=device, dtype=dtype), mask.to(device)
+    prompts = [p.to(device=device, dtype=dtype) for p in prompts]
     never_stop = frozenset()
 
     # warm-up: one full run of each (allocator, oneDNN kernels for these shapes); the reference
@@ -79,15 +80,23 @@ def main() -> None:
     for p in (min(prompts, key=len), max(prompts, key=len)):
         reference_decode(lm, p, NEW_TOKENS)
 
-    _sync(device)
-    t0 = time.perf_counter()
-    batched = generate(lm, embeds, mask, max_new_tokens=NEW_TOKENS, stop_ids=never_stop)
-    _sync(device)
-    t_batched = time.perf_counter() - t0
+    with FlopCounterMode(display=False) as fc:  # counted eagerly: compiling changes no FLOP
+        generate(lm, embeds, mask, max_new_tokens=NEW_TOKENS, stop_ids=never_stop)
+    if args.compile:
+        lm.backbone.compile()
+        generate(lm, embeds, mask, max_new_tokens=NEW_TOKENS, stop_ids=never_stop)  # compiles
+    reset_peak_memory(device)
+    t_batched = float("inf")
+    for _ in range(max(1, args.repeats)):
+        synchronize(device)
+        t0 = time.perf_counter()
+        batched = generate(lm, embeds, mask, max_new_tokens=NEW_TOKENS, stop_ids=never_stop)
+        synchronize(device)
+        t_batched = min(t_batched, time.perf_counter() - t0)
 
     t0 = time.perf_counter()
     reference = [reference_decode(lm, p, NEW_TOKENS) for p in prompts]
-    _sync(device)
+    synchronize(device)
     t_reference = time.perf_counter() - t0
 
     n_tokens = sum(len(ids) for ids in batched.token_ids)
@@ -102,9 +111,9 @@ def main() -> None:
         "reference_tok_s": round(n_tokens / t_reference, 1),
         "speedup": round(t_reference / t_batched, 1),
         "same_tokens": batched.token_ids == reference,
-        "device": str(device),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
+        "s_per_batch": round(t_batched, 4),
+        **hardware(device, flops=fc.get_total_flops(), seconds=t_batched, precision=args.precision,
+                   compiled=args.compile),
         "machine": platform.machine(),
     }))
 

@@ -143,3 +143,13 @@ def _no_leaked_global_state(request: pytest.FixtureRequest,
                         if b.get(k) != a.get(k)})
     assert not changed, (f"{request.module.__name__} left the process changed (at the start of "
                          f"the session, now): {changed}")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` run only where a CUDA GPU is."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -26,7 +26,7 @@ def _cmd_train(a: argparse.Namespace) -> None:
     config = a.config
     if config is None and a.resume and (Path(a.out) / "config.yaml").is_file():
         config = Path(a.out) / "config.yaml"  # resuming: the run's own config (plus any overrides)
-    cfg = load_config(config, a.overrides)
+    cfg = load_config(config, [*(a.overrides or []), *_device_override(a)])
     if cfg.train.method == "standard":
         from metamapper.train.standard import train
     else:
@@ -51,7 +51,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     )
     from metamapper.pretrained import load_run
 
-    rank, _ = init_from_env()  # under torchrun, ranks share the tasks; rank 0 reports
+    rank, _ = init_from_env(a.device)  # under torchrun, ranks share the tasks; rank 0 reports
     # check the cheap things (flags, the run's config, the tasks) before loading the backbones
     if a.tasks is not None and a.tasks < 0:
         raise ValueError(f"the number of tasks must be >= 0, got {a.tasks}")
@@ -70,7 +70,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     if overlap and rank == 0:
         print(f"metamapper: warning: {overlap} of the {len(ts.tasks)} tasks are tasks this run "
               "meta-trained on (--split all)", file=sys.stderr)
-    run = load_run(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback)
+    run = load_run(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback, device=a.device)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
                        progress=rank == 0)
@@ -100,7 +100,7 @@ def _cmd_predict(a: argparse.Namespace) -> None:
 
     paths, captions = _parse_support(a.support)
     support, queries = [load_image(p) for p in paths], [load_image(q) for q in a.query]
-    run = load_run(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback)
+    run = load_run(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback, device=a.device)
     adapted = adapt_to_support(run, support, captions, steps=a.steps, method=a.method)
     answers = adapted.answer(queries, question=a.question)
     if a.json:
@@ -118,14 +118,16 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
     from metamapper.config import load_config
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.sources import evaluation_tasks
+    from metamapper.device import resolve_device, setup_device
     from metamapper.eval.run import default_split
     from metamapper.models.factory import build_vision
 
-    cfg = load_config(a.config, a.overrides)
+    cfg = load_config(a.config, [*(a.overrides or []), *_device_override(a)])
     ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots,
                           n_tasks=cfg.eval.tasks if a.tasks is None else a.tasks, seed=a.seed,
                           split=a.split or default_split(cfg, a.dataset))
-    vision = build_vision(cfg.backbones)
+    device = setup_device(resolve_device(cfg.runtime.device))
+    vision = build_vision(cfg.backbones, device=device, precision=cfg.runtime.precision)
     keys = [k for t in ts.tasks for k in t.image_keys()]
     table = FeatureTable.from_cache(vision, ts.images, keys, root=cfg.data.feature_cache)
     print(f"{len(table.index)} images cached for {vision.identity}; {len(table.skipped)} skipped")
@@ -144,7 +146,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
 def _cmd_demo(a: argparse.Namespace) -> None:
     from metamapper.demo import run_demo
 
-    run_demo(quick=a.quick, out=a.out or ("runs/demo-quick" if a.quick else "runs/demo"))
+    run_demo(quick=a.quick, out=a.out or ("runs/demo-quick" if a.quick else "runs/demo"), device=a.device)
 
 
 def _cmd_serve(a: argparse.Namespace) -> None:
@@ -153,7 +155,8 @@ def _cmd_serve(a: argparse.Namespace) -> None:
     except ImportError as e:  # the web libraries are an optional extra
         raise ValueError(f"the web demo needs pip install 'metamapper[web]' ({e})") from None
 
-    serve(a.checkpoint, host=a.host, port=a.port, step=a.step, allow_fallback=a.allow_fallback)
+    serve(a.checkpoint, host=a.host, port=a.port, step=a.step, allow_fallback=a.allow_fallback,
+          device=a.device)
 
 
 def _cmd_config_show(a: argparse.Namespace) -> None:
@@ -164,6 +167,18 @@ def _cmd_config_show(a: argparse.Namespace) -> None:
 
 STEPS_HELP = ("adaptation steps (default: no-adapt 0, in-context 0, else the steps the run was "
               "trained with, else 5)")
+
+
+def _device_override(a: argparse.Namespace) -> list[str]:
+    """``--device X`` as the config override ``runtime.device=X`` (none without the flag)."""
+    return [f"runtime.device={a.device}"] if a.device else []
+
+
+def add_device_arg(sp: argparse.ArgumentParser, *, default_from: str = "auto") -> None:
+    """The ``--device`` option every computing subcommand shares."""
+    sp.add_argument("--device", metavar="DEVICE",
+                    help="auto (cuda:LOCAL_RANK if CUDA is available, else mps, else cpu), cpu, "
+                         f"cuda, cuda:N or mps (default: {default_from})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--overwrite", action="store_true",
                    help="OUT may hold a run: move its config, metrics and checkpoints into "
                         "OUT/replaced-<time>/ and start again")
+    add_device_arg(t, default_from="the config's runtime.device, auto")
     t.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     t.set_defaults(fn=_cmd_train)
 
@@ -221,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
     e.add_argument("--feature-cache", help="feature cache folder")
     e.add_argument("--out", help="write the results JSON here")
+    add_device_arg(e)
     e.set_defaults(fn=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="adapt to a few captioned images and answer a query")
@@ -233,12 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--question", default="This is a", help="text after the query image")
     pr.add_argument("--steps", type=int, help=STEPS_HELP)
     pr.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
+    add_device_arg(pr)
     pr.set_defaults(fn=_cmd_predict)
 
     pp = sub.add_parser("prepare", help="fill the feature cache for a dataset")
     task_args(pp)
     pp.add_argument("--config", help="YAML config naming the backbones")
     pp.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
+    add_device_arg(pp, default_from="the config's runtime.device, auto")
     pp.set_defaults(fn=_cmd_prepare)
 
     x = sub.add_parser("export-fashion", help="write the Fashion-MNIST benchmark in the Frozen layout")
@@ -253,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job on the embedded default: train, evaluate, report")
     d.add_argument("--quick", action="store_true", help="a smaller run (about 5 minutes)")
     d.add_argument("--out", help="run folder (default: runs/demo, with --quick runs/demo-quick)")
+    add_device_arg(d)
     d.set_defaults(fn=_cmd_demo)
 
     sv = sub.add_parser("serve", help="the local web demo: adapt to captioned images in a browser")
@@ -260,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     step_args(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     sv.add_argument("--port", type=int, default=7860)
+    add_device_arg(sv)
     sv.set_defaults(fn=_cmd_serve)
 
     c = sub.add_parser("config", help="the resolved config")

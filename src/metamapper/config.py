@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 import warnings
@@ -141,12 +142,19 @@ RETIRED_KEYS = {"eval": ("shots", "variants", "steps", "seed")}
 
 
 @dataclass
+class RuntimeConfig:
+    device: str = "auto"  # auto (cuda:LOCAL_RANK if CUDA is available, else mps, else cpu) | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # frozen backbones' dtype: auto (bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16; the mapper, its optimiser and the loss stay float32
+
+
+@dataclass
 class Config:
     backbones: BackboneConfig = field(default_factory=BackboneConfig)
     mapper: MapperConfig = field(default_factory=MapperConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # where the run computes (not what)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -322,13 +330,20 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.weight_decay must be >= 0, got {t.weight_decay}")
     if not math.isfinite(t.lr):
         raise ConfigError(f"train.lr must be a finite number, got {t.lr}")
+    # the device's syntax only: whether this machine has it is checked when a run starts
+    # (metamapper.device.resolve_device), so a config written on a GPU machine loads anywhere
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.runtime.device.strip().lower()):
+        raise ConfigError(f"runtime.device must be auto, cpu, cuda, cuda:N or mps, got {cfg.runtime.device!r}")
+    if cfg.runtime.precision not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"runtime.precision must be auto, float32 or bfloat16, got {cfg.runtime.precision!r}")
 
 
 # what may differ between a run's checkpoint and the config it is resumed with: how long it runs,
-# how often it validates and saves, where it finds its files, how it is evaluated
+# how often it validates and saves, where it finds its files, how it is evaluated, where it computes
 RESUMABLE_CHANGES = ("train.updates", "train.max_minutes", "train.val_every", "train.val_tasks",
                      "train.checkpoint_every", "train.keep_last", "train.keep_best", "train.max_bad_updates",
-                     "data.feature_cache", "data.root", "backbones.vision_path", "backbones.lm_path", "eval.")
+                     "data.feature_cache", "data.root", "backbones.vision_path", "backbones.lm_path", "eval.",
+                     "runtime.")
 
 
 def config_changes(old: Config, new: Config) -> list[str]:

@@ -87,21 +87,24 @@ def demo_config(*overrides: str) -> Config:
     return config_from_dict({}, list(overrides))
 
 
-def run_demo(*, quick: bool = False, out: str | Path = "runs/demo") -> list[dict[str, object]]:
-    """Train and evaluate everything; returns the result rows (also written to ``out``)."""
+def run_demo(*, quick: bool = False, out: str | Path = "runs/demo",
+             device: str | None = None) -> list[dict[str, object]]:
+    """Train and evaluate everything (on ``device``, default ``auto``); returns the result rows
+    (also written to ``out``)."""
     plan = QUICK if quick else FULL
     out = Path(out)
+    on = (f"runtime.device={device}",) if device else ()  # every run computes there
     t0 = time.time()
     print(f"metamapper demo ({'quick' if quick else 'full'}): EfficientNet-Lite0 + SmolLM2-135M on "
           f"Fashion-MNIST; meta-train on 6 classes, test on 4 held-out classes. Output: {out}/")
     runs = {
-        "in-context (ours, default)": (out, demo_config(*plan.main_overrides), episodic.train),
+        "in-context (ours, default)": (out, demo_config(*plan.main_overrides, *on), episodic.train),
         "paper MAML (faithful)": (out / "baselines" / "maml",
-                                  demo_config(*MAML_RECIPE, *plan.maml_overrides), episodic.train),
+                                  demo_config(*MAML_RECIPE, *plan.maml_overrides, *on), episodic.train),
         "non-episodic": (out / "baselines" / "standard",
-                         demo_config(*STANDARD_RECIPE, *plan.standard_overrides), standard.train),
+                         demo_config(*STANDARD_RECIPE, *plan.standard_overrides, *on), standard.train),
         "untrained mapper": (out / "baselines" / "untrained",  # the main config, 0 updates
-                             demo_config(*plan.main_overrides, "train.updates=0", "train.val_every=0"),
+                             demo_config(*plan.main_overrides, "train.updates=0", "train.val_every=0", *on),
                              episodic.train),
     }
     for label, (run_dir, cfg, train_fn) in runs.items():
@@ -130,7 +133,7 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo") -> list[dict
             if key in done:
                 rows.append(done[key])
                 continue
-            run = run or load_run(run_dir)
+            run = run or load_run(run_dir, device=device)
             print(f"== evaluating: {label} on {ds} 2-way {shots}-shot ({n_tasks} tasks)")
             ts = evaluation_tasks(ds, data=None, ways=2, shots=shots, n_tasks=n_tasks)
             res = evaluate_run(run, ts, method=method, with_zero_steps=False)

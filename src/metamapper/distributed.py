@@ -4,7 +4,12 @@ The same ``metamapper train ...`` command runs unchanged under
 ``torchrun --nproc_per_node N``: each rank takes a disjoint share of every meta-batch's tasks
 (rank ``r`` takes tasks ``r, r + N, ...``), the mapper's gradients are averaged across ranks with
 one all-reduce of a flattened buffer, every rank takes the same optimizer step, and rank 0 alone
-writes checkpoints and logs. Backend: NCCL on GPU, Gloo on CPU.
+writes checkpoints and logs.
+
+Devices: with ``runtime.device`` ``auto`` or ``cuda``, rank ``r`` of a machine runs on
+``cuda:LOCAL_RANK`` (``torch.cuda.set_device`` before the process group is made) and the backend
+is NCCL, whose collectives take tensors on that GPU; on CPU (or ``cpu`` asked for explicitly, even
+where GPUs exist) the backend is Gloo and the collectives' tensors stay on the CPU.
 
 Why an explicit all-reduce rather than DDP: the mapper has a few million parameters (one bucket
 anyway) and MAML evaluates it functionally (``functional_call`` with per-task parameter dicts),
@@ -21,11 +26,17 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
+from metamapper.device import resolve_device, setup_device
+
 T = TypeVar("T")
 
 
-def init_from_env() -> tuple[int, int]:
+def init_from_env(device: str | torch.device | None = None) -> tuple[int, int]:
     """Join the process group described by torchrun's environment (``WORLD_SIZE`` > 1).
+
+    Args:
+        device: the run's device spec (``runtime.device``; None: ``auto``). A CUDA device
+            becomes this process's current device and the backend is NCCL; otherwise Gloo.
 
     Returns ``(rank, world_size)``; ``(0, 1)`` when not launched distributed.
     """
@@ -33,10 +44,18 @@ def init_from_env() -> tuple[int, int]:
     if world <= 1:
         return 0, 1
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dev = setup_device(resolve_device(device))  # cuda:LOCAL_RANK under auto / cuda
+        backend = "nccl" if dev.type == "cuda" else "gloo"
         timeout = datetime.timedelta(seconds=float(os.environ.get("METAMAPPER_DIST_TIMEOUT", "600")))
         dist.init_process_group(backend=backend, timeout=timeout)
     return dist.get_rank(), dist.get_world_size()
+
+
+def _comm_device() -> torch.device:
+    """Where the backend's collectives take their tensors: this rank's GPU for NCCL, else CPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def rank_world() -> tuple[int, int]:
@@ -60,9 +79,10 @@ def average_gradients(params: Sequence[torch.nn.Parameter]) -> None:
     if world == 1:
         return
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
+    flat = torch.cat([g.reshape(-1) for g in grads])  # on the parameters' device
+    buf = flat.to(_comm_device())  # a no-op when the gradients already live there
+    dist.all_reduce(buf)
+    flat = buf.to(flat.device) / world
     offset = 0
     for p, g in zip(params, grads, strict=True):
         n = g.numel()
@@ -75,7 +95,7 @@ def all_true(flag: bool) -> bool:
     _, world = rank_world()
     if world == 1:
         return flag
-    t = torch.tensor([0.0 if flag else 1.0])
+    t = torch.tensor([0.0 if flag else 1.0], device=_comm_device())
     dist.all_reduce(t)
     return bool(t.item() == 0)
 
@@ -84,7 +104,7 @@ def mean_across(value: float) -> float:
     _, world = rank_world()
     if world == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64)
+    t = torch.tensor([value], dtype=torch.float64, device=_comm_device())
     dist.all_reduce(t)
     return float(t.item() / world)
 
@@ -101,7 +121,11 @@ def gather(obj: Any) -> list[Any]:
 
 def barrier() -> None:
     if rank_world()[1] > 1:
-        dist.barrier()
+        dev = _comm_device()
+        if dev.type == "cuda":  # NCCL's barrier runs on a GPU: name this rank's, not a guess
+            dist.barrier(device_ids=[dev.index])
+        else:
+            dist.barrier()
 
 
 def any_flag(flag: bool) -> bool:

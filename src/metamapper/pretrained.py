@@ -27,6 +27,7 @@ from metamapper.checkpoint import (
     select_checkpoint,
 )
 from metamapper.config import Config, ConfigError, config_from_dict
+from metamapper.device import resolve_device, setup_device
 from metamapper.eval.fewshot import (
     adaptation_steps,
     answer_with_params,
@@ -69,15 +70,16 @@ class MetaMapper(modeling.MetaMapper):
 
     @classmethod
     def from_pretrained(cls, run_dir: str | os.PathLike[str], *, step: str | int | None = None,
-                        with_vision: bool = True) -> MetaMapper:
+                        with_vision: bool = True, device: str | torch.device | None = None) -> MetaMapper:
         """Load a trained run (its backbones are rebuilt from the checkpoint's config).
 
         Args:
             run_dir: a run folder written by ``metamapper train``, or a checkpoint folder in it.
             step: ``"latest"`` (default), ``"best"`` (by validation accuracy) or a step number.
             with_vision: also build the image encoder (not needed with cached features).
+            device: where to run (default ``auto``: a GPU if there is one).
         """
-        return load_run(run_dir, step=step, with_vision=with_vision).model
+        return load_run(run_dir, step=step, with_vision=with_vision, device=device).model
 
     def adapt(self, support_images: Sequence[Image.Image], captions: Sequence[str],
               steps: int | None = None, *, method: str | None = None) -> AdaptedMetaMapper:
@@ -90,7 +92,7 @@ class MetaMapper(modeling.MetaMapper):
 
 def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
              with_vision: bool = True, step: str | int | None = None,
-             allow_fallback: bool = False) -> LoadedRun:
+             allow_fallback: bool = False, device: str | torch.device | None = None) -> LoadedRun:
     """Rebuild the backbones named in a run's checkpoint and load its mapper.
 
     Args:
@@ -101,6 +103,8 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
             accuracy) or a step number (``checkpoint.select_checkpoint``).
         allow_fallback: a corrupt newest checkpoint falls back to the newest valid one (with a
             warning) instead of raising.
+        device: where to run (``auto`` when None, whatever device the run was trained on; the
+            weights are read to the CPU and moved there).
 
     Raises:
         CheckpointError: missing run or step, a corrupt checkpoint, other backbones, or weights
@@ -112,7 +116,8 @@ def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
         cfg = config_from_dict(checkpoint_config(ckpt))
     except ConfigError as e:
         raise CheckpointError(f"checkpoint {ckpt.path}: meta.json holds no valid config ({e})") from None
-    base = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"], with_vision=with_vision)
+    base = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"], with_vision=with_vision,
+                       device=setup_device(resolve_device(device)), precision=cfg.runtime.precision)
     model = MetaMapper(vision=base.vision, lm=base.lm, mapper=base.mapper)
     check_compatible(ckpt.meta, vision=model.vision.identity if model.vision is not None else None,
                      lm=model.lm.identity, visual_dim=model.mapper.visual_dim,

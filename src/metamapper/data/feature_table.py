@@ -32,12 +32,24 @@ class FeatureTable:
     def __contains__(self, key: object) -> bool:
         return key in self.index
 
+    @property
+    def device(self) -> torch.device:
+        return self.features.device
+
+    def to(self, device: torch.device | str) -> FeatureTable:
+        """This table with its features on ``device`` (moved once; the lookups then stay there)."""
+        table = FeatureTable.__new__(FeatureTable)
+        table.index, table.skipped = self.index, self.skipped
+        table.features = self.features.to(device)
+        return table
+
     def __call__(self, keys: Sequence[str]) -> torch.Tensor:
+        """Features of ``keys``: ``(len(keys), n_tokens, dim)`` on the table's device."""
         try:
             rows = [self.index[k] for k in keys]
         except KeyError as e:
             raise KeyError(f"no features for image {e.args[0]!r} (skipped or not cached)") from None
-        return self.features[rows]
+        return self.features[torch.tensor(rows, dtype=torch.long, device=self.features.device)]
 
     @classmethod
     def from_cache(
@@ -49,9 +61,11 @@ class FeatureTable:
         root: str | Path | None = None,
         batch_size: int = 64,
         progress: bool = True,
+        device: torch.device | str | None = None,
     ) -> FeatureTable:
         """Fill the feature cache for ``keys`` (only what is missing) and load them.
 
+        The cache stays on disk; the loaded table is moved to ``device`` once (default: CPU).
         Images that cannot be read are skipped and listed in ``table.skipped``.
         """
         cache = FeatureCache(Path(root) if root else cache_dir() / "features", encoder)
@@ -61,4 +75,4 @@ class FeatureTable:
         good = [k for k in unique if k not in bad]
         table = cls(good, cache.get(source, good).float())
         table.skipped = list(report.skipped)
-        return table
+        return table.to(device) if device is not None else table

@@ -126,7 +126,7 @@ def _answer(model: MetaMapper, episodes: Sequence[Episode], params: Sequence[dic
     eb = batch_rows(episodes, ROW_FORMATS[query_format], with_answer=False)
     with torch.no_grad():
         batch = model.pack(eb.rows)
-        prefixes = task_prefixes(model, eb.features, batch, torch.tensor(eb.row_task), params)
+        prefixes = task_prefixes(model, eb.features, batch, eb.row_task, params)
         texts = model.generate(eb.features, eb.rows, prefixes=prefixes, max_new_tokens=max_new_tokens)
     out: list[list[str]] = [[] for _ in episodes]
     for t, text in zip(eb.row_task, texts, strict=True):
@@ -149,7 +149,7 @@ def answer_episodes(
         per-episode lists of generated answers, and the adapted parameters per episode.
     """
     if loop.steps > 0:
-        params = [{k: v.detach() for k, v in p.items()} for p in adapt(model, episodes, loop=loop, lrs=lrs)[-1]]
+        params = [{k: v.detach() for k, v in p.items()} for p in adapt(model, episodes, loop=loop, lrs=lrs, trajectory=False)[-1]]
     else:
         params = [{} for _ in episodes]
     return answer_with_params(model, episodes, params, query_format=query_format,

@@ -46,7 +46,8 @@ class InnerLearningRates(nn.Module):
         n = max(steps, 1) if per_step else 1
         self.per_step = per_step
         self.lrs = nn.ParameterDict(
-            {_key(k): nn.Parameter(torch.full((n, *v.shape), float(init))) for k, v in params.items()}
+            {_key(k): nn.Parameter(torch.full((n, *v.shape), float(init), device=v.device, dtype=v.dtype))
+             for k, v in params.items()}
         )
 
     def get(self, name: str, step: int) -> torch.Tensor:
@@ -66,17 +67,24 @@ def task_prefixes(
     model: MetaMapper,
     features: torch.Tensor,
     batch: PackedBatch,
-    row_task: torch.Tensor,
+    row_task: Sequence[int] | torch.Tensor,
     params: Sequence[Mapping[str, torch.Tensor]],
 ) -> torch.Tensor:
     """Prefix vectors of every image slot of ``batch``, each with its own task's parameters.
 
+    ``row_task[r]`` is the task of row ``r`` (non-decreasing: rows are in task order).
     Returns ``(S, l, D)`` in slot order. Slots are in row order and rows in task order, so the
-    per-task results concatenate in slot order.
+    slots of task ``t`` are one contiguous run and the per-task results concatenate in slot order.
     """
-    slot_task = row_task[batch.prefix_rows[:: model.prefix_len]]  # (S,) task of each image slot
+    row_task = row_task.tolist() if isinstance(row_task, torch.Tensor) else list(row_task)
+    slot_task = [row_task[r] for r in batch.slot_rows]  # task of each image slot (host: no sync)
+    if slot_task != sorted(slot_task):
+        raise ValueError("rows must be grouped by task in task order")
+    counts = [0] * len(params)
+    for t in slot_task:
+        counts[t] += 1
     feats = features[batch.image_index]  # (S, n_tokens, dim) in slot order
-    return torch.cat([model.prefixes(feats[slot_task == t], params[t]) for t in range(len(params))])
+    return torch.cat([model.prefixes(f, p) for f, p in zip(feats.split(counts), params, strict=True)])
 
 
 def task_losses(
@@ -97,12 +105,12 @@ def task_losses(
         ])
     eb = batch_rows(episodes, make_rows)
     batch = model.pack(eb.rows)
-    row_task = torch.tensor(eb.row_task)
-    prefixes = task_prefixes(model, eb.features, batch, row_task, params)  # (S, l, D)
+    prefixes = task_prefixes(model, eb.features, batch, eb.row_task, params)  # (S, l, D)
     per_row = model.loss(eb.features, batch, prefixes=prefixes, per_row=True)  # (rows,)
-    sums = torch.zeros(len(episodes), device=per_row.device, dtype=per_row.dtype).index_add(0, row_task.to(per_row.device), per_row)
-    counts = torch.bincount(row_task, minlength=len(episodes)).clamp(min=1).to(per_row.device)
-    return sums / counts
+    row_task = torch.tensor(eb.row_task, device=per_row.device)
+    counts = [max(1, eb.row_task.count(t)) for t in range(len(episodes))]
+    sums = per_row.new_zeros(len(episodes)).index_add(0, row_task, per_row)
+    return sums / torch.tensor(counts, device=per_row.device, dtype=per_row.dtype)
 
 
 def adapt(
@@ -114,6 +122,7 @@ def adapt(
     lrs: InnerLearningRates | None = None,
     support_rows: RowFormat = caption_rows,
     batched: bool = True,
+    trajectory: bool = True,
 ) -> list[list[Params]]:
     """Adapt the mapper to each episode's support set with ``loop.steps`` SGD steps.
 
@@ -125,6 +134,9 @@ def adapt(
         lrs: learned inner learning rates (Meta-SGD); default the fixed ``loop.lr``.
         support_rows: the support loss's row format (the paper's: captioning).
         batched: all tasks in one LM forward per step (else task by task; same result).
+        trajectory: keep every step's parameters. False keeps only the last step's, ``traj ==
+            [last]``: each step holds a copy of the mapper per task (16 MB each at paper size,
+            32 tasks x 6 steps = 3 GB at evaluation), which only a per-step meta-loss needs.
 
     Returns:
         ``traj`` with ``traj[s][t]`` = task t's parameters after s steps (``s = 0..steps``);
@@ -136,7 +148,7 @@ def adapt(
     with torch.enable_grad():  # adaptation needs gradients even inside evaluation's no_grad
         # a distinct (differentiable) copy per task, so autograd.grad returns per-task gradients
         current = [{k: _task_copy(base[k]) for k in names} for _ in episodes]
-        traj = [current]
+        traj = [current] if trajectory else []
         for step in range(loop.steps):
             with _double_backward_safe(create_graph):
                 losses = task_losses(model, episodes, current, support_rows, batched=batched)
@@ -151,8 +163,9 @@ def adapt(
                     nd[k] = p - lr * g
                 new.append(nd)
             current = new
-            traj.append(current)
-    return traj
+            if trajectory:
+                traj.append(current)
+    return traj if trajectory else [current]
 
 
 def _double_backward_safe(create_graph: bool) -> contextlib.AbstractContextManager[None]:
@@ -187,10 +200,13 @@ def meta_loss(
         return task_losses(model, episodes, traj[-1], query_format, batched=batched).mean()
     if len(step_weights) != len(traj):
         raise ValueError(f"step_weights needs {len(traj)} entries (steps + 1), got {len(step_weights)}")
-    total = torch.zeros(())
+    total: torch.Tensor | None = None
     for w, params in zip(step_weights, traj, strict=True):
         if w:
-            total = total + w * task_losses(model, episodes, params, query_format, batched=batched).mean()
+            term = w * task_losses(model, episodes, params, query_format, batched=batched).mean()
+            total = term if total is None else total + term
+    if total is None:
+        raise ValueError("step_weights are all zero: the meta-loss would be a constant")
     return total
 
 

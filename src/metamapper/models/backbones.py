@@ -133,9 +133,11 @@ class VisionEncoder(nn.Module):
 
     @torch.no_grad()
     def encode(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """Encode PIL images to features ``(batch, n_tokens, dim)`` (float32, on CPU)."""
-        device = next(self.parameters()).device
-        return self(self.preprocess(images).to(device)).float().cpu()
+        """Encode PIL images to features ``(batch, n_tokens, dim)`` (float32, on CPU: what the
+        feature cache stores), running the encoder on its own device and dtype."""
+        weight = next(self.parameters())
+        pixels = self.preprocess(images).to(device=weight.device, dtype=weight.dtype)
+        return self(pixels).float().cpu()
 
     def train(self, mode: bool = True) -> VisionEncoder:
         return super().train(False)  # frozen: always eval (BatchNorm statistics, dropout)
@@ -267,8 +269,6 @@ class EfficientNetLite0Encoder(VisionEncoder):
         self.n_tokens = self.GRIDS[mode] ** 2
         size = os.path.getsize(weights)
         self.identity = f"efficientnet-lite0:{size}:rgb224-bilinear-imagenet:{mode}"
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.train(False)
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
@@ -278,7 +278,10 @@ class EfficientNetLite0Encoder(VisionEncoder):
             for im in images
         ]
         x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255.0
-        return (x - self.mean.cpu()) / self.std.cpu()  # (B, 3, 224, 224)
+        # float32 constants on the pixels' device, whatever device and dtype the encoder has
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return (x - mean) / std  # (B, 3, 224, 224)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         pixels = pixels.contiguous(memory_format=torch.channels_last)
@@ -322,7 +325,7 @@ class LanguageModel(nn.Module):
 
     def __init__(self, model: nn.Module, tokenizer: Any, *, identity: str) -> None:
         super().__init__()
-        self.model = freeze(model)
+        self.model = freeze(fuse_gelu(model))
         self.tokenizer = tokenizer
         self.identity = identity
         self.embed_dim = model.get_input_embeddings().embedding_dim
@@ -340,6 +343,11 @@ class LanguageModel(nn.Module):
 
     def train(self, mode: bool = True) -> LanguageModel:
         return super().train(False)  # frozen: dropout always off
+
+    @property
+    def device(self) -> torch.device:
+        """Where the LM's weights are."""
+        return self.model.get_input_embeddings().weight.device
 
     @property
     def backbone(self) -> nn.Module:
@@ -361,6 +369,23 @@ class LanguageModel(nn.Module):
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
+
+
+def fuse_gelu(model: nn.Module) -> nn.Module:
+    """Swap GPT-2's ``gelu_new`` activations for PyTorch's fused tanh GELU, in place.
+
+    Both compute ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`` (equal to ~2e-7);
+    ``gelu_new`` does it in eight element-wise ops whose intermediates autograd keeps for the
+    backward, the fused kernel in one that saves only its input. On CPU a GPT-2 MLP activation's
+    forward + backward takes ~0.4x the time; the memory of a meta-update's activations drops too.
+    """
+    from transformers.activations import ACT2FN, NewGELUActivation
+
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, NewGELUActivation):
+                setattr(parent, name, ACT2FN["gelu_pytorch_tanh"])
+    return model
 
 
 def load_hf_lm(path: str, *, identity: str | None = None) -> LanguageModel:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from metamapper.device import backbone_dtype
 from metamapper.models.backbones import build_language_model, build_vision_encoder
 from metamapper.models.mapper import build_mapper, suggested_output_scale
 from metamapper.models.metamapper import MetaMapper
@@ -14,12 +15,17 @@ if TYPE_CHECKING:
     from metamapper.config import BackboneConfig, MapperConfig
 
 
-def build_vision(bb: BackboneConfig):  # noqa: ANN201 - returns a VisionEncoder
-    """The frozen vision encoder named by the backbones config."""
+def build_vision(bb: BackboneConfig, *, device: torch.device | None = None,
+                 precision: str = "auto"):  # noqa: ANN201 - returns a VisionEncoder
+    """The frozen vision encoder named by the backbones config (on ``device`` in the dtype
+    ``precision`` gives there, see ``metamapper.device.backbone_dtype``; default: CPU float32)."""
     kw = {"mode": bb.vision_mode, "seed": bb.seed}
     if bb.vision_path:
         kw["path"] = bb.vision_path
-    return build_vision_encoder(bb.vision, **kw)
+    vision = build_vision_encoder(bb.vision, **kw)
+    if device is not None:
+        vision.to(device=device, dtype=backbone_dtype(precision, device))
+    return vision
 
 
 def build_lm(bb: BackboneConfig):  # noqa: ANN201 - returns a LanguageModel
@@ -31,8 +37,12 @@ def build_lm(bb: BackboneConfig):  # noqa: ANN201 - returns a LanguageModel
 
 
 def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None = None,
-                with_vision: bool = True, vision: object | None = None) -> MetaMapper:
+                with_vision: bool = True, vision: object | None = None,
+                device: torch.device | None = None, precision: str = "auto") -> MetaMapper:
     """Frozen encoder + a freshly initialised mapper + frozen LM.
+
+    Everything is built on the CPU (the mapper's initialisation is the same on every device),
+    then moved with ``place_model`` when ``device`` is given.
 
     Args:
         bb: the ``backbones`` config section.
@@ -40,6 +50,9 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
         visual_dim: the visual feature size (needed when ``with_vision=False``).
         with_vision: build the image encoder too (not needed when features are cached).
         vision: an encoder already built from ``bb`` (reused instead of building another).
+        device: where the model runs (a resolved device, ``metamapper.device.resolve_device``);
+            None: the CPU, in float32.
+        precision: ``runtime.precision``, the frozen backbones' dtype on ``device``.
     """
     if vision is None and with_vision:
         vision = build_vision(bb)
@@ -58,7 +71,24 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
     elif kind == "paper":
         kwargs.update(num_heads=mc.num_heads)
     mapper = build_mapper(kind, **kwargs)
-    return MetaMapper(vision=vision, lm=lm, mapper=mapper)
+    model = MetaMapper(vision=vision, lm=lm, mapper=mapper)
+    return place_model(model, device, precision=precision) if device is not None else model
+
+
+def place_model(model: MetaMapper, device: torch.device, *, precision: str = "auto") -> MetaMapper:
+    """Move ``model`` to ``device``: the frozen backbones in ``precision``'s dtype there
+    (bfloat16 on CUDA by default), the mapper in float32. Returns ``model``.
+
+    Example::
+
+        model = place_model(model, resolve_device("auto"))
+    """
+    dtype = backbone_dtype(precision, device)
+    model.to(device)
+    if model.vision is not None:
+        model.vision.to(dtype)
+    set_lm_dtype(model, str(dtype).removeprefix("torch."))
+    return model
 
 
 def set_lm_dtype(model: MetaMapper, dtype: str) -> None:
@@ -69,5 +99,5 @@ def set_lm_dtype(model: MetaMapper, dtype: str) -> None:
     """
     lm = model.lm.model
     lm.to(getattr(torch, dtype))
-    if dtype == "bfloat16" and not torch.cuda.is_available():
+    if dtype == "bfloat16" and model.lm.device.type == "cpu":
         lm.set_attn_implementation("eager")

@@ -54,6 +54,14 @@ class PackedBatch:
         labels: ``(B, T)`` the token at each target position, ``-100`` elsewhere.
         prefix_rows, prefix_cols: ``(S * l,)`` where the ``l`` prefix vectors of each image slot go.
         image_index: ``(S,)`` for each image slot (in row order), its row in the features tensor.
+        target_rows, target_cols: ``(n_targets,)`` the positions whose next token is a target, in
+            row-major order (the hidden states that go through the LM head).
+        target_ids: ``(n_targets,)`` the target token at each of those positions plus one.
+        target_counts: ``(B,)`` targets per row.
+        slot_rows: the row of each image slot, on the host (grouping slots without a device sync).
+
+    All tensors are on the device the batch was packed for (the model's): indices computed on
+    the host once, so the hot path never synchronises to turn a boolean mask into indices.
     """
 
     input_ids: torch.Tensor
@@ -62,6 +70,11 @@ class PackedBatch:
     prefix_rows: torch.Tensor
     prefix_cols: torch.Tensor
     image_index: torch.Tensor
+    target_rows: torch.Tensor
+    target_cols: torch.Tensor
+    target_ids: torch.Tensor
+    target_counts: torch.Tensor
+    slot_rows: list[int]
 
     @property
     def n_rows(self) -> int:
@@ -129,8 +142,9 @@ class MetaMapper(nn.Module):
             ids = ids[: self.max_text_tokens]
         return tuple(ids)
 
-    def pack(self, rows: Sequence[Sequence[Item]]) -> PackedBatch:
-        """Turn rows of items into one right-padded batch (a BOS token starts every row)."""
+    def pack(self, rows: Sequence[Sequence[Item]], *, device: torch.device | None = None) -> PackedBatch:
+        """Turn rows of items into one right-padded batch (a BOS token starts every row), on
+        ``device`` (default: the model's)."""
         ids_rows: list[list[int]] = []
         lab_rows: list[list[int]] = []
         slots: list[tuple[int, int, int]] = []  # (row, start column, image index)
@@ -151,24 +165,28 @@ class MetaMapper(nn.Module):
                     labels.extend([IGNORE] * self.prefix_len)
             ids_rows.append(ids)
             lab_rows.append(labels)
-        b, t = len(ids_rows), max(len(x) for x in ids_rows)
-        input_ids = torch.zeros(b, t, dtype=torch.long)
-        labels = torch.full((b, t), IGNORE, dtype=torch.long)
-        mask = torch.zeros(b, t, dtype=torch.long)
-        for r, (ids, lab) in enumerate(zip(ids_rows, lab_rows, strict=True)):
-            input_ids[r, : len(ids)] = torch.tensor(ids)
-            labels[r, : len(lab)] = torch.tensor(lab)
-            mask[r, : len(ids)] = 1
-        offs = torch.arange(self.prefix_len)
-        prefix_rows = torch.tensor([s[0] for s in slots], dtype=torch.long)
-        prefix_cols = torch.tensor([s[1] for s in slots], dtype=torch.long)
+        t = max(len(x) for x in ids_rows)
+        # the hidden state at column c predicts the token at c + 1
+        targets = [(r, c - 1, tok) for r, lab in enumerate(lab_rows) for c, tok in enumerate(lab)
+                   if tok != IGNORE]
+        n_pre = self.prefix_len
+        dev = self.device if device is None else device
+
+        def tensor(values: list[int] | list[list[int]]) -> torch.Tensor:
+            return torch.tensor(values, dtype=torch.long, device=dev)
+
         return PackedBatch(
-            input_ids=input_ids,
-            attention_mask=mask,
-            labels=labels,
-            prefix_rows=prefix_rows.repeat_interleave(self.prefix_len),
-            prefix_cols=(prefix_cols[:, None] + offs).reshape(-1),
-            image_index=torch.tensor([s[2] for s in slots], dtype=torch.long),
+            input_ids=tensor([x + [0] * (t - len(x)) for x in ids_rows]),
+            attention_mask=tensor([[1] * len(x) + [0] * (t - len(x)) for x in ids_rows]),
+            labels=tensor([x + [IGNORE] * (t - len(x)) for x in lab_rows]),
+            prefix_rows=tensor([s[0] for s in slots for _ in range(n_pre)]),
+            prefix_cols=tensor([s[1] + o for s in slots for o in range(n_pre)]),
+            image_index=tensor([s[2] for s in slots]),
+            target_rows=tensor([x[0] for x in targets]),
+            target_cols=tensor([x[1] for x in targets]),
+            target_ids=tensor([x[2] for x in targets]),
+            target_counts=tensor([sum(tok != IGNORE for tok in lab) for lab in lab_rows]),
+            slot_rows=[s[0] for s in slots],
         )
 
     def prefixes(
@@ -191,17 +209,18 @@ class MetaMapper(nn.Module):
         ``prefixes`` (one per image slot, ``(S, l, D)``) may be given precomputed, e.g. with
         per-task parameters; otherwise they are computed from ``features[batch.image_index]``.
         """
-        emb = self.lm.embed(batch.input_ids.to(self._device))  # (B, T, D)
-        if batch.image_index.numel() == 0:
+        emb = self.lm.embed(batch.input_ids)  # (B, T, D)
+        if not batch.slot_rows:
             return emb
         if prefixes is None:
-            prefixes = self.prefixes(features[batch.image_index.to(features.device)], params)
+            prefixes = self.prefixes(features[batch.image_index], params)
         flat = prefixes.reshape(-1, prefixes.shape[-1]).to(emb.dtype)  # (S * l, D)
-        return emb.index_put((batch.prefix_rows.to(emb.device), batch.prefix_cols.to(emb.device)), flat)
+        return emb.index_put((batch.prefix_rows, batch.prefix_cols), flat)
 
     @property
-    def _device(self) -> torch.device:
-        return self.lm.model.get_input_embeddings().weight.device
+    def device(self) -> torch.device:
+        """Where the model runs (its backbones and mapper are moved together, ``place_model``)."""
+        return self.lm.device
 
     # ------------------------------------------------------------------ loss
 
@@ -220,20 +239,15 @@ class MetaMapper(nn.Module):
         large vocabulary.
         """
         emb = self.embed(features, batch, params, prefixes)
-        mask = batch.attention_mask.to(emb.device)
-        hidden = self.lm.backbone(inputs_embeds=emb, attention_mask=mask).last_hidden_state
-        labels = batch.labels.to(emb.device)[:, 1:]  # the token predicted at position t is t+1
-        sel = labels != IGNORE  # (B, T-1)
-        logits = self.lm.head(hidden[:, :-1][sel])  # (n_targets, vocab)
-        # at least float32 for the softmax (a float64 model stays float64)
+        hidden = self.lm.backbone(inputs_embeds=emb, attention_mask=batch.attention_mask).last_hidden_state
+        logits = self.lm.head(hidden[batch.target_rows, batch.target_cols])  # (n_targets, vocab)
+        # at least float32 for the softmax (a float64 model stays float64; bfloat16 is upcast)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        tok_loss = F.cross_entropy(logits, labels[sel], reduction="none")
+        tok_loss = F.cross_entropy(logits, batch.target_ids, reduction="none")  # (n_targets,)
         if not per_row:
             return tok_loss.mean()
-        rows = sel.nonzero()[:, 0]
-        sums = torch.zeros(batch.n_rows, device=emb.device, dtype=tok_loss.dtype).index_add(0, rows, tok_loss)
-        counts = sel.sum(1).clamp(min=1)
-        return sums / counts  # (B,)
+        sums = tok_loss.new_zeros(batch.n_rows).index_add(0, batch.target_rows, tok_loss)
+        return sums / batch.target_counts.clamp(min=1)  # (B,)
 
     def target_logprobs(
         self,
@@ -246,15 +260,10 @@ class MetaMapper(nn.Module):
         """Summed log-probability of each row's target tokens ``(B,)`` (for ranking answers)."""
         with torch.no_grad():
             emb = self.embed(features, batch, params, prefixes)
-            mask = batch.attention_mask.to(emb.device)
-            hidden = self.lm.backbone(inputs_embeds=emb, attention_mask=mask).last_hidden_state
-            labels = batch.labels.to(emb.device)[:, 1:]
-            sel = labels != IGNORE
-            logp = -F.cross_entropy(
-                self.lm.head(hidden[:, :-1][sel]).float(), labels[sel], reduction="none"
-            )
-            rows = sel.nonzero()[:, 0]
-            return torch.zeros(batch.n_rows, device=emb.device).index_add(0, rows, logp)
+            hidden = self.lm.backbone(inputs_embeds=emb, attention_mask=batch.attention_mask).last_hidden_state
+            logits = self.lm.head(hidden[batch.target_rows, batch.target_cols]).float()
+            logp = -F.cross_entropy(logits, batch.target_ids, reduction="none")
+            return logp.new_zeros(batch.n_rows).index_add(0, batch.target_rows, logp)
 
     # ------------------------------------------------------------------ generation
 
@@ -272,15 +281,13 @@ class MetaMapper(nn.Module):
         """Greedy (or sampled) continuation of each prompt row, stopped at EOS, newline or '.'."""
         batch = self.pack(rows)
         emb = self.embed(features, batch, params, prefixes)
-        out = generate(
-            self.lm, emb, batch.attention_mask.to(emb.device), max_new_tokens=max_new_tokens,
-            **kwargs,
-        )
+        out = generate(self.lm, emb, batch.attention_mask, max_new_tokens=max_new_tokens, **kwargs)
         return out.texts
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[object]) -> torch.Tensor:
-        """Encode PIL images with the frozen encoder: ``(n, tokens, dim)``."""
+        """Encode PIL images with the frozen encoder: ``(n, tokens, dim)`` float32 on the model's
+        device."""
         if self.vision is None:
             raise RuntimeError("this model was built without an image encoder")
-        return self.vision.encode(images)  # type: ignore[arg-type]
+        return self.vision.encode(images).to(self.device)  # type: ignore[arg-type]

@@ -39,6 +39,7 @@ from metamapper.config import (
 from metamapper.data.feature_table import FeatureTable
 from metamapper.data.sources import training_tasks
 from metamapper.data.tasks import Task, filter_tasks
+from metamapper.device import resolve_device, setup_device
 from metamapper.eval.fewshot import EvalResult
 from metamapper.models.factory import build_model, build_vision, set_lm_dtype
 from metamapper.models.metamapper import MetaMapper
@@ -96,13 +97,18 @@ def load_trainable_state(model: MetaMapper, lrs: nn.Module | None, weights: dict
 
 
 def rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # dropout on a GPU draws there
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():  # a GPU run resumed on a GPU
+        torch.cuda.set_rng_state(state["cuda"].cpu())
 
 
 def save(run_dir: Path, step: int, model: MetaMapper, cfg: Config, opt: torch.optim.Optimizer,
@@ -206,7 +212,8 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> PreparedRun:
     train_set, val_set = training_tasks(cfg.data, max(1, t.updates * t.meta_batch), t.seed)
     # only the validation tasks the run will use get their images encoded (none without validation)
     val_set = replace(val_set, tasks=val_set.tasks[: t.val_tasks] if t.val_every and t.updates else [])
-    vision = build_vision(cfg.backbones)
+    device = setup_device(resolve_device(cfg.runtime.device))  # cuda:LOCAL_RANK under auto
+    vision = build_vision(cfg.backbones, device=device, precision=cfg.runtime.precision)
     tables = []
     for ts in (train_set, val_set):
         keys = list(dict.fromkeys(k for task in ts.tasks for k in task.image_keys()))
@@ -215,14 +222,14 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> PreparedRun:
                                     root=cfg.data.feature_cache, progress=progress)
             distributed.barrier()
         tables.append(FeatureTable.from_cache(vision, ts.images, keys, root=cfg.data.feature_cache,
-                                              progress=progress))
+                                              progress=progress, device=device))
     train_tasks = filter_tasks(train_set.tasks, [k for k, _ in tables[0].skipped])
     val_tasks = filter_tasks(val_set.tasks, [k for k, _ in tables[1].skipped])
     seed_everything(t.seed)  # the mapper's initialisation depends only on the seed
-    model = build_model(cfg.backbones, cfg.mapper, vision=vision)
-    lm_dtype = training_lm_dtype(t.lm_dtype, next(model.lm.model.parameters()).device)
-    if lm_dtype != "float32":
-        set_lm_dtype(model, lm_dtype)
+    model = build_model(cfg.backbones, cfg.mapper, vision=vision, device=device,
+                        precision=cfg.runtime.precision)
+    # the LM's dtype while training (evaluation loads the run in runtime.precision's dtype)
+    set_lm_dtype(model, training_lm_dtype(t.lm_dtype, device, cfg.runtime.precision))
     if cfg.mapper.standardize:  # fixed statistics of the training features, saved with the mapper
         flat = tables[0].features.reshape(-1, tables[0].dim)
         model.mapper.set_feature_stats(flat.mean(0), flat.std(0))
@@ -230,12 +237,15 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> PreparedRun:
                        table=tables[0], val_table=tables[1])
 
 
-def training_lm_dtype(spec: str, device: torch.device) -> str:
-    """``train.lm_dtype`` resolved: ``auto`` is bfloat16 where the hardware computes it natively
-    (CUDA; a CPU with AVX512-BF16 or AMX, as oneDNN reports) and float32 elsewhere, where
-    bfloat16 matrix products are emulated (measured ~40x slower than float32 on an AVX2 CPU)."""
+def training_lm_dtype(spec: str, device: torch.device, precision: str = "auto") -> str:
+    """``train.lm_dtype`` resolved: an explicit dtype wins, then an explicit ``runtime.precision``;
+    ``auto`` is bfloat16 where the hardware computes it natively (CUDA; a CPU with AVX512-BF16 or
+    AMX, as oneDNN reports) and float32 elsewhere, where bfloat16 matrix products are emulated
+    (measured ~40x slower than float32 on an AVX2 CPU)."""
     if spec != "auto":
         return spec
+    if precision != "auto":
+        return precision
     if device.type == "cuda":
         return "bfloat16"
     if device.type == "cpu" and torch.backends.mkldnn.is_available():

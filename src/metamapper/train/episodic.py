@@ -41,7 +41,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
     """
     run_dir = Path(run_dir)
     t = cfg.train
-    rank, world = distributed.init_from_env()
+    rank, world = distributed.init_from_env(cfg.runtime.device)
     main = rank == 0
     progress = progress and main
     run = common.prepare_run(cfg, progress=progress)  # checks meta_batch vs ranks
@@ -86,7 +86,9 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
             batch = [tasks[(step * t.meta_batch + i) % len(tasks)] for i in range(t.meta_batch)]
             episodes = [episode_from_task(task, table) for task in distributed.shard(batch, rank, world)]
             # adapt: traj[s][task] = the task's mapper parameters after s inner steps
-            traj = adapt(model, episodes, loop=t.inner, lrs=lrs) if t.inner.steps else [[{} for _ in episodes]]
+            traj = [[{} for _ in episodes]]  # no inner loop: the mapper's own parameters
+            if t.inner.steps:  # (only the last step's parameters unless step_weights reads them all)
+                traj = adapt(model, episodes, loop=t.inner, lrs=lrs, trajectory=t.step_weights is not None)
             # query loss (+ the default's regularisers), then the outer step
             loss = meta_loss(model, episodes, traj, query_format, step_weights=t.step_weights)
             extra = {}

@@ -48,7 +48,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
     ``overwrite``: as in ``episodic.train``)."""
     run_dir = Path(run_dir)
     t = cfg.train
-    rank, world = distributed.init_from_env()
+    rank, world = distributed.init_from_env(cfg.runtime.device)
     main = rank == 0
     progress = progress and main
     run = common.prepare_run(cfg, progress=progress)  # checks meta_batch vs ranks

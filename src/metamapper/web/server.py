@@ -458,7 +458,7 @@ def create_app(run: LoadedRun, *, limits: Limits = Limits(),
     return app
 
 
-def ensure_default_run(run_dir: str | Path = DEFAULT_RUN) -> Path:
+def ensure_default_run(run_dir: str | Path = DEFAULT_RUN, *, device: str | None = None) -> Path:
     """Return ``run_dir`` with a valid checkpoint, training it with ``metamapper demo`` if needed.
 
     The full demo (meta-training, baselines, evaluation) takes a while on CPU; its progress bars
@@ -477,13 +477,13 @@ def ensure_default_run(run_dir: str | Path = DEFAULT_RUN) -> Path:
           "Pass --checkpoint RUN_DIR to serve another run.", flush=True)
     from metamapper.demo import run_demo
 
-    run_demo(quick=False, out=run_dir)
+    run_demo(quick=False, out=run_dir, device=device)
     return run_dir
 
 
 def serve(checkpoint: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 7860,
           step: str | int | None = None, allow_fallback: bool = False,
-          allowed_hosts: Sequence[str] = ()) -> None:
+          allowed_hosts: Sequence[str] = (), device: str | None = None) -> None:
     """Load a run (default: ``runs/demo``, trained first if missing) and serve the demo until ^C.
 
     Args:
@@ -494,12 +494,13 @@ def serve(checkpoint: str | Path | None = None, *, host: str = "127.0.0.1", port
             ``checkpoint.select_checkpoint``).
         allow_fallback: a corrupt newest checkpoint falls back to the newest valid one.
         allowed_hosts: further names the page may be opened under (see ``foreign_request``).
+        device: where the model runs (default ``auto``: a GPU when there is one).
     """
     import uvicorn
 
-    run_dir = Path(checkpoint) if checkpoint is not None else ensure_default_run()
+    run_dir = Path(checkpoint) if checkpoint is not None else ensure_default_run(device=device)
     print(f"metamapper serve: loading {run_dir} ...", flush=True)
-    run = load_run(run_dir, step=step, allow_fallback=allow_fallback)
+    run = load_run(run_dir, step=step, allow_fallback=allow_fallback, device=device)
     if not _is_loopback(host):
         print(f"metamapper serve: WARNING: binding to {host} makes the demo reachable from other "
               "machines; it has no authentication.", flush=True)

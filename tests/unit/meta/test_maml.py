@@ -286,3 +286,24 @@ def test_inner_loop_validation() -> None:
     loop = InnerLoop(adapt="prefix,out")
     assert loop.selects("prefix") and loop.selects("out.weight")
     assert not loop.selects("prefixes") and not loop.selects("outer.weight")
+
+
+def test_without_trajectory_only_the_last_step_is_kept(model: MetaMapper) -> None:
+    eps = episodes(3)
+    loop = InnerLoop(steps=3, lr=0.05)
+    full = adapt(model, eps, loop=loop)
+    last = adapt(model, eps, loop=loop, trajectory=False)
+    assert len(full) == 4 and len(last) == 1
+    for a, b in zip(full[-1], last[0], strict=True):
+        assert a.keys() == b.keys()
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=0)
+    # the meta-gradient through the last step is the same
+    grads = []
+    for traj in (full, last):
+        model.mapper.zero_grad(set_to_none=True)
+        meta_loss(model, eps, traj, query_rows).backward()
+        grads.append([p.grad.clone() for p in model.mapper.parameters()])
+    model.mapper.zero_grad(set_to_none=True)
+    for g1, g2 in zip(*grads, strict=True):
+        torch.testing.assert_close(g1, g2, rtol=0, atol=0)
