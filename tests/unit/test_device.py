@@ -17,7 +17,7 @@ from metamapper.meta.episode import Episode, in_context_rows, query_rows
 from metamapper.meta.maml import InnerLearningRates, InnerLoop, adapt, meta_loss
 from metamapper.models.factory import build_model
 from metamapper.models.metamapper import MetaMapper, Text
-from metamapper.train import distributed
+from metamapper import distributed
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 
