@@ -42,6 +42,7 @@ setup: $(BIN)/.installed-dev $(FASHION_DIR)/train-images-idx3-ubyte.gz $(CHROMIU
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 	$(BIN)/pytest -q
 
 # The suite in a random order (a new seed each time; pytest prints it: rerun with

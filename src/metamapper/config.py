@@ -176,7 +176,7 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
-    if dataclasses.is_dataclass(typ):
+    if isinstance(typ, type) and dataclasses.is_dataclass(typ):
         if isinstance(value, typ):
             return value
         if not isinstance(value, dict):
@@ -319,9 +319,10 @@ def validate(cfg: Config) -> None:
     for key, (value, low) in at_least.items():
         if value < low:
             raise ConfigError(f"{key} must be >= {low}, got {value}")
-    for key, value in {"train.clip": t.clip, "train.max_minutes": t.max_minutes}.items():
-        if value is not None and not value > 0:
-            raise ConfigError(f"{key} must be > 0, got {value}")
+    positive: dict[str, float | None] = {"train.clip": t.clip, "train.max_minutes": t.max_minutes}
+    for key, bound in positive.items():
+        if bound is not None and not bound > 0:
+            raise ConfigError(f"{key} must be > 0, got {bound}")
     if t.spread_weight < 0 or not t.spread_target > 0:
         raise ConfigError("train.spread_weight must be >= 0 and train.spread_target > 0")
     if t.geometry_weight < 0:

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from metamapper import device as devmod
+from metamapper import distributed
 from metamapper.config import RESUMABLE_CHANGES, ConfigError, config_changes, load_config
 from metamapper.data.feature_table import FeatureTable
 from metamapper.device import DeviceError, backbone_dtype, resolve_device
@@ -17,7 +18,6 @@ from metamapper.meta.episode import Episode, in_context_rows, query_rows
 from metamapper.meta.maml import InnerLearningRates, InnerLoop, adapt, meta_loss
 from metamapper.models.factory import build_model
 from metamapper.models.metamapper import MetaMapper, Text
-from metamapper import distributed
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 

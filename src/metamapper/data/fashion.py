@@ -125,7 +125,9 @@ def _load(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
             "them with 'sudo apt-get install dataset-fashion-mnist' or pass root= to a folder "
             "holding the four IDX files"
         )
-    images, labels = read_idx(files[0]), read_idx(files[1])
+    image_file, label_file = files[0], files[1]
+    assert image_file is not None and label_file is not None  # checked above: none is missing
+    images, labels = read_idx(image_file), read_idx(label_file)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or images.dtype != np.uint8:
         raise IdxFormatError(f"{files[0]}: expected uint8 images (n, 28, 28), got "
                              f"{images.dtype} {images.shape}")

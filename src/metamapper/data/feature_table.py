@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from metamapper.data.feature_cache import FeatureCache
+from metamapper.data.tasks import ImageSource
 from metamapper.models.backbones import VisionEncoder, cache_dir
 
 
@@ -55,7 +56,7 @@ class FeatureTable:
     def from_cache(
         cls,
         encoder: VisionEncoder,
-        source: object,
+        source: ImageSource,
         keys: Sequence[str],
         *,
         root: str | Path | None = None,

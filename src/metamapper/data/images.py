@@ -104,7 +104,7 @@ def load_image(source: str | os.PathLike[str] | bytes, *, name: str | None = Non
             raise ImageLoadError(f"{what} is empty (0 bytes)")
         fp = p
     try:
-        with Image.open(fp, formats=formats) as im:
+        with Image.open(fp, formats=None if formats is None else tuple(formats)) as im:
             limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
             if limit and im.width * im.height > limit:  # before decoding a single pixel
                 if max_pixels is None:

@@ -105,7 +105,7 @@ def build_synthetic_tasks(
 
 
 def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
-    kw = dict(ways=d.ways, shots=d.shots, queries_per_class=d.queries_per_class)
+    kw: dict[str, Any] = dict(ways=d.ways, shots=d.shots, queries_per_class=d.queries_per_class)
     train = build_synthetic_tasks(split="train", n_tasks=n_tasks, seed=seed, naming=d.naming, **kw)
     val = build_synthetic_tasks(split="test", n_tasks=20, seed=seed + 1, **kw)
     return train, val

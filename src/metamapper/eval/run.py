@@ -122,6 +122,8 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
     if not tasks:
         raise ValueError("no task to evaluate (the task set is empty)")
     keys = [k for t in tasks for k in t.image_keys()]
+    if model.vision is None:
+        raise ValueError("evaluate_run needs the run loaded with its image encoder (with_vision=True)")
     table = FeatureTable.from_cache(model.vision, taskset.images, keys, root=feature_cache,
                                     progress=progress)
     tasks = filter_tasks(tasks, [k for k, _ in table.skipped])

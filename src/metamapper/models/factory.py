@@ -7,7 +7,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from metamapper.device import backbone_dtype
-from metamapper.models.backbones import build_language_model, build_vision_encoder
+from metamapper.models.backbones import (
+    LanguageModel,
+    VisionEncoder,
+    build_language_model,
+    build_vision_encoder,
+)
 from metamapper.models.mapper import build_mapper, suggested_output_scale
 from metamapper.models.metamapper import MetaMapper
 
@@ -16,7 +21,7 @@ if TYPE_CHECKING:
 
 
 def build_vision(bb: BackboneConfig, *, device: torch.device | None = None,
-                 precision: str = "auto"):  # noqa: ANN201 - returns a VisionEncoder
+                 precision: str = "auto") -> VisionEncoder:
     """The frozen vision encoder named by the backbones config (on ``device`` in the dtype
     ``precision`` gives there, see ``metamapper.device.backbone_dtype``; default: CPU float32)."""
     kw = {"mode": bb.vision_mode, "seed": bb.seed}
@@ -28,7 +33,7 @@ def build_vision(bb: BackboneConfig, *, device: torch.device | None = None,
     return vision
 
 
-def build_lm(bb: BackboneConfig):  # noqa: ANN201 - returns a LanguageModel
+def build_lm(bb: BackboneConfig) -> LanguageModel:
     """The frozen language model named by the backbones config."""
     kw: dict[str, object] = {"seed": bb.seed}
     if bb.lm_path:
@@ -37,7 +42,7 @@ def build_lm(bb: BackboneConfig):  # noqa: ANN201 - returns a LanguageModel
 
 
 def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None = None,
-                with_vision: bool = True, vision: object | None = None,
+                with_vision: bool = True, vision: VisionEncoder | None = None,
                 device: torch.device | None = None, precision: str = "auto") -> MetaMapper:
     """Frozen encoder + a freshly initialised mapper + frozen LM.
 

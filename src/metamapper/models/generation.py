@@ -270,7 +270,7 @@ def generate(
     generator = None
     if do_sample and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
-    pick = dict(do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
+    pick: dict[str, Any] = dict(do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
                 generator=generator)
 
     embeds, real = _left_align(inputs_embeds, mask)  # (B, L, d), (B, L)

@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,8 +34,16 @@ class MapperShapeError(ValueError):
 
 
 class _FeatureStats(nn.Module):
-    """Optional standardisation of the visual features with fixed dataset statistics
-    (``set_feature_stats``); stored as buffers, so checkpoints carry them."""
+    """What every mapper has: its sizes, and an optional standardisation of the visual features
+    with fixed dataset statistics (``set_feature_stats``), stored as buffers so that checkpoints
+    carry them."""
+
+    visual_dim: int  # size of one visual token
+    embed_dim: int  # the LM's embedding size (the prefix vectors' size)
+    prefix_len: int  # prefix vectors per image
+    standardize: bool
+    feat_mean: torch.Tensor  # (visual_dim,) buffers
+    feat_std: torch.Tensor
 
     def _init_stats(self, visual_dim: int, standardize: bool) -> None:
         self.standardize = standardize
@@ -304,7 +313,11 @@ def attention_mapper_param_count(
 MAPPERS = {"attention": AttentionMapper, "mlp": MLPMapper, "paper": PaperMapper}
 
 
-def build_mapper(kind: str, **kwargs: object) -> nn.Module:
+Mapper = _FeatureStats
+"""The type every mapper has (``AttentionMapper``, ``MLPMapper``, ``PaperMapper``)."""
+
+
+def build_mapper(kind: str, **kwargs: Any) -> Mapper:
     """Build a mapper by kind (``"attention"``, ``"mlp"`` or ``"paper"``) with keyword arguments."""
     if kind not in MAPPERS:
         raise ValueError(f"unknown mapper {kind!r}; choose from {', '.join(MAPPERS)}")

@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +30,7 @@ from torch.func import functional_call
 
 from metamapper.models.backbones import LanguageModel, VisionEncoder
 from metamapper.models.generation import generate
+from metamapper.models.mapper import Mapper
 
 IGNORE = -100
 
@@ -96,7 +98,7 @@ class MetaMapper(nn.Module):
         *,
         vision: VisionEncoder | None,
         lm: LanguageModel,
-        mapper: nn.Module,
+        mapper: Mapper,
         max_text_tokens: int = 64,
     ) -> None:
         super().__init__()
@@ -276,7 +278,7 @@ class MetaMapper(nn.Module):
         *,
         prefixes: torch.Tensor | None = None,
         max_new_tokens: int = 10,
-        **kwargs: object,
+        **kwargs: Any,
     ) -> list[str]:
         """Greedy (or sampled) continuation of each prompt row, stopped at EOS, newline or '.'."""
         batch = self.pack(rows)

@@ -15,8 +15,11 @@ from __future__ import annotations
 import functools
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import torch
 from tqdm.auto import tqdm
 
 from metamapper import distributed, runs
@@ -24,6 +27,7 @@ from metamapper.config import Config
 from metamapper.eval.fewshot import EvalResult, eval_method_for, evaluate
 from metamapper.meta.episode import episode_from_task, in_context_rows, query_rows
 from metamapper.meta.maml import InnerLearningRates, adapt, adapted_names, meta_loss
+from metamapper.models.metamapper import Item
 from metamapper.train import common
 from metamapper.train.penalties import geometry_penalty, spread_penalty
 
@@ -53,15 +57,14 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
                                  steps=t.inner.steps, per_step=t.inner.per_step_lr)
     params = list(model.mapper.parameters()) + (list(lrs.parameters()) if lrs is not None else [])
     opt, sched = common.make_optimizer(params, cfg)
-    start, state = 0, {}
+    start, state = 0, dict[str, Any]()
     if resume and (run_dir / "checkpoints").exists():
         start, state = common.resume(run_dir, model, opt, sched, lrs, cfg)
     if main:
         common.write_run_config(run_dir, cfg)
+    query_format: Callable[..., list[list[Item]]] = query_rows
     if t.method == "in_context":
         query_format = functools.partial(in_context_rows, queries_per_row=t.queries_per_row)
-    else:
-        query_format = query_rows
 
     def validate() -> EvalResult:
         return evaluate(model, run.val_tasks[: t.val_tasks], run.val_table, method=eval_method_for(cfg),
@@ -86,7 +89,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
             batch = [tasks[(step * t.meta_batch + i) % len(tasks)] for i in range(t.meta_batch)]
             episodes = [episode_from_task(task, table) for task in distributed.shard(batch, rank, world)]
             # adapt: traj[s][task] = the task's mapper parameters after s inner steps
-            traj = [[{} for _ in episodes]]  # no inner loop: the mapper's own parameters
+            traj: list[list[dict[str, torch.Tensor]]] = [[{} for _ in episodes]]  # the mapper's own
             if t.inner.steps:  # (only the last step's parameters unless step_weights reads them all)
                 traj = adapt(model, episodes, loop=t.inner, lrs=lrs, trajectory=t.step_weights is not None)
             # query loss (+ the default's regularisers), then the outer step

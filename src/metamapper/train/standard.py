@@ -16,6 +16,7 @@ import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,7 +26,7 @@ from metamapper.config import Config
 from metamapper.data.tasks import Task
 from metamapper.eval.fewshot import EvalResult, evaluate
 from metamapper.meta.episode import sentence
-from metamapper.models.metamapper import Text
+from metamapper.models.metamapper import Item, Text
 from metamapper.train import common
 
 
@@ -57,7 +58,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
     order = np.random.default_rng(t.seed).permutation(len(pairs))
     params = list(model.mapper.parameters())
     opt, sched = common.make_optimizer(params, cfg)
-    start, state = 0, {}
+    start, state = 0, dict[str, Any]()
     if resume and (run_dir / "checkpoints").exists():
         start, state = common.resume(run_dir, model, opt, sched, None, cfg)
     if main:
@@ -82,7 +83,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
             idx = [int(order[(step * t.meta_batch + i) % len(pairs)]) for i in range(t.meta_batch)]
             idx = distributed.shard(idx, rank, world)  # this rank's share of the mini-batch
             feats = table([pairs[i][0] for i in idx])  # (batch, n_tokens, dim)
-            rows = [[i, Text(" " + sentence(pairs[j][1]), target=True)] for i, j in enumerate(idx)]
+            rows: list[list[Item]] = [[i, Text(" " + sentence(pairs[j][1]), target=True)]
+                                      for i, j in enumerate(idx)]
             loss = model.loss(feats, model.pack(rows))
             gnorm = common.outer_step(loss, params, opt, sched, t.clip)
             bar.set_postfix(loss=f"{loss.item():.3f}")
