@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import re
 import resource
 import statistics
 import time
@@ -22,19 +23,18 @@ from metamapper.device import resolve_device, setup_device, synchronize
 from metamapper.models.metamapper import MetaMapper
 
 # dense (no sparsity) bfloat16 tensor-core peaks in TFLOP/s, from the vendors' data sheets;
-# matched against torch.cuda.get_device_name() in this order (the first substring that is in it)
+# the first pattern found in torch.cuda.get_device_name() wins (e.g. "NVIDIA H100 80GB HBM3")
 DENSE_BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("B200", 2250.0),
-    ("H200", 989.0),  # also GH200
-    ("H100 PCIe", 756.0),
-    ("H100 NVL", 835.0),
-    ("H100", 989.0),  # SXM ("H100 80GB HBM3")
-    ("H800", 989.0),
-    ("A100", 312.0),
-    ("A800", 312.0),
-    ("L40S", 362.0),
-    ("L4", 121.0),
-    ("A10", 125.0),
+    (r"\bB200\b", 2250.0),
+    (r"\bG?H200\b", 989.0),
+    (r"\bH100\b.*\bPCIe\b", 756.0),
+    (r"\bH100 NVL\b", 835.0),
+    (r"\bH100\b", 989.0),  # SXM
+    (r"\bH800\b", 989.0),
+    (r"\bA100\b", 312.0),
+    (r"\bA800\b", 312.0),
+    (r"\bL40S\b", 362.0),
+    (r"\bL4\b", 121.0),
 )
 
 PAPER_UPDATES = 15_000  # meta-updates a paper-config run is projected for
@@ -97,7 +97,7 @@ def bf16_peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in DENSE_BF16_PEAK_TFLOPS if key in name), None)
+    return next((peak for pattern, peak in DENSE_BF16_PEAK_TFLOPS if re.search(pattern, name)), None)
 
 
 def hardware(device: torch.device, *, flops: float, seconds: float,

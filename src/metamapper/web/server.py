@@ -458,7 +458,7 @@ def create_app(run: LoadedRun, *, limits: Limits = Limits(),
     return app
 
 
-def ensure_default_run(run_dir: str | Path = DEFAULT_RUN, *, device: str | None = None) -> Path:
+def ensure_default_run(run_dir: str | Path = DEFAULT_RUN) -> Path:
     """Return ``run_dir`` with a valid checkpoint, training it with ``metamapper demo`` if needed.
 
     The full demo (meta-training, baselines, evaluation) takes a while on CPU; its progress bars
@@ -477,7 +477,7 @@ def ensure_default_run(run_dir: str | Path = DEFAULT_RUN, *, device: str | None 
           "Pass --checkpoint RUN_DIR to serve another run.", flush=True)
     from metamapper.demo import run_demo
 
-    run_demo(quick=False, out=run_dir, device=device)
+    run_demo(quick=False, out=run_dir)
     return run_dir
 
 
@@ -494,11 +494,11 @@ def serve(checkpoint: str | Path | None = None, *, host: str = "127.0.0.1", port
             ``checkpoint.select_checkpoint``).
         allow_fallback: a corrupt newest checkpoint falls back to the newest valid one.
         allowed_hosts: further names the page may be opened under (see ``foreign_request``).
-        device: where the model runs (default ``auto``: a GPU when there is one).
+        device: where the model is served (default ``auto``: a GPU when there is one).
     """
     import uvicorn
 
-    run_dir = Path(checkpoint) if checkpoint is not None else ensure_default_run(device=device)
+    run_dir = Path(checkpoint) if checkpoint is not None else ensure_default_run()
     print(f"metamapper serve: loading {run_dir} ...", flush=True)
     run = load_run(run_dir, step=step, allow_fallback=allow_fallback, device=device)
     if not _is_loopback(host):
