@@ -41,6 +41,7 @@ from typing import Any, TypeVar
 
 from metamapper import distributed
 from metamapper.checkpoint import CKPT_DIR, fsync_dir, list_checkpoints, write_error
+from metamapper.device import resolve_device
 
 LOCK_FILE = "train.lock"
 RUN_FILES = ("config.yaml", "metrics.jsonl", CKPT_DIR)  # what makes a folder hold a run
@@ -171,7 +172,9 @@ def exclusive_run(train: F) -> F:
     @functools.wraps(train)
     def wrapper(cfg: Any, run_dir: str | os.PathLike[str], *, resume: bool = False,
                 overwrite: bool = False, **kwargs: Any) -> Path:
-        rank, world = distributed.init_from_env()
+        device = cfg.runtime.device if cfg is not None else None
+        resolve_device(device)  # a missing device ends here, before the run folder is made
+        rank, world = distributed.init_from_env(device)
         claim, error = None, None
         if rank == 0:
             try:
