@@ -55,6 +55,18 @@ class _FeatureStats(nn.Module):
         self.feat_mean.copy_(mean.reshape(-1))
         self.feat_std.copy_(std.reshape(-1).clamp(min=1e-3))
 
+    def tokens(self, features: torch.Tensor) -> torch.Tensor:
+        """``(B, n, visual_dim)`` visual tokens (a pooled ``(B, visual_dim)`` becomes one token),
+        refusing features of another size."""
+        if features.dim() == 2:
+            features = features.unsqueeze(1)  # (B, d) pooled -> (B, 1, d)
+        if features.shape[-1] != self.visual_dim:
+            raise MapperShapeError(
+                f"visual features have size {features.shape[-1]}, the mapper expects "
+                f"{self.visual_dim} (features from another encoder or mode?)"
+            )
+        return features
+
     def standardized(self, features: torch.Tensor) -> torch.Tensor:
         """The features standardised with the stored statistics (unchanged when ``standardize`` is off)."""
         if not self.standardize:
@@ -126,13 +138,7 @@ class AttentionMapper(_FeatureStats):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Visual features ``(batch, n_tokens, visual_dim)`` -> prefix ``(batch, l, embed_dim)``."""
-        if features.dim() == 2:
-            features = features.unsqueeze(1)  # (B, d) pooled -> (B, 1, d)
-        if features.shape[-1] != self.visual_dim:
-            raise MapperShapeError(
-                f"visual features have size {features.shape[-1]}, the mapper expects "
-                f"{self.visual_dim} (features from another encoder or mode?)"
-            )
+        features = self.tokens(features)  # (B, n, visual_dim)
         b = features.shape[0]
         x = self.visual_proj(self.standardized(features))  # (B, n, D)
         h = torch.cat([self.prefix.expand(b, -1, -1), x], dim=1)  # (B, l + n, D)
@@ -188,13 +194,7 @@ class MLPMapper(_FeatureStats):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Visual features ``(batch, n_tokens, visual_dim)`` -> prefix ``(batch, l, embed_dim)``."""
-        if features.dim() == 3:
-            features = features.mean(1)  # (B, n, d) -> (B, d)
-        if features.shape[-1] != self.visual_dim:
-            raise MapperShapeError(
-                f"visual features have size {features.shape[-1]}, the mapper expects "
-                f"{self.visual_dim} (features from another encoder or mode?)"
-            )
+        features = self.tokens(features).mean(1)  # (B, n, d) -> (B, d): the MLP reads one vector
         out = rearrange(self.net(self.standardized(features)), "b (l d) -> b l d", l=self.prefix_len)
         if self.out_scale is not None:
             out = F.layer_norm(out, (self.embed_dim,)) * self.out_scale
@@ -265,13 +265,7 @@ class PaperMapper(_FeatureStats):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Visual features ``(batch, n_tokens, visual_dim)`` -> prefix ``(batch, l, embed_dim)``."""
-        if features.dim() == 2:
-            features = features.unsqueeze(1)  # (B, d) pooled -> (B, 1, d)
-        if features.shape[-1] != self.visual_dim:
-            raise MapperShapeError(
-                f"visual features have size {features.shape[-1]}, the mapper expects "
-                f"{self.visual_dim} (features from another encoder or mode?)"
-            )
+        features = self.tokens(features)  # (B, n, visual_dim)
         b = features.shape[0]
         x = torch.cat([self.prefix.expand(b, -1, -1), self.standardized(features)], dim=1)  # (B, l + n, V)
         q, k, v = (rearrange(f(x), "b t (h d) -> b h t d", d=self.head_dim) for f in (self.q, self.k, self.v))
