@@ -109,3 +109,22 @@ def test_config_trains_one_update_on_tiny_stand_ins(path: Path, in_process: Path
     if cfg.train.val_every:  # validated after the last update, on held-out tasks
         [val] = [r for r in records if "val_accuracy" in r]
         assert 0 <= val["val_accuracy"] <= 1
+
+
+# the sizes of the embedded default's backbones: EfficientNet-Lite0 (1280, 49 / 9 / 4 / 1 tokens)
+# and SmolLM2-135M (576); the tiny stand-ins above have other widths
+PACKAGED_SIZES = {("efficientnet-lite0", "smollm2-135m"): (1280, 576)}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_the_mapper_fits_the_real_backbones_sizes(path: Path) -> None:
+    """A config's mapper is built at its real backbones' sizes (no weights loaded): a preset whose
+    head widths do not divide them fails here, not at the first update of `make demo`."""
+    from metamapper.models.factory import mapper_from_config
+
+    cfg = load_config(path)
+    sizes = PACKAGED_SIZES.get((cfg.backbones.vision, cfg.backbones.lm))
+    if sizes is None:  # hub backbones: CLIP ViT-B/32 (512) and GPT-2 (768)
+        sizes = (512 if cfg.backbones.vision_mode == "pooled" else 768, 768)
+    mapper = mapper_from_config(cfg.mapper, visual_dim=sizes[0], embed_dim=sizes[1], output_scale=1.0)
+    assert mapper.visual_dim == sizes[0] and mapper.embed_dim == sizes[1]

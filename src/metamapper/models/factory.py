@@ -13,7 +13,7 @@ from metamapper.models.backbones import (
     build_language_model,
     build_vision_encoder,
 )
-from metamapper.models.mapper import build_mapper, suggested_output_scale
+from metamapper.models.mapper import Mapper, build_mapper, suggested_output_scale
 from metamapper.models.metamapper import MetaMapper
 
 if TYPE_CHECKING:
@@ -66,18 +66,25 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
     if dim is None:
         raise ValueError("visual_dim is required when the model is built without its encoder")
     scale = suggested_output_scale(lm.model.get_input_embeddings().weight) if mc.output_norm else None
+    mapper = mapper_from_config(mc, visual_dim=dim, embed_dim=lm.embed_dim, output_scale=scale)
+    model = MetaMapper(vision=vision, lm=lm, mapper=mapper)
+    return place_model(model, device, precision=precision) if device is not None else model
+
+
+def mapper_from_config(mc: MapperConfig, *, visual_dim: int, embed_dim: int,
+                       output_scale: float | None) -> Mapper:
+    """A fresh mapper of the ``mapper`` config section between features of ``visual_dim`` and an
+    LM of ``embed_dim`` (raises ``ValueError`` when the config does not fit those sizes)."""
     kwargs: dict[str, object] = dict(
-        visual_dim=dim, embed_dim=lm.embed_dim, prefix_len=mc.prefix_len, dropout=mc.dropout,
-        output_scale=scale, standardize=mc.standardize,
+        visual_dim=visual_dim, embed_dim=embed_dim, prefix_len=mc.prefix_len, dropout=mc.dropout,
+        output_scale=output_scale, standardize=mc.standardize,
     )
     kind = "paper" if mc.preset == "paper" else mc.kind  # the authors' mapper (PaperMapper)
     if kind == "attention":
         kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first)
     elif kind == "paper":
         kwargs.update(num_heads=mc.num_heads)
-    mapper = build_mapper(kind, **kwargs)
-    model = MetaMapper(vision=vision, lm=lm, mapper=mapper)
-    return place_model(model, device, precision=precision) if device is not None else model
+    return build_mapper(kind, **kwargs)
 
 
 def place_model(model: MetaMapper, device: torch.device, *, precision: str = "auto") -> MetaMapper:
