@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -38,3 +39,12 @@ def cli(in_process: Path) -> Callable[..., str]:
         return out.getvalue()
 
     return run
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """The environment of a CLI subprocess: its own cache folder (``FEATURES`` for the feature
+    cache) and one thread per process."""
+    cache = tmp_path_factory.mktemp("mm-cache")
+    return {**os.environ, "METAMAPPER_CACHE": str(cache), "OMP_NUM_THREADS": "1",
+            "FEATURES": str(cache / "features")}

@@ -22,13 +22,6 @@ CLI = [sys.executable, "-m", "metamapper.cli"]
 TRAIN = ["train.updates=4", "train.meta_batch=2", "train.val_every=0", "train.checkpoint_every=2"]
 
 
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    cache = tmp_path_factory.mktemp("mm-cache")
-    return {**os.environ, "METAMAPPER_CACHE": str(cache), "OMP_NUM_THREADS": "1",
-            "FEATURES": str(cache / "features")}
-
-
 def run(args: list[str], env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*CLI, *args], env=env, capture_output=True, text=True, timeout=timeout,
                           cwd=ROOT)

@@ -3,7 +3,6 @@ and (where a GPU is) a GPU-trained run evaluated and resumed on the CPU."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,13 +18,6 @@ ROOT = Path(__file__).resolve().parents[2]
 SMOKE = ROOT / "configs" / "smoke.yaml"
 CLI = [sys.executable, "-m", "metamapper.cli"]
 TRAIN = ["train.updates=2", "train.meta_batch=2", "train.val_every=0", "train.checkpoint_every=1"]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    cache = tmp_path_factory.mktemp("mm-cache")
-    return {**os.environ, "METAMAPPER_CACHE": str(cache), "OMP_NUM_THREADS": "1",
-            "FEATURES": str(cache / "features")}
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
