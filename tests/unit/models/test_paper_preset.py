@@ -100,7 +100,9 @@ def test_preset_builds_the_paper_mapper_and_the_paper_configs_use_it() -> None:
     model.eval()
     with torch.no_grad():
         assert model.mapper(torch.randn(2, 1, 16)).shape == (2, cfg.mapper.prefix_len, model.lm.embed_dim)
-    for name in ("paper_coco", "paper_frozen_indomain", "fashion_maml", "fashion_standard"):
+    # (the Fashion recipes keep the paper's block: the preset's head widths do not divide the
+    # embedded backbones' 1280 / 576, see tests/integration/test_configs.py)
+    for name in ("paper_coco", "paper_frozen_indomain"):
         m = load_config(CONFIGS / f"{name}.yaml").mapper
         assert (m.preset, m.prefix_len, m.num_heads, m.dropout) == ("paper", 4, 8, 0.5), name
         assert not m.standardize and not m.output_norm, name
