@@ -149,6 +149,15 @@ def _cmd_demo(a: argparse.Namespace) -> None:
     run_demo(quick=a.quick, out=a.out or ("runs/demo-quick" if a.quick else "runs/demo"), device=a.device)
 
 
+def _cmd_study(a: argparse.Namespace) -> None:
+    from metamapper.study import CLAIMS, run_study
+
+    claims = a.claim or list(CLAIMS)
+    path = run_study(claims, seeds=a.seeds, tasks=a.tasks, slow_tasks=a.slow_tasks, out=a.out,
+                     results=a.results, device=a.device, overrides=a.overrides or ())
+    print(f"wrote {path}")
+
+
 def _cmd_serve(a: argparse.Namespace) -> None:
     try:
         from metamapper.web.server import serve
@@ -274,6 +283,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", help="run folder (default: runs/demo, with --quick runs/demo-quick)")
     add_device_arg(d)
     d.set_defaults(fn=_cmd_demo)
+
+    from metamapper.study import CLAIMS
+
+    st = sub.add_parser("study", help="the paper's claims on the embedded default (docs/RESULTS.md)")
+    st.add_argument("--claim", action="append", choices=list(CLAIMS),
+                    help="a claim to measure (repeatable; default: all)")
+    st.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default: 3)")
+    st.add_argument("--tasks", type=int, default=1000, help="test tasks per row (default: 1000)")
+    st.add_argument("--slow-tasks", type=int, default=300,
+                    help="test tasks per row that adapts at test time (default: 300)")
+    st.add_argument("--out", default="runs/study", help="trainings and measurements (resumable)")
+    st.add_argument("--results", default="docs/RESULTS.md", help="the report to rewrite")
+    st.add_argument("overrides", nargs="*", help="config overrides for every training key.sub=value")
+    add_device_arg(st)
+    st.set_defaults(fn=_cmd_study)
 
     sv = sub.add_parser("serve", help="the local web demo: adapt to captioned images in a browser")
     sv.add_argument("--checkpoint", help="run folder (default: runs/demo, trained first if missing)")

@@ -1,8 +1,8 @@
 """``run_demo`` end to end on tiny random backbones and the real Fashion-MNIST split.
 
 The demo's plan is swapped for one with tiny backbones and a handful of updates and tasks; the
-orchestration (four trainings, five evaluated methods, settings a plan leaves out, results kept
-across a rerun, the report files) is what is tested, not the accuracy.
+orchestration (three trainings at equal compute, each evaluated the same way on the same tasks,
+results kept across a rerun, the report files) is what is tested, not the accuracy.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import metamapper.demo as demo
+from metamapper.config import load_config
 from metamapper.data.fashion import DEFAULT_ROOT
 
 FASHION = Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz"
@@ -26,9 +27,7 @@ def tiny_plan(monkeypatch: pytest.MonkeyPatch) -> demo.DemoPlan:
         pytest.skip("Debian's Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
     plan = demo.DemoPlan(
         main_overrides=(*TINY, "train.updates=2", "train.meta_batch=2", "train.val_every=0"),
-        maml_overrides=(*TINY, "train.updates=1"),
-        standard_overrides=(*TINY, "train.updates=1"),
-        main_tasks=3, main_tasks_5shot=2, baseline_tasks=2, baseline_tasks_5shot=0,
+        tasks=3, tasks_5shot=2,
     )
     monkeypatch.setattr(demo, "QUICK", plan)
     return plan
@@ -45,12 +44,18 @@ def test_demo_trains_evaluates_and_reports(tiny_plan: demo.DemoPlan, tmp_path: P
         ("fashion-open-ended", 1, 3), ("fashion-open-ended", 5, 2),
         ("fashion-real-name", 1, 3), ("fashion-real-name", 5, 2)]
     baselines = [r for r in rows if r not in main]
-    assert len(baselines) == 4 * 2  # four baselines, 1-shot only: the plan leaves out 5-shot
-    assert {r["shots"] for r in baselines} == {1}
-    for sub in ("maml", "standard", "untrained"):
+    assert len(baselines) == 2 * 4  # two baselines, evaluated on the same settings and tasks
+    assert sorted((r["dataset"], r["shots"], r["n_tasks"]) for r in baselines) == sorted(
+        [(r["dataset"], r["shots"], r["n_tasks"]) for r in main] * 2)
+    for sub in ("standard", "untrained"):
         assert list((out / "baselines" / sub / "checkpoints").iterdir())
     untrained = (out / "baselines" / "untrained" / "config.yaml").read_text()
     assert "tiny-lm" in untrained  # the main config, untrained
+    # equal compute: the non-episodic baseline sees the default's images, as pairs, as many updates
+    standard = load_config(out / "baselines" / "standard" / "config.yaml")
+    assert (standard.train.updates, standard.train.meta_batch) == (2, 2 * 2 * (1 + 2))
+    report = (out / "results.md").read_text()
+    assert "2 updates x 12 captioned images" in report and "2 updates x 2 tasks" in report
     for name in ("results.json", "results.md", "accuracy_vs_shots.png", "training_curves.png"):
         assert (out / name).is_file(), name
     assert len(json.loads((out / "results.json").read_text())) == len(rows)

@@ -1,0 +1,407 @@
+"""``metamapper study``: the paper's comparative claims, measured on the embedded default.
+
+Each claim is a set of rows; a row is one training (``TRAININGS``, a config that overrides the
+default, trained once per seed) evaluated one way on the held-out Fashion-MNIST test tasks (the
+fixed test seed: every row of every seed scores the same tasks, so rows compare pairwise). Rows
+report the mean +- sd over the training seeds and each run's Wilson interval; each claim's
+comparisons are paired by seed and called *holds* / *fails* / *not separated* at two standard
+errors.
+
+The study is resumable and runs one claim at a time: trainings live in ``OUT/TRAINING/seedS``
+(a finished one is reused), every measurement is appended to ``OUT/results.jsonl`` as soon as it
+exists, and the report (``docs/RESULTS.md`` by default, one plot per claim beside it) is rewritten
+from all measurements so far, every claim listed, rows not yet measured marked so.
+
+Example::
+
+    metamapper study --claim shots --seeds 3 --tasks 1000
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from metamapper.config import Config, config_from_dict
+
+# The paper's mapper block and schedule (post-LN, raw features, raw output, a constant rate, no
+# regularisers, the LM in float32), as configs/fashion_maml.yaml.
+PAPER_MAPPER = (
+    "mapper.ff_dim=null", "mapper.norm_first=false", "mapper.standardize=false", "mapper.output_norm=false",
+    "train.cosine=false", "train.spread_weight=0", "train.geometry_weight=0", "train.lm_dtype=float32",
+)
+STANDARD_RECIPE = ("train.method=standard", "data.naming=real", "train.spread_weight=0",
+                   "train.geometry_weight=0", "train.val_every=0")
+
+
+def equal_compute_standard(main: Config) -> tuple[str, ...]:
+    """Overrides that give a non-episodic run ``main``'s compute: as many updates, each on as many
+    (image, caption) pairs as ``main``'s tasks show (``ways x (shots + queries_per_class)`` per
+    task): the same images and about as many LM tokens."""
+    d = main.data
+    per_task = d.ways * (d.shots + d.queries_per_class)
+    return (*STANDARD_RECIPE, f"train.updates={main.train.updates}",
+            f"train.meta_batch={main.train.meta_batch * per_task}",
+            f"data.images_per_class={d.images_per_class}")
+
+
+def _maml_recipe(main: Config) -> tuple[str, ...]:
+    """The paper's first-order MAML (5 SGD steps at 0.01, 4 tasks per update) for as many tasks
+    as ``main`` trains on (updates x tasks)."""
+    tasks = main.train.updates * main.train.meta_batch
+    return (*PAPER_MAPPER, "train.method=maml", "train.meta_batch=4", f"train.updates={tasks // 4}",
+            "train.inner.steps=5", "train.inner.lr=0.01", "train.inner.first_order=true",
+            "data.queries_per_class=1", "train.val_every=0")
+
+
+@dataclass(frozen=True)
+class Training:
+    """A training of the study: ``overrides`` of the default (``Config()``) and what its compute
+    equals."""
+
+    overrides: tuple[str, ...]
+    compute: str
+
+
+def trainings(main: Config | None = None) -> dict[str, Training]:
+    """The study's trainings, each at ``main``'s compute (default: ``Config()``)."""
+    main = main or Config()
+    t = main.train
+    same = f"{t.updates} updates x {t.meta_batch} tasks"
+    return {
+        "default": Training((), f"{same} (the embedded default)"),
+        "non-episodic": Training(equal_compute_standard(main),
+                                 f"{t.updates} updates x the pairs of {t.meta_batch} tasks, default mapper"),
+        "maml": Training(_maml_recipe(main), f"{t.updates * t.meta_batch // 4} updates x 4 tasks, paper mapper"),
+        "non-episodic-paper": Training((*PAPER_MAPPER, *equal_compute_standard(main)),
+                                       f"{t.updates} updates x the pairs of {t.meta_batch} tasks, paper mapper"),
+        "mlp": Training(("mapper.kind=mlp",), f"{same}, MLP mapper"),
+    }
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measurement of a claim: a training evaluated one way (per seed)."""
+
+    label: str
+    training: str
+    dataset: str = "fashion-open-ended"
+    ways: int = 2
+    shots: int = 1
+    method: str = "in-context"
+    steps: int | None = None  # adaptation steps (None: eval.fewshot.adaptation_steps' rule)
+    repeats: int = 0  # extra presentations of the support set
+    induction: bool = False  # the task-induction instruction before each question
+    slow: bool = False  # scored on the study's smaller task count (adaptation at test time)
+
+    def evaluation(self) -> str:
+        """``"Open-Ended 2-way 1-shot, in-context"`` (+ steps, repeats, induction)."""
+        kind = {"fashion-open-ended": "Open-Ended", "fashion-real-name": "Real-Name"}.get(self.dataset,
+                                                                                          self.dataset)
+        text = f"{kind} {self.ways}-way {self.shots}-shot, {self.method}"
+        if self.steps is not None:
+            text += f", {self.steps} steps"
+        if self.repeats:
+            text += f", support shown {1 + self.repeats}x"
+        return text + (", task induction" if self.induction else "")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``better`` should beat ``worse`` (``kind="better"``) or be no worse (``"not_worse"``)."""
+
+    better: str
+    worse: str
+    kind: str = "better"
+
+
+@dataclass(frozen=True)
+class Claim:
+    title: str
+    rows: tuple[Row, ...]
+    comparisons: tuple[Comparison, ...] = ()
+    note: str = ""
+
+
+OE, RN = "fashion-open-ended", "fashion-real-name"
+STEPS = (0, 1, 5, 10)
+
+CLAIMS: dict[str, Claim] = {
+    "episodic": Claim(
+        "1. Episodic meta-training beats non-episodic training (equal compute)",
+        (Row("in-context, episodic (default)", "default"),
+         Row("in-context, non-episodic", "non-episodic"),
+         Row("MAML, episodic (paper)", "maml", method="maml", steps=5, slow=True),
+         Row("MAML at test, non-episodic", "non-episodic-paper", method="maml", steps=5, slow=True)),
+        (Comparison("in-context, episodic (default)", "in-context, non-episodic"),
+         Comparison("MAML, episodic (paper)", "MAML at test, non-episodic"))),
+    "shots": Claim(
+        "2. More distinct shots help more than repeating one",
+        (Row("1 shot", "default"),
+         Row("3 shots", "default", shots=3), Row("5 shots", "default", shots=5),
+         Row("1 shot shown 3x", "default", repeats=2), Row("1 shot shown 5x", "default", repeats=4)),
+        (Comparison("3 shots", "1 shot shown 3x"), Comparison("5 shots", "1 shot shown 5x")),
+        "Repeats under MAML change nothing (the support loss is a mean over duplicated rows), so the "
+        "claim is measured in context, where a repeat is a longer context."),
+    "steps": Claim(
+        "3. More inner steps help",
+        (*(Row(f"MAML, {s} steps", "maml", method="maml", steps=s, slow=True) for s in STEPS),
+         *(Row(f"in-context + {s} steps", "default", method="in-context-maml", steps=s, slow=s > 0)
+           for s in STEPS)),
+        (Comparison("MAML, 1 steps", "MAML, 0 steps"), Comparison("MAML, 5 steps", "MAML, 1 steps"),
+         Comparison("MAML, 10 steps", "MAML, 5 steps"),
+         Comparison("in-context + 1 steps", "in-context + 0 steps"),
+         Comparison("in-context + 5 steps", "in-context + 1 steps"),
+         Comparison("in-context + 10 steps", "in-context + 5 steps"))),
+    "mapper": Claim(
+        "4. The attention mapper beats the MLP mapper",
+        (Row("attention mapper (default)", "default"), Row("MLP mapper", "mlp")),
+        (Comparison("attention mapper (default)", "MLP mapper"),)),
+    "induction": Claim(
+        "5. Task induction is not needed",
+        (Row("Open-Ended, no induction", "default"), Row("Open-Ended, induction", "default", induction=True),
+         Row("Real-Name, no induction", "default", dataset=RN),
+         Row("Real-Name, induction", "default", dataset=RN, induction=True)),
+        (Comparison("Open-Ended, no induction", "Open-Ended, induction", "not_worse"),
+         Comparison("Real-Name, no induction", "Real-Name, induction", "not_worse"))),
+    "grid": Claim(
+        "The Frozen grid for the default",
+        tuple(Row(f"{'Open-Ended' if ds == OE else 'Real-Name'} {w}-way {k}-shot", "default", dataset=ds,
+                  ways=w, shots=k) for ds in (OE, RN) for w in (2, 4) for k in (1, 3, 5)),
+        note="Fashion-MNIST holds out 4 classes, so 4-way is its widest task (the paper's 5-way needs 5)."),
+}
+
+
+def _key(row: Row, seed: int, n_tasks: int) -> str:
+    fields = asdict(row)
+    fields.pop("label")
+    fields.pop("slow")
+    return json.dumps({**fields, "seed": seed, "n_tasks": n_tasks}, sort_keys=True)
+
+
+@dataclass
+class Store:
+    """The measurements so far: ``OUT/results.jsonl``, one JSON object per line (a line cut by a
+    crash is skipped)."""
+
+    path: Path
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, path: Path) -> Store:
+        store = cls(path)
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    store.results[rec["key"]] = rec
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    continue
+        return store
+
+    def add(self, key: str, record: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        record = {"key": key, **record}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        self.results[key] = record
+
+
+def tasks_for(row: Row, tasks: int, slow_tasks: int) -> int:
+    return slow_tasks if row.slow else tasks
+
+
+def _paired(store: Store, a: Row, b: Row, seeds: int, tasks: int, slow_tasks: int) -> list[float]:
+    diffs = []
+    for s in range(seeds):
+        ra = store.results.get(_key(a, s, tasks_for(a, tasks, slow_tasks)))
+        rb = store.results.get(_key(b, s, tasks_for(b, tasks, slow_tasks)))
+        if ra and rb:
+            diffs.append(ra["accuracy"] - rb["accuracy"])
+    return diffs
+
+
+def verdict(diffs: Sequence[float], kind: str = "better") -> str:
+    """The call on paired per-seed differences (``better - worse``): at two standard errors of
+    their mean, *holds*, *fails*, or *not separated*; fewer than 2 seeds: *too few seeds*.
+
+    Example::
+
+        >>> verdict([0.05, 0.06, 0.04]), verdict([0.01, -0.02, 0.0]), verdict([-0.01, -0.02, -0.015], "not_worse")
+        ('holds', 'not separated', 'fails')
+    """
+    if len(diffs) < 2:
+        return "too few seeds"
+    mean, se = statistics.mean(diffs), statistics.stdev(diffs) / math.sqrt(len(diffs))
+    if kind == "not_worse":
+        return "fails" if mean < -2 * se else "holds"
+    if mean > 2 * se:
+        return "holds"
+    return "fails" if mean < -2 * se else "not separated"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: int, slow_tasks: int,
+                  plot: str | None) -> str:
+    """One claim's Markdown: the command, its rows (mean +- sd over seeds, each run's Wilson
+    interval) and the paired comparisons."""
+    runs = trainings()
+    cmd = f"metamapper study --claim {name} --seeds {seeds} --tasks {tasks} --slow-tasks {slow_tasks}"
+    lines = [f"## {claim.title}", "", f"`{cmd}`", ""]
+    if claim.note:
+        lines += [claim.note, ""]
+    lines += ["| row | training | evaluation | tasks | mean ± sd % | per seed % (95% Wilson) |",
+              "|---|---|---|---|---|---|"]
+    for row in claim.rows:
+        n = tasks_for(row, tasks, slow_tasks)
+        recs = [store.results.get(_key(row, s, n)) for s in range(seeds)]
+        got = [r for r in recs if r]
+        if got:
+            accs = [r["accuracy"] for r in got]
+            sd = f" ± {_pct(statistics.stdev(accs))}" if len(accs) > 1 else ""
+            summary = f"{_pct(statistics.mean(accs))}{sd}" + (f" ({len(got)} of {seeds} seeds)"
+                                                               if len(got) < seeds else "")
+            per = ", ".join(f"{_pct(r['accuracy'])} ({_pct(r['ci95'][0])}–{_pct(r['ci95'][1])})"
+                            if r else "—" for r in recs)
+        else:
+            summary, per = "not yet measured", "—"
+        lines.append(f"| {row.label} | {runs[row.training].compute} | {row.evaluation()} | {n} | "
+                     f"{summary} | {per} |")
+    if claim.comparisons:
+        by_label = {r.label: r for r in claim.rows}
+        lines += ["", "| comparison | paired difference (points, mean ± sd) | seeds | verdict |",
+                  "|---|---|---|---|"]
+        for c in claim.comparisons:
+            diffs = _paired(store, by_label[c.better], by_label[c.worse], seeds, tasks, slow_tasks)
+            sign = ">" if c.kind == "better" else ">="
+            diff = (f"{100 * statistics.mean(diffs):+.1f}"
+                    + (f" ± {100 * statistics.stdev(diffs):.1f}" if len(diffs) > 1 else "")) if diffs else "—"
+            lines.append(f"| {c.better} {sign} {c.worse} | {diff} | {len(diffs)} | {verdict(diffs, c.kind)} |")
+    if plot:
+        lines += ["", f"![{name}]({plot})"]
+    return "\n".join(lines) + "\n"
+
+
+def plot_claim(claim: Claim, store: Store, path: Path, *, seeds: int, tasks: int, slow_tasks: int) -> bool:
+    """A bar per measured row (mean over seeds, sd as the error bar, each seed as a dot)."""
+    rows = []
+    for row in claim.rows:
+        accs = [r["accuracy"] for s in range(seeds)
+                if (r := store.results.get(_key(row, s, tasks_for(row, tasks, slow_tasks))))]
+        if accs:
+            rows.append((row.label, accs))
+    if not rows:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows)), 3.2))
+    means = [100 * statistics.mean(a) for _, a in rows]
+    sds = [100 * statistics.stdev(a) if len(a) > 1 else 0.0 for _, a in rows]
+    ax.bar(range(len(rows)), means, yerr=sds, capsize=3, color="#8fb3d9")
+    for i, (_, accs) in enumerate(rows):
+        ax.scatter([i] * len(accs), [100 * a for a in accs], s=8, color="black", zorder=3)
+    ax.set_xticks(range(len(rows)), [label for label, _ in rows], rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel("accuracy % (test tasks)")
+    ax.set_ylim(0, 100)
+    ax.set_title(claim.title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_tasks: int) -> Path:
+    """``results`` (Markdown) with every claim, plots in ``results``' folder under ``results/``."""
+    parts = ["# Results", "",
+             "Written by `metamapper study` (src/metamapper/study.py) from its measurements; rerun a claim "
+             "to update its section. The embedded default (EfficientNet-Lite0 + SmolLM2-135M, "
+             "meta-trained on six Fashion-MNIST classes) and the trainings it is compared with, each "
+             "trained once per seed (`train.seed` = 0, 1, ...), scored on the same test tasks of the four "
+             "held-out classes (the fixed test seed 1234). Rows: mean ± sd over the seeds, each run's "
+             "95% Wilson interval. Comparisons: paired by seed, *holds* / *fails* at two standard errors "
+             "of the mean difference, else *not separated*.", ""]
+    for name, claim in CLAIMS.items():
+        png = results.parent / "results" / f"{name}.png"
+        have = plot_claim(claim, store, png, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)
+        parts.append(claim_section(name, claim, store, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks,
+                                   plot=f"results/{name}.png" if have else None))
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text("\n".join(parts))
+    return results
+
+
+def _finished(run_dir: Path, updates: int) -> bool:
+    from metamapper.checkpoint import CheckpointError, latest_checkpoint
+
+    try:
+        return latest_checkpoint(run_dir, fallback=False).step >= updates
+    except CheckpointError:  # no run, or no valid newest checkpoint: train (resuming what is there)
+        return False
+
+
+def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_tasks: int = 300,
+              out: str | Path = "runs/study", results: str | Path = "docs/RESULTS.md",
+              device: str | None = None, overrides: Sequence[str] = (),
+              say: Callable[[str], None] = print) -> Path:
+    """Train what ``claims`` need (once per seed), score their rows, rewrite the report.
+
+    Args:
+        claims: names in ``CLAIMS``.
+        seeds: training seeds 0 .. seeds-1.
+        tasks, slow_tasks: test tasks per row (``slow_tasks`` for rows that adapt at test time).
+        out: the study's folder (trainings and ``results.jsonl``).
+        results: the Markdown report to (re)write.
+        device: where to compute (default: ``runtime.device``'s auto).
+        overrides: extra config overrides for every training (e.g. tiny backbones in tests).
+    """
+    # the claims and the report load no torch (the CLI's parser reads CLAIMS); the runner does
+    from metamapper.data.sources import evaluation_tasks
+    from metamapper.eval.run import evaluate_run
+    from metamapper.pretrained import load_run
+    from metamapper.runs import has_run
+    from metamapper.train import episodic, standard
+
+    unknown = [c for c in claims if c not in CLAIMS]
+    if unknown:
+        raise ValueError(f"unknown claim {', '.join(unknown)}; choose from {', '.join(CLAIMS)}")
+    out, results = Path(out), Path(results)
+    store = Store.open(out / "results.jsonl")
+    on = (*overrides, *((f"runtime.device={device}",) if device else ()))
+    specs = trainings(config_from_dict({}, list(overrides)))
+    rows = [row for name in claims for row in CLAIMS[name].rows]
+    for seed in range(seeds):
+        for name in dict.fromkeys(row.training for row in rows):
+            cfg = config_from_dict({}, [*overrides, *specs[name].overrides, f"train.seed={seed}", *on])
+            run_dir = out / name / f"seed{seed}"
+            if not _finished(run_dir, cfg.train.updates):
+                say(f"== training {name}, seed {seed}: {specs[name].compute}")
+                train_fn = standard.train if cfg.train.method == "standard" else episodic.train
+                train_fn(cfg, run_dir, resume=has_run(run_dir))
+            run = None
+            for row in (r for r in rows if r.training == name):
+                n = tasks_for(row, tasks, slow_tasks)
+                key = _key(row, seed, n)
+                if key in store.results:
+                    continue
+                run = run or load_run(run_dir, device=device)
+                say(f"== {row.label} (seed {seed}): {row.evaluation()}, {n} tasks")
+                ts = evaluation_tasks(row.dataset, data=None, ways=row.ways, shots=row.shots, n_tasks=n)
+                res = evaluate_run(run, ts, method=row.method, steps=row.steps, repeats=row.repeats,
+                                   induction=row.induction, with_zero_steps=False)
+                store.add(key, {"label": row.label, "training": name, "seed": seed, "run": str(run_dir),
+                                **{k: res[k] for k in ("accuracy", "ci95", "ci_method", "n_tasks", "n_queries",
+                                                       "steps")}})
+                write_report(store, results, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)
+    return write_report(store, results, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)

@@ -1,0 +1,78 @@
+"""``metamapper study`` on tiny random backbones and the real Fashion-MNIST split: the orchestration
+(trainings per seed, rows scored once, the report rewritten with every claim), not the accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import metamapper.eval.run
+import metamapper.study as study
+import metamapper.train.episodic
+import metamapper.train.standard
+from metamapper.config import Config, config_from_dict, load_config
+from metamapper.data.fashion import DEFAULT_ROOT
+
+TINY = ("backbones.vision=tiny-clip", "backbones.vision_mode=pooled", "backbones.lm=tiny-lm",
+        "mapper.prefix_len=2", "mapper.num_heads=4", "mapper.ff_dim=64", "data.images_per_class=8",
+        "train.updates=2", "train.meta_batch=2", "train.val_every=0")
+
+
+def test_trainings_are_at_the_defaults_compute() -> None:
+    specs = study.trainings(Config())
+    std = config_from_dict({}, list(specs["non-episodic"].overrides))
+    # 150 updates, each on the (image, caption) pairs of 32 tasks of 2 ways x (1 shot + 2 queries)
+    assert (std.train.method, std.train.updates, std.train.meta_batch) == ("standard", 150, 32 * 6)
+    maml = config_from_dict({}, list(specs["maml"].overrides))
+    assert (maml.train.method, maml.train.updates * maml.train.meta_batch) == ("maml", 150 * 32)
+    assert config_from_dict({}, list(specs["mlp"].overrides)).mapper.kind == "mlp"
+    rows = [r for c in study.CLAIMS.values() for r in c.rows]
+    assert {r.training for r in rows} <= set(specs)
+    for claim in study.CLAIMS.values():  # comparisons name rows of their own claim
+        labels = [r.label for r in claim.rows]
+        assert len(set(labels)) == len(labels)
+        assert {x for c in claim.comparisons for x in (c.better, c.worse)} <= set(labels)
+
+
+def test_verdict() -> None:
+    assert study.verdict([0.05, 0.06, 0.04]) == "holds"
+    assert study.verdict([-0.05, -0.06, -0.04]) == "fails"
+    assert study.verdict([0.02, -0.02, 0.01]) == "not separated"
+    assert study.verdict([0.05]) == "too few seeds"
+    assert study.verdict([0.0, 0.01, -0.01], "not_worse") == "holds"
+    assert study.verdict([-0.03, -0.04, -0.05], "not_worse") == "fails"
+
+
+def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if not (Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("Debian's Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    monkeypatch.setenv("METAMAPPER_CACHE", str(tmp_path / "cache"))
+    claim = study.Claim("tiny", (study.Row("in context", "default"),
+                                 study.Row("in context, 2 shots", "default", shots=2),
+                                 study.Row("non-episodic", "non-episodic")),
+                        (study.Comparison("in context", "non-episodic"),))
+    monkeypatch.setattr(study, "CLAIMS", {"tiny": claim, "other": study.CLAIMS["mapper"]})
+    out, report = tmp_path / "study", tmp_path / "docs" / "RESULTS.md"
+    study.run_study(["tiny"], seeds=2, tasks=3, slow_tasks=2, out=out, results=report, overrides=TINY)
+
+    for name in ("default", "non-episodic"):
+        assert sorted(p.name for p in (out / name).iterdir()) == ["seed0", "seed1"]
+    assert load_config(out / "default" / "seed1" / "config.yaml").train.seed == 1
+    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert len(lines) == 3 * 2 and {x["n_tasks"] for x in lines} == {3}
+    text = report.read_text()
+    assert "`metamapper study --claim tiny --seeds 2 --tasks 3 --slow-tasks 2`" in text
+    assert "| in context, 2 shots | " in text and "(2 of 2 seeds)" not in text
+    assert "| in context > non-episodic | " in text
+    assert "not yet measured" in text  # the claim not run is listed, unmeasured
+    assert (report.parent / "results" / "tiny.png").is_file()
+
+    # a rerun trains and scores nothing again
+    for recipe in (metamapper.train.episodic, metamapper.train.standard):
+        monkeypatch.setattr(recipe, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr(metamapper.eval.run, "evaluate_run",
+                        lambda *a, **k: pytest.fail("a finished row was scored again"))
+    study.run_study(["tiny"], seeds=2, tasks=3, slow_tasks=2, out=out, results=report, overrides=TINY)
+    assert report.read_text() == text
