@@ -3,6 +3,8 @@
     metamapper train --config configs/fashion.yaml --out runs/fashion [train.updates=100 ...]
     metamapper evaluate --checkpoint runs/fashion --dataset fashion-open-ended --ways 2 --shots 1
     metamapper predict --checkpoint runs/fashion --support a.jpg="This is a dax." ... --query q.jpg
+    metamapper export --checkpoint runs/fashion --out export/fashion
+    metamapper push --checkpoint runs/fashion --repo owner/name [--revision BRANCH]
     metamapper prepare --dataset fashion-open-ended
     metamapper export-fashion DIR --variant open_ended --ways 2 --shots 1 --tasks 500
     metamapper demo [--quick]
@@ -61,7 +63,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
         adaptation_steps(a.method, a.steps, 0)
     if a.repeats < 0:
         raise ValueError(f"--repeats must be >= 0, got {a.repeats}")
-    cfg = read_run_config(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback)
+    cfg = read_run_config(a.checkpoint, step=a.step, revision=a.revision, allow_fallback=a.allow_fallback)
     a.split = a.split or default_split(cfg, a.dataset)
     n_tasks = cfg.eval.tasks if a.tasks is None else a.tasks
     ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=n_tasks,
@@ -70,7 +72,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     if overlap and rank == 0:
         print(f"metamapper: warning: {overlap} of the {len(ts.tasks)} tasks are tasks this run "
               "meta-trained on (--split all)", file=sys.stderr)
-    run = load_run(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback, device=a.device)
+    run = load_run(a.checkpoint, step=a.step, revision=a.revision, allow_fallback=a.allow_fallback,
+                   device=a.device)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
                        progress=rank == 0)
@@ -100,7 +103,8 @@ def _cmd_predict(a: argparse.Namespace) -> None:
 
     paths, captions = _parse_support(a.support)
     support, queries = [load_image(p) for p in paths], [load_image(q) for q in a.query]
-    run = load_run(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback, device=a.device)
+    run = load_run(a.checkpoint, step=a.step, revision=a.revision, allow_fallback=a.allow_fallback,
+                   device=a.device)
     adapted = adapt_to_support(run, support, captions, steps=a.steps, method=a.method)
     answers = adapted.answer(queries, question=a.question)
     if a.json:
@@ -136,6 +140,22 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
+    from metamapper.hub import export_checkpoint, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(a.checkpoint, step=a.step, revision=a.revision, allow_fallback=a.allow_fallback)
+    print(f"exported {ckpt.path} to {export_checkpoint(ckpt, a.out, repo_id=a.repo)}")
+
+
+def _cmd_push(a: argparse.Namespace) -> None:
+    from metamapper.hub import push_checkpoint, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback)
+    url = push_checkpoint(ckpt, a.repo, revision=a.revision, private=a.private or None,
+                          commit_message=a.message)
+    print(f"pushed {ckpt.path} to {a.repo}: {url}")
+
+
+def _cmd_export_fashion(a: argparse.Namespace) -> None:
     from metamapper.data.export import export_fashion
 
     path = export_fashion(a.dir, variant=a.variant, ways=a.ways, shots=a.shots, n_tasks=a.tasks,
@@ -165,7 +185,7 @@ def _cmd_serve(a: argparse.Namespace) -> None:
         raise ValueError(f"the web demo needs pip install 'metamapper[web]' ({e})") from None
 
     serve(a.checkpoint, host=a.host, port=a.port, step=a.step, allow_fallback=a.allow_fallback,
-          device=a.device)
+          device=a.device, revision=a.revision)
 
 
 def _cmd_config_show(a: argparse.Namespace) -> None:
@@ -174,6 +194,8 @@ def _cmd_config_show(a: argparse.Namespace) -> None:
     print(dump_config(load_config(a.config, a.overrides)), end="")
 
 
+CHECKPOINT_HELP = ("a run folder (or a checkpoint folder in it), a folder written by `metamapper "
+                   "export`, or a Hugging Face Hub id owner/name (HF_HUB_OFFLINE=1: the cache only)")
 STEPS_HELP = ("adaptation steps (default: no-adapt 0, in-context 0, else the steps the run was "
               "trained with, else 5)")
 
@@ -229,14 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, default=1234,
                         help="seed of sampled tasks (fixed: every run is scored on the same tasks)")
 
-    def step_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--step", help="which checkpoint of the run: latest (default), best "
+    def step_args(sp: argparse.ArgumentParser, *, revision: bool = True) -> None:
+        sp.add_argument("--step", help="which checkpoint of a run folder: latest (default), best "
                                        "(validation accuracy) or a step number")
         sp.add_argument("--allow-fallback", action="store_true",
                         help="if the newest checkpoint is corrupt, use the newest valid one")
+        if revision:
+            sp.add_argument("--revision", help="with a Hub id: a branch, tag or commit (default: main)")
 
     e = sub.add_parser("evaluate", help="meta-test a trained run")
-    e.add_argument("--checkpoint", required=True, help="run folder or checkpoint folder")
+    e.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     step_args(e)
     task_args(e)
     e.add_argument("--repeats", type=int, default=0, help="show each support pair R more times")
@@ -250,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(fn=_cmd_evaluate)
 
     pr = sub.add_parser("predict", help="adapt to a few captioned images and answer a query")
-    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     step_args(pr)
     pr.add_argument("--json", action="store_true",
                     help="print the answers and the checkpoint (run, step, checksum, config) as JSON")
@@ -276,7 +300,24 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--shots", type=int, default=1)
     x.add_argument("--tasks", type=int, default=500)
     x.add_argument("--seed", type=int, default=0)
-    x.set_defaults(fn=_cmd_export)
+    x.set_defaults(fn=_cmd_export_fashion)
+
+    ex = sub.add_parser("export", help="write a run's mapper as a Hub-style folder (config.json, "
+                                       "model.safetensors, README.md model card)")
+    ex.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    step_args(ex)
+    ex.add_argument("--out", required=True, help="the folder to write (a new one, or an earlier export)")
+    ex.add_argument("--repo", help="the Hub id owner/name the model card's usage snippet names")
+    ex.set_defaults(fn=_cmd_export)
+
+    pu = sub.add_parser("push", help="export a run's mapper and upload it to the Hugging Face Hub")
+    pu.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
+    step_args(pu, revision=False)
+    pu.add_argument("--repo", required=True, help="the Hub model owner/name (created if missing)")
+    pu.add_argument("--revision", help="the branch to push to (created if missing; default: main)")
+    pu.add_argument("--private", action="store_true", help="create the repository private")
+    pu.add_argument("--message", help="the commit message")
+    pu.set_defaults(fn=_cmd_push)
 
     d = sub.add_parser("demo", help="the main job on the embedded default: train, evaluate, report")
     d.add_argument("--quick", action="store_true", help="a smaller run (about 5 minutes)")
@@ -300,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.set_defaults(fn=_cmd_study)
 
     sv = sub.add_parser("serve", help="the local web demo: adapt to captioned images in a browser")
-    sv.add_argument("--checkpoint", help="run folder (default: runs/demo, trained first if missing)")
+    sv.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (default: runs/demo, trained first if missing)")
     step_args(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     sv.add_argument("--port", type=int, default=7860)

@@ -3,14 +3,17 @@
 Example::
 
     from metamapper import MetaMapper
-    model = MetaMapper.from_pretrained("runs/demo")
+    model = MetaMapper.from_pretrained("runs/demo")     # or an exported folder, or "owner/name"
     adapted = model.adapt([img_a, img_b], ["This is a dax.", "This is a blicket."])
     adapted.answer([query_img], question="This is a")   # ['blicket']
+    model.save_pretrained("export/demo")                # config.json, model.safetensors, README.md
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -19,12 +22,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from metamapper import hub
 from metamapper.checkpoint import (
     CheckpointError,
     check_compatible,
     checkpoint_config,
     read_checkpoint,
-    select_checkpoint,
 )
 from metamapper.config import Config, ConfigError, config_from_dict
 from metamapper.device import resolve_device, setup_device
@@ -37,6 +40,7 @@ from metamapper.eval.fewshot import (
 from metamapper.meta.episode import Episode, caption_rows
 from metamapper.meta.maml import InnerLearningRates, adapt, adapted_names, task_losses
 from metamapper.models import metamapper as modeling
+from metamapper.models.backbones import BackboneError
 from metamapper.models.factory import build_model
 
 
@@ -69,70 +73,146 @@ class MetaMapper(modeling.MetaMapper):
     run: LoadedRun | None = None  # set by from_pretrained: config, learned rates, checkpoint
 
     @classmethod
-    def from_pretrained(cls, run_dir: str | os.PathLike[str], *, step: str | int | None = None,
-                        with_vision: bool = True, device: str | torch.device | None = None) -> MetaMapper:
-        """Load a trained run (its backbones are rebuilt from the checkpoint's config).
+    def from_pretrained(cls, source: str | os.PathLike[str], revision: str | None = None, *,
+                        step: str | int | None = None, with_vision: bool = True,
+                        device: str | torch.device | None = None,
+                        backbones: dict[str, Any] | None = None) -> MetaMapper:
+        """Load a trained mapper and rebuild the frozen backbones it was trained with.
 
         Args:
-            run_dir: a run folder written by ``metamapper train``, or a checkpoint folder in it.
-            step: ``"latest"`` (default), ``"best"`` (by validation accuracy) or a step number.
+            source: a run folder written by ``metamapper train`` (or a checkpoint folder in it),
+                a folder written by ``save_pretrained``, or a Hub id ``owner/name`` (fetched with
+                ``huggingface_hub``; ``HF_HUB_OFFLINE=1`` reads the local cache only).
+            revision: with a Hub id, a branch, tag or commit (default ``main``).
+            step: with a run folder, ``"latest"`` (default), ``"best"`` (by validation
+                accuracy) or a step number.
             with_vision: also build the image encoder (not needed with cached features).
             device: where to run (default ``auto``: a GPU if there is one).
+            backbones: ``backbones`` config keys to use instead of the recorded ones (e.g.
+                ``{"lm_path": "/models/gpt2"}``: a local copy of a Hub model); the backbones
+                built must still be the ones the mapper was trained with.
+
+        Raises:
+            CheckpointError: no such run, folder or Hub model; invalid files; other backbones.
         """
-        return load_run(run_dir, step=step, with_vision=with_vision, device=device).model
+        return load_run(source, step=step, revision=revision, with_vision=with_vision, device=device,
+                        backbones=backbones).model
+
+    def save_pretrained(self, out_dir: str | os.PathLike[str], *, repo_id: str | None = None) -> Path:
+        """Write the mapper as a Hub-style folder: ``config.json`` (the backbones' identities and
+        the run's config), ``model.safetensors`` (the mapper only, never the backbones) and a
+        model card ``README.md`` (with the run's results of these weights, if it recorded any).
+
+        Args:
+            out_dir: the folder (an earlier export there is replaced; anything else refused).
+            repo_id: the Hub id the card's usage snippet names (default ``OWNER/NAME``).
+
+        Returns:
+            ``out_dir``; ``MetaMapper.from_pretrained(out_dir)`` loads it back.
+        """
+        run = self._loaded("save_pretrained()")
+        weights = {f"mapper.{k}": v for k, v in self.mapper.state_dict().items()}
+        if run.lrs is not None:
+            weights.update({f"inner_lrs.{k}": v for k, v in run.lrs.state_dict().items()})
+        meta = dict(run.meta, lm_identity=self.lm.identity, visual_dim=self.mapper.visual_dim,
+                    embed_dim=self.lm.embed_dim, prefix_len=self.prefix_len, config=run.config.to_dict())
+        if self.vision is not None:
+            meta["vision_identity"] = self.vision.identity
+        return hub.write_pretrained(weights, meta, out_dir, results=hub.results_for(run.path, run.meta),
+                                    repo_id=repo_id)
+
+    def push_to_hub(self, repo_id: str, *, revision: str | None = None, private: bool | None = None,
+                    token: str | None = None, commit_message: str | None = None) -> str:
+        """``save_pretrained`` into a temporary folder and upload it to the Hub model ``repo_id``
+        (created if missing) with ``huggingface_hub``; ``revision``: a branch (created if missing).
+        Returns the commit's URL.
+
+        Raises:
+            metamapper.hub.HubError: offline, no token, no permission (one line, the library's reason).
+        """
+        with tempfile.TemporaryDirectory(prefix="metamapper-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "export", repo_id=repo_id)
+            return hub.push_folder(folder, repo_id, revision=revision, private=private, token=token,
+                                   commit_message=commit_message)
+
+    def _loaded(self, what: str) -> LoadedRun:
+        if self.run is None:
+            raise RuntimeError(f"{what} needs a model loaded with MetaMapper.from_pretrained(...)")
+        return self.run
 
     def adapt(self, support_images: Sequence[Image.Image], captions: Sequence[str],
               steps: int | None = None, *, method: str | None = None) -> AdaptedMetaMapper:
         """Adapt to a support set of (image, caption) pairs; ``.answer(images)`` then names
         new images. ``steps`` and ``method`` as in ``adapt_to_support``."""
-        if self.run is None:
-            raise RuntimeError("adapt() needs a model loaded with MetaMapper.from_pretrained(run_dir)")
-        return adapt_to_support(self.run, support_images, captions, steps=steps, method=method)
+        return adapt_to_support(self._loaded("adapt()"), support_images, captions, steps=steps, method=method)
 
 
-def load_run(run_dir: str | os.PathLike[str], *, checkpoint: str | None = None,
-             with_vision: bool = True, step: str | int | None = None,
-             allow_fallback: bool = False, device: str | torch.device | None = None) -> LoadedRun:
-    """Rebuild the backbones named in a run's checkpoint and load its mapper.
+def load_run(source: str | os.PathLike[str], *, checkpoint: str | None = None,
+             with_vision: bool = True, step: str | int | None = None, revision: str | None = None,
+             allow_fallback: bool = False, device: str | torch.device | None = None,
+             backbones: dict[str, Any] | None = None) -> LoadedRun:
+    """Rebuild the backbones named in a checkpoint and load its mapper.
 
     Args:
-        run_dir: a run folder written by ``metamapper train`` (or a checkpoint folder inside it).
+        source: a run folder written by ``metamapper train`` (or a checkpoint folder inside it),
+            an exported folder (``save_pretrained``) or a Hub id ``owner/name``
+            (``hub.resolve_checkpoint``).
         checkpoint: a specific ``checkpoints/step-*`` folder (default: the one ``step`` picks).
         with_vision: also build the image encoder (not needed with cached features).
-        step: which of the run's checkpoints: ``"latest"`` (default), ``"best"`` (validation
+        step: which of a run's checkpoints: ``"latest"`` (default), ``"best"`` (validation
             accuracy) or a step number (``checkpoint.select_checkpoint``).
+        revision: with a Hub id, a branch, tag or commit.
         allow_fallback: a corrupt newest checkpoint falls back to the newest valid one (with a
             warning) instead of raising.
         device: where to run (``auto`` when None, whatever device the run was trained on; the
             weights are read to the CPU and moved there).
+        backbones: ``backbones`` config keys replacing the recorded ones (say, a local folder
+            for a Hub model); the identities built must still match the recorded ones.
 
     Raises:
-        CheckpointError: missing run or step, a corrupt checkpoint, other backbones, or weights
-            that do not fit the mapper config.
+        CheckpointError: missing run, folder, Hub model or step, a corrupt checkpoint, other
+            backbones, or weights that do not fit the mapper config.
     """
-    ckpt = read_checkpoint(checkpoint) if checkpoint is not None else select_checkpoint(
-        run_dir, step, allow_fallback=allow_fallback)
+    ckpt = read_checkpoint(checkpoint) if checkpoint is not None else hub.resolve_checkpoint(
+        source, step=step, revision=revision, allow_fallback=allow_fallback)
+    exported = ckpt.meta.get("format") == hub.PRETRAINED_FORMAT
+    from_hub = exported and checkpoint is None and not Path(source).exists()
+    where = f"{source} (revision {ckpt.path.name[:12]})" if from_hub else str(ckpt.path)
+    raw = copy.deepcopy(checkpoint_config(ckpt))
+    if backbones:
+        raw["backbones"] = {**(raw.get("backbones") or {}), **backbones}
     try:
-        cfg = config_from_dict(checkpoint_config(ckpt))
+        cfg = config_from_dict(raw)
     except ConfigError as e:
-        raise CheckpointError(f"checkpoint {ckpt.path}: meta.json holds no valid config ({e})") from None
-    base = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"], with_vision=with_vision,
-                       device=setup_device(resolve_device(device)), precision=cfg.runtime.precision)
+        what = hub.CONFIG_NAME if exported else "meta.json"
+        raise CheckpointError(f"checkpoint {where}: {what} holds no valid config ({e})") from None
+    try:
+        base = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"], with_vision=with_vision,
+                           device=setup_device(resolve_device(device)), precision=cfg.runtime.precision)
+    except BackboneError as e:
+        if not exported:
+            raise
+        raise CheckpointError(f"{where}: cannot build the backbones it was trained with ({e}); pass "
+                              "backbones={...} (e.g. a local folder of the same model)") from None
     model = MetaMapper(vision=base.vision, lm=base.lm, mapper=base.mapper)
     check_compatible(ckpt.meta, vision=model.vision.identity if model.vision is not None else None,
                      lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
-                     embed_dim=model.lm.embed_dim, where=str(ckpt.path))
+                     embed_dim=model.lm.embed_dim, where=where)
     try:
         model.mapper.load_state_dict({k[7:]: v for k, v in ckpt.weights.items() if k.startswith("mapper.")})
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {ckpt.path} does not fit its mapper config: {e}") from None
+        raise CheckpointError(f"checkpoint {where} does not fit its mapper config: {e}") from None
     lrs = None
     lr_w = {k[10:]: v for k, v in ckpt.weights.items() if k.startswith("inner_lrs.")}
     if lr_w:
         names = adapted_names(model, cfg.train.inner)
         lrs = InnerLearningRates({k: model.mapper_params()[k] for k in names}, init=0.0,
                                  steps=cfg.train.inner.steps, per_step=cfg.train.inner.per_step_lr)
-        lrs.load_state_dict(lr_w)
+        try:
+            lrs.load_state_dict(lr_w)
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {where}: its learned inner rates do not fit its "
+                                  f"config: {e}") from None
     model.eval()
     model.run = LoadedRun(model=model, config=cfg, meta=ckpt.meta, lrs=lrs, path=ckpt.path)
     return model.run

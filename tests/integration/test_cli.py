@@ -139,11 +139,12 @@ def test_top_level_help() -> None:
     p = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr
-    for sub in ("train", "evaluate", "predict", "prepare", "export-fashion", "demo"):
+    for sub in ("train", "evaluate", "predict", "prepare", "export-fashion", "export", "push", "demo"):
         assert sub in p.stdout
 
 
-@pytest.mark.parametrize("sub", ["train", "evaluate", "predict", "prepare", "export-fashion", "demo"])
+@pytest.mark.parametrize("sub", ["train", "evaluate", "predict", "prepare", "export-fashion", "export",
+                                 "push", "demo"])
 def test_subcommand_help(sub: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main([sub, "--help"])

@@ -18,7 +18,6 @@ from metamapper.checkpoint import (
     CheckpointError,
     checkpoint_config,
     checkpoint_record,
-    select_checkpoint,
 )
 from metamapper.config import Config, ConfigError, config_from_dict
 from metamapper.data.benchmarks import BENCHMARK_NAMES
@@ -26,18 +25,21 @@ from metamapper.data.feature_table import FeatureTable
 from metamapper.data.sources import trained_task_overlap
 from metamapper.data.tasks import TaskSet, filter_tasks, with_repeats, with_task_induction
 from metamapper.eval.fewshot import adaptation_steps, evaluate
+from metamapper.hub import resolve_checkpoint
 from metamapper.pretrained import LoadedRun
 
 
 def read_run_config(path: str | os.PathLike[str], *, step: str | int | None = None,
-                    allow_fallback: bool = False) -> Config:
-    """The config of the run's checkpoint that ``step`` picks (``checkpoint.select_checkpoint``),
-    read without building the model: what ``evaluate`` checks before it loads the backbones.
+                    revision: str | None = None, allow_fallback: bool = False) -> Config:
+    """The config of the checkpoint ``path`` names (a run folder and ``step``, an exported folder
+    or a Hub id and ``revision``: ``hub.resolve_checkpoint``), read without building the model:
+    what ``evaluate`` checks before it loads the backbones.
 
     Raises:
-        CheckpointError: no such run or step, no valid checkpoint, or no valid config in it.
+        CheckpointError: no such run, folder, Hub model or step, no valid checkpoint, or no
+            valid config in it.
     """
-    ckpt = select_checkpoint(path, step, allow_fallback=allow_fallback)
+    ckpt = resolve_checkpoint(path, step=step, revision=revision, allow_fallback=allow_fallback)
     try:
         return config_from_dict(checkpoint_config(ckpt))
     except ConfigError as e:

@@ -365,8 +365,11 @@ class HostGuard:
 
 def run_name(run: LoadedRun) -> str:
     """The run folder's name (``runs/demo/checkpoints/step-0000129`` -> ``demo``): the page
-    shows it; a full path would tell any page that reads it where the user's files are."""
+    shows it; a full path would tell any page that reads it where the user's files are. A Hub
+    model's snapshot (``.../models--owner--name/snapshots/<commit>``) shows as ``owner/name``."""
     path = Path(run.path)
+    if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+        return path.parent.parent.name.removeprefix("models--").replace("--", "/")
     return path.parent.parent.name if path.parent.name == CKPT_DIR else path.name
 
 
@@ -483,24 +486,27 @@ def ensure_default_run(run_dir: str | Path = DEFAULT_RUN) -> Path:
 
 def serve(checkpoint: str | Path | None = None, *, host: str = "127.0.0.1", port: int = 7860,
           step: str | int | None = None, allow_fallback: bool = False,
-          allowed_hosts: Sequence[str] = (), device: str | None = None) -> None:
+          allowed_hosts: Sequence[str] = (), device: str | None = None,
+          revision: str | None = None) -> None:
     """Load a run (default: ``runs/demo``, trained first if missing) and serve the demo until ^C.
 
     Args:
-        checkpoint: a run folder or checkpoint folder; ``None`` for the embedded default run.
+        checkpoint: a run folder or checkpoint folder, an exported folder or a Hub id
+            ``owner/name`` (``hub.resolve_checkpoint``); ``None`` for the embedded default run.
         host: the address to bind; anything but loopback exposes the demo to the network.
         port: the TCP port.
         step: which checkpoint of the run (``latest``, ``best`` or a number; see
             ``checkpoint.select_checkpoint``).
         allow_fallback: a corrupt newest checkpoint falls back to the newest valid one.
+        revision: with a Hub id, a branch, tag or commit.
         allowed_hosts: further names the page may be opened under (see ``foreign_request``).
         device: where the model is served (default ``auto``: a GPU when there is one).
     """
     import uvicorn
 
-    run_dir = Path(checkpoint) if checkpoint is not None else ensure_default_run()
-    print(f"metamapper serve: loading {run_dir} ...", flush=True)
-    run = load_run(run_dir, step=step, allow_fallback=allow_fallback, device=device)
+    source = checkpoint if checkpoint is not None else ensure_default_run()
+    print(f"metamapper serve: loading {source} ...", flush=True)
+    run = load_run(source, step=step, revision=revision, allow_fallback=allow_fallback, device=device)
     if not _is_loopback(host):
         print(f"metamapper serve: WARNING: binding to {host} makes the demo reachable from other "
               "machines; it has no authentication.", flush=True)
