@@ -8,6 +8,7 @@
     metamapper prepare --dataset fashion-open-ended
     metamapper export-fashion DIR --variant open_ended --ways 2 --shots 1 --tasks 500
     metamapper demo [--quick]
+    metamapper download [smollm2] [fashion-mnist] [--dir DIR]
     metamapper serve [--checkpoint runs/demo] [--host 127.0.0.1] [--port 7860]
     metamapper config show [--config configs/paper_coco.yaml] [train.updates=100 ...]
 """
@@ -163,6 +164,30 @@ def _cmd_export_fashion(a: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def _cmd_download(a: argparse.Namespace) -> None:
+    unknown = [w for w in a.what if w not in DOWNLOADS]
+    if unknown:
+        raise ValueError(f"cannot download {', '.join(unknown)}: choose from {', '.join(DOWNLOADS)}")
+    for what in a.what or DOWNLOADS:
+        if what == "smollm2":
+            from metamapper.models.backbones import SMOLLM2_GGUF, download_smollm2, smollm2_gguf
+
+            if a.dir is None:
+                path = smollm2_gguf()
+            else:
+                path = Path(a.dir) / "smollm2" / SMOLLM2_GGUF
+                if not path.is_file():
+                    path = download_smollm2(a.dir)
+        else:
+            from metamapper.data.fashion import download_fashion, fashion_root
+
+            path = fashion_root() if a.dir is None else download_fashion(a.dir)
+        print(f"{what}: {path}")
+
+
+DOWNLOADS = ("smollm2", "fashion-mnist")
+
+
 def _cmd_demo(a: argparse.Namespace) -> None:
     from metamapper.demo import run_demo
 
@@ -182,7 +207,7 @@ def _cmd_serve(a: argparse.Namespace) -> None:
     try:
         from metamapper.web.server import serve
     except ImportError as e:  # the web libraries are an optional extra
-        raise ValueError(f"the web demo needs pip install 'metamapper[web]' ({e})") from None
+        raise ValueError(f"the web demo needs pip install 'metamapper-fewshot[web]' ({e})") from None
 
     serve(a.checkpoint, host=a.host, port=a.port, step=a.step, allow_fallback=a.allow_fallback,
           device=a.device, revision=a.revision)
@@ -339,6 +364,16 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("overrides", nargs="*", help="config overrides for every training key.sub=value")
     add_device_arg(st)
     st.set_defaults(fn=_cmd_study)
+
+    dl = sub.add_parser("download", help="fetch the default LM's weights and Fashion-MNIST now, "
+                        "checked, instead of at first use")
+    dl.add_argument("what", nargs="*", metavar="WHAT",
+                    help=f"any of {', '.join(DOWNLOADS)} (default: both)")
+    dl.add_argument("--dir", help="put them under DIR/smollm2, DIR/fashion-mnist (default: use "
+                    "what is found: Debian's Fashion-MNIST, the environment's or the cache's "
+                    "copies, else download into the cache); metamapper looks in "
+                    "<environment>/share/metamapper and in the cache")
+    dl.set_defaults(fn=_cmd_download)
 
     sv = sub.add_parser("serve", help="the local web demo: adapt to captioned images in a browser")
     sv.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (default: runs/demo, trained first if missing)")

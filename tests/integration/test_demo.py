@@ -14,17 +14,17 @@ import pytest
 
 import metamapper.demo as demo
 from metamapper.config import load_config
-from metamapper.data.fashion import DEFAULT_ROOT
+from metamapper.data.fashion import find_fashion_root
 
-FASHION = Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz"
 TINY = ("backbones.vision=tiny-clip", "backbones.vision_mode=pooled", "backbones.lm=tiny-lm",
         "mapper.prefix_len=2", "mapper.num_heads=4", "mapper.ff_dim=64", "data.images_per_class=8")
 
 
 @pytest.fixture
 def tiny_plan(monkeypatch: pytest.MonkeyPatch) -> demo.DemoPlan:
-    if not FASHION.is_file():
-        pytest.skip("Debian's Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    if find_fashion_root() is None:
+        pytest.skip("Fashion-MNIST is not here (apt-get install dataset-fashion-mnist, or "
+                    "metamapper download fashion-mnist)")
     plan = demo.DemoPlan(
         main_overrides=(*TINY, "train.updates=2", "train.meta_batch=2", "train.val_every=0"),
         tasks=3, tasks_5shot=2,

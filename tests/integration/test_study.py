@@ -13,7 +13,7 @@ import metamapper.study as study
 import metamapper.train.episodic
 import metamapper.train.standard
 from metamapper.config import Config, config_from_dict, load_config
-from metamapper.data.fashion import DEFAULT_ROOT
+from metamapper.data.fashion import find_fashion_root
 
 TINY = ("backbones.vision=tiny-clip", "backbones.vision_mode=pooled", "backbones.lm=tiny-lm",
         "mapper.prefix_len=2", "mapper.num_heads=4", "mapper.ff_dim=64", "data.images_per_class=8",
@@ -46,8 +46,8 @@ def test_verdict() -> None:
 
 
 def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if not (Path(DEFAULT_ROOT) / "train-images-idx3-ubyte.gz").is_file():
-        pytest.skip("Debian's Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    if find_fashion_root() is None:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist, or metamapper download)")
     monkeypatch.setenv("METAMAPPER_CACHE", str(tmp_path / "cache"))
     claim = study.Claim("tiny", (study.Row("in context", "default"),
                                  study.Row("in context, 2 shots", "default", shots=2),

@@ -14,12 +14,12 @@ from PIL import Image
 from metamapper import cli
 from metamapper.config import Config, DataConfig, config_from_dict
 from metamapper.data.benchmarks import SPLIT_SEED, load_benchmark, split_tasks
+from metamapper.data.fashion import find_fashion_root
 from metamapper.data.sources import check_task_induction, evaluation_tasks, training_tasks
 from metamapper.data.tasks import VAL_SEED_OFFSET
 from metamapper.eval import run as eval_run
 
 WORDS = ["dax", "blicket"]
-FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 
 def write_benchmark(folder: Path, n: int, *, name: str = "open_ended_mi", ways: int = 2,
@@ -155,8 +155,8 @@ def test_sampled_sources_have_a_val_stream_and_refuse_file_parts() -> None:
             evaluation_tasks("synthetic", data=None, ways=2, shots=1, n_tasks=3, split=split)
 
 
-@pytest.mark.skipif(not (FASHION / "t10k-images-idx3-ubyte.gz").is_file(),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(find_fashion_root() is None, reason="Fashion-MNIST is not here (apt-get "
+                    "install dataset-fashion-mnist, or metamapper download fashion-mnist)")
 def test_fashion_val_stream_is_held_out_classes_with_its_own_seed() -> None:
     kw = dict(data=None, ways=2, shots=1, n_tasks=200)
     test = evaluation_tasks("fashion-open-ended", **kw)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from metamapper.data.benchmarks import BENCHMARK_NAMES, benchmark_filename
-from metamapper.data.fashion import DEFAULT_ROOT, FashionImageSource, fashion_tasks
+from metamapper.data.fashion import FashionImageSource, fashion_tasks
 from metamapper.data.tasks import ImageSource, Task
 
 _VARIANT_NAMES = {"open_ended": "open_ended_mi", "real_name": "real_name_mi"}
@@ -101,7 +101,7 @@ def export_fashion(
     shots: int = 1,
     n_tasks: int = 100,
     seed: int = 0,
-    root: str | os.PathLike[str] = DEFAULT_ROOT,
+    root: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Export Fashion-MNIST test tasks (classes 6-9) as a Frozen-layout benchmark folder.
 
@@ -116,7 +116,7 @@ def export_fashion(
         shots: k.
         n_tasks: number of records.
         seed: seed of the tasks and of the query choice.
-        root: the folder of the Fashion-MNIST IDX files.
+        root: the folder of the Fashion-MNIST IDX files (default: ``fashion_root()``).
 
     Returns:
         The path of the JSON file.

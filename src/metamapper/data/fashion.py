@@ -1,6 +1,16 @@
-"""Fashion-MNIST from Debian's ``dataset-fashion-mnist`` package: the embedded default benchmark.
+"""Fashion-MNIST: the embedded default benchmark.
 
-The four gzip IDX files live in ``/usr/share/datasets/fashion-mnist/``. Classes 0-5 of the train
+The four gzip IDX files come from the first of (``fashion_root()``):
+
+1. Debian's ``dataset-fashion-mnist`` package, ``/usr/share/datasets/fashion-mnist/`` (the tested
+   default);
+2. ``fashion-mnist/`` in a ``metamapper.downloads.data_dirs()`` folder (the environment's, then the
+   user's cache), where an earlier download put them;
+3. a download of Zalando's release files into the user's cache (no root needed), each checked
+   against the pinned SHA-256 of its uncompressed IDX data (``FASHION_SHA256``: the official
+   files and Debian's recompressed copies hold the same bytes).
+
+An explicit ``root=`` is used as it is. Classes 0-5 of the train
 split are the meta-training classes, classes 6-9 of the test split the held-out test classes; the
 two are never mixed, so test tasks use classes and images that meta-training never saw.
 
@@ -25,7 +35,10 @@ Example::
 from __future__ import annotations
 
 import gzip
+import hashlib
 import os
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -38,6 +51,7 @@ from metamapper.config import DataConfig
 from metamapper.data.images import ImageLoadError
 from metamapper.data.tasks import VAL_SEED_OFFSET, Task, TaskSet, sample_task
 from metamapper.data.words import TEST_WORDS, made_up_words
+from metamapper.downloads import DownloadError, cache_dir, fetch_url, find_data, say
 from metamapper.registry import TASK_SOURCES, TaskSource
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
@@ -50,6 +64,19 @@ TRAIN_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
 TEST_CLASSES: tuple[int, ...] = (6, 7, 8, 9)
 """Held-out test classes, taken from the test split only."""
 SPLITS = {"train": "train", "test": "t10k"}
+FASHION_SHA256 = {
+    # SHA-256 of each file's uncompressed IDX bytes: gzip output differs between compressors
+    # (Debian recompressed the release files), the data does not
+    "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+}
+FASHION_MIRRORS = (
+    # Zalando's release: the download links of its README, then the files in its repository
+    "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/",
+)
 VARIANTS = ("open_ended", "real_name")
 _IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
@@ -59,7 +86,7 @@ class IdxFormatError(ValueError):
 
 
 class FashionMNISTNotFoundError(FileNotFoundError):
-    """The Fashion-MNIST files are missing (install ``dataset-fashion-mnist`` or pass ``root``)."""
+    """The Fashion-MNIST files are missing and could not be downloaded."""
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
@@ -87,7 +114,7 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise IdxFormatError(f"{p}: corrupt gzip data ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise IdxFormatError(f"{p}: not an IDX file (bad magic number)")
@@ -113,6 +140,80 @@ def _find(root: Path, stem: str) -> Path | None:
     return None
 
 
+def _complete(root: Path) -> bool:
+    return all(_find(root, stem) is not None for stem in FASHION_SHA256)
+
+
+def gunzip_sha256(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a gzip file's uncompressed bytes (of a plain file's bytes)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+    try:
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except (EOFError, zlib.error) as e:  # a truncated or damaged download
+        raise IdxFormatError(f"{path}: corrupt gzip data ({e})") from None
+    return h.hexdigest()
+
+
+def find_fashion_root() -> Path | None:
+    """The folder of the four Fashion-MNIST files where they already are, without the network:
+    Debian's ``DEFAULT_ROOT``, else ``fashion-mnist/`` in a ``data_dirs()`` folder."""
+    if _complete(Path(DEFAULT_ROOT)):
+        return Path(DEFAULT_ROOT)
+    found = find_data("fashion-mnist/train-images-idx3-ubyte.gz")
+    return found.parent if found is not None and _complete(found.parent) else None
+
+
+def download_fashion(
+    directory: str | os.PathLike[str] | None = None, *, mirrors: Sequence[str] | None = None,
+) -> Path:
+    """Download the four release files into ``directory/fashion-mnist/`` (default:
+    ``cache_dir()``), each checked against ``FASHION_SHA256``; files already there are kept.
+
+    Args:
+        directory: where to put the ``fashion-mnist`` folder.
+        mirrors: base URLs tried in order for each file (default: ``FASHION_MIRRORS``).
+
+    Returns:
+        The ``fashion-mnist`` folder.
+
+    Raises:
+        DownloadError: a file could not be fetched from any mirror, or failed its checksum.
+    """
+    folder = Path(directory or cache_dir()) / "fashion-mnist"
+    missing = [stem for stem in FASHION_SHA256 if not (folder / f"{stem}.gz").is_file()]
+    if missing:
+        say(f"downloading Fashion-MNIST (4 files, 30 MB) into {folder}")
+    for stem in missing:
+        fetch_url([f"{m}{stem}.gz" for m in mirrors or FASHION_MIRRORS], folder / f"{stem}.gz",
+                  sha256=FASHION_SHA256[stem], digest=gunzip_sha256)
+    return folder
+
+
+def fashion_root(*, download: bool = True) -> Path:
+    """The folder of the Fashion-MNIST files: ``find_fashion_root()``, else (``download``) a
+    fresh ``download_fashion()`` into the user's cache.
+
+    Raises:
+        FashionMNISTNotFoundError: not found, and not downloadable (a one-line message).
+    """
+    found = find_fashion_root()
+    if found is not None:
+        return found
+    how = ("install Debian's package (sudo apt-get install dataset-fashion-mnist), connect to "
+           "the internet once, or point root= (data.root=) at a folder of the four IDX files")
+    if not download:
+        raise FashionMNISTNotFoundError(f"Fashion-MNIST is not in {DEFAULT_ROOT} nor in the "
+                                        f"cache: {how}")
+    try:
+        return download_fashion()
+    except DownloadError as e:
+        raise FashionMNISTNotFoundError(f"Fashion-MNIST is not in {DEFAULT_ROOT} and {e}: {how}") from None
+
+
 @lru_cache(maxsize=4)
 def _load(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     prefix = SPLITS[split]
@@ -121,9 +222,9 @@ def _load(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     missing = [s + ".gz" for s, f in zip(stems, files, strict=True) if f is None]
     if missing:
         raise FashionMNISTNotFoundError(
-            f"Fashion-MNIST {split} files missing in {root!r}: {', '.join(missing)}; install "
-            "them with 'sudo apt-get install dataset-fashion-mnist' or pass root= to a folder "
-            "holding the four IDX files"
+            f"Fashion-MNIST {split} files missing in {root!r}: {', '.join(missing)}; pass root= "
+            "(data.root=) a folder holding the four IDX files, or leave it out to use Debian's "
+            "dataset-fashion-mnist or a checked download"
         )
     image_file, label_file = files[0], files[1]
     assert image_file is not None and label_file is not None  # checked above: none is missing
@@ -161,23 +262,24 @@ class FashionMNIST:
         ((10000, 28, 28), 'Ankle boot')
     """
 
-    root: str = DEFAULT_ROOT
+    root: str | None = None  # the folder of the IDX files (default: fashion_root()), resolved
     split: str = "train"
 
     def __post_init__(self) -> None:
         _check_split(self.split)
-        object.__setattr__(self, "root", str(Path(self.root).resolve()))
-        _load(self.root, self.split)  # fail now, not at first use, if the files are missing
+        root = fashion_root() if self.root is None else Path(self.root)
+        object.__setattr__(self, "root", str(root.resolve()))
+        _load(str(self.root), self.split)  # fail now, not at first use, if the files are missing
 
     @property
     def images(self) -> np.ndarray:
         """``(n, 28, 28)`` uint8 pictures (read-only)."""
-        return _load(self.root, self.split)[0]
+        return _load(str(self.root), self.split)[0]
 
     @property
     def labels(self) -> np.ndarray:
         """``(n,)`` int64 class indices into ``CLASS_NAMES`` (read-only)."""
-        return _load(self.root, self.split)[1]
+        return _load(str(self.root), self.split)[1]
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -189,7 +291,7 @@ class FashionImageSource:
     Images are the 28x28 greyscale pictures converted to RGB (the encoders resize them).
 
     Args:
-        root: the folder of the IDX files.
+        root: the folder of the IDX files (default: ``fashion_root()``).
         split: ``"train"`` or ``"test"``.
 
     Example::
@@ -199,8 +301,8 @@ class FashionImageSource:
         ((28, 28), 'RGB')
     """
 
-    def __init__(self, root: str | os.PathLike[str] = DEFAULT_ROOT, split: str = "train") -> None:
-        self.data = FashionMNIST(str(root), split)
+    def __init__(self, root: str | os.PathLike[str] | None = None, split: str = "train") -> None:
+        self.data = FashionMNIST(None if root is None else str(root), split)
         self.split = split
         self.identity = f"fashion-mnist:{self.data.root}:{split}"
 
@@ -238,7 +340,7 @@ def class_to_keys(
     images_per_class: int | None = None,
     seed: int = 0,
     *,
-    root: str | os.PathLike[str] = DEFAULT_ROOT,
+    root: str | os.PathLike[str] | None = None,
 ) -> dict[str, list[str]]:
     """Class name -> image keys of one split, for ``sample_task``.
 
@@ -250,7 +352,7 @@ def class_to_keys(
         images_per_class: keep a seeded random subset of this many images per class
             (default: all).
         seed: seed of that subset.
-        root: the folder of the IDX files.
+        root: the folder of the IDX files (default: ``fashion_root()``).
 
     Returns:
         ``{"Shirt": ["test/000004", ...], ...}`` in class-index order, keys sorted.
@@ -268,7 +370,7 @@ def class_to_keys(
         raise ValueError(f"classes {bad} are not {split} classes {allowed}: meta-training uses "
                          "train classes 0-5 of the train split, tests classes 6-9 of the test "
                          "split, never mixed")
-    labels = FashionMNIST(str(root), split).labels
+    labels = FashionMNIST(None if root is None else str(root), split).labels
     rng = np.random.default_rng(seed)
     out = {}
     for c in classes:
@@ -297,7 +399,7 @@ def fashion_tasks(
     seed: int = 0,
     naming: str | None = None,
     images_per_class: int | None = None,
-    root: str | os.PathLike[str] = DEFAULT_ROOT,
+    root: str | os.PathLike[str] | None = None,
 ) -> list[Task]:
     """Sample Fashion-MNIST few-shot tasks (seeded, reproducible).
 
@@ -317,7 +419,7 @@ def fashion_tasks(
         seed: seed of the sampler (and of the ``images_per_class`` subset).
         naming: override the naming (see ``sample_task``).
         images_per_class: sample from a fixed random subset of this many images per class.
-        root: the folder of the IDX files.
+        root: the folder of the IDX files (default: ``fashion_root()``).
 
     Returns:
         ``n_tasks`` tasks with ids ``"fashion-{split}-{variant}-{ways}w{shots}s-seed{seed}-{i}"``.
@@ -347,7 +449,7 @@ def fashion_tasks(
 
 def build_fashion_tasks(
     *, split: str = "train", variant: str = "open_ended",
-    root: str | os.PathLike[str] = DEFAULT_ROOT, **kwargs: Any,
+    root: str | os.PathLike[str] | None = None, **kwargs: Any,
 ) -> TaskSet:
     """``fashion_tasks(...)`` with its ``FashionImageSource``.
 
@@ -362,7 +464,7 @@ def build_fashion_tasks(
 def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
     """Meta-train on classes 0-5 of the train split; validate on the same classes' images of the
     test split (unseen images, never the held-out classes 6-9)."""
-    root = d.root or DEFAULT_ROOT
+    root = d.root or str(fashion_root())  # one folder for the train and the val tasks
     train = fashion_tasks(
         "train", "open_ended", ways=d.ways, shots=d.shots, queries_per_class=d.queries_per_class,
         n_tasks=n_tasks, seed=seed, naming=d.naming, images_per_class=d.images_per_class, root=root,
@@ -386,9 +488,9 @@ def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int
                          f"tasks, not {split!r} (train/all are parts of a benchmark file)")
     if split == "test":
         return build_fashion_tasks(split="test", variant=variant, ways=ways, shots=shots,
-                                   n_tasks=n_tasks, seed=seed, root=root or DEFAULT_ROOT)
+                                   n_tasks=n_tasks, seed=seed, root=root)
     ts = build_fashion_tasks(split="test", variant=variant, ways=ways, shots=shots, n_tasks=n_tasks,
-                             seed=seed + VAL_SEED_OFFSET, root=root or DEFAULT_ROOT)
+                             seed=seed + VAL_SEED_OFFSET, root=root)
     tasks = [replace(t, task_id=t.task_id.replace("fashion-test-", "fashion-val-", 1)) for t in ts.tasks]
     return TaskSet(tasks, ts.images)
 

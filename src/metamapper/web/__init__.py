@@ -1,7 +1,7 @@
 """The local web demo: ``metamapper serve`` (a FastAPI app and a small static page).
 
 Kept out of ``import metamapper``: the web libraries are the optional ``web`` extra
-(``pip install 'metamapper[web]'``) and load only when the server does.
+(``pip install 'metamapper-fewshot[web]'``) and load only when the server does.
 
 Example::
 

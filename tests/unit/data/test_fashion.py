@@ -45,7 +45,7 @@ def test_read_idx_roundtrip_and_errors(tmp_path):
 
 
 def test_missing_files_say_how_to_install(tmp_path):
-    with pytest.raises(FashionMNISTNotFoundError, match="apt-get install dataset-fashion-mnist"):
+    with pytest.raises(FashionMNISTNotFoundError, match="pass root=.*dataset-fashion-mnist"):
         FashionMNIST(str(tmp_path), "train")
 
 

