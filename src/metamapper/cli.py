@@ -199,7 +199,7 @@ def _cmd_study(a: argparse.Namespace) -> None:
 
     claims = a.claim or list(CLAIMS)
     path = run_study(claims, seeds=a.seeds, tasks=a.tasks, slow_tasks=a.slow_tasks, out=a.out,
-                     results=a.results, device=a.device, overrides=a.overrides or ())
+                     results=a.results, device=a.device, overrides=a.overrides or (), only=a.trainings)
     print(f"wrote {path}")
 
 
@@ -350,7 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(d)
     d.set_defaults(fn=_cmd_demo)
 
-    from metamapper.study import CLAIMS
+    from metamapper.study import CLAIMS, TRAININGS
 
     st = sub.add_parser("study", help="the paper's claims on the embedded default (docs/RESULTS.md)")
     st.add_argument("--claim", action="append", choices=list(CLAIMS),
@@ -359,6 +359,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--tasks", type=int, default=1000, help="test tasks per row (default: 1000)")
     st.add_argument("--slow-tasks", type=int, default=300,
                     help="test tasks per row that adapts at test time (default: 300)")
+    st.add_argument("--trainings", nargs="+", choices=list(TRAININGS), metavar="NAME",
+                    help=f"run only these trainings ({', '.join(TRAININGS)}); rows of the others "
+                         "stay unmeasured (default: all the claims need)")
     st.add_argument("--out", default="runs/study", help="trainings and measurements (resumable)")
     st.add_argument("--results", default="docs/RESULTS.md", help="the report to rewrite")
     st.add_argument("overrides", nargs="*", help="config overrides for every training key.sub=value")

@@ -128,6 +128,7 @@ class Claim:
     note: str = ""
 
 
+TRAININGS = tuple(trainings())  # their names
 OE, RN = "fashion-open-ended", "fashion-real-name"
 STEPS = (0, 1, 5, 10)
 
@@ -354,7 +355,7 @@ def _finished(run_dir: Path, updates: int) -> bool:
 def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_tasks: int = 300,
               out: str | Path = "runs/study", results: str | Path = "docs/RESULTS.md",
               device: str | None = None, overrides: Sequence[str] = (),
-              say: Callable[[str], None] = print) -> Path:
+              only: Sequence[str] | None = None, say: Callable[[str], None] = print) -> Path:
     """Train what ``claims`` need (once per seed), score their rows, rewrite the report.
 
     Args:
@@ -365,6 +366,8 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
         results: the Markdown report to (re)write.
         device: where to compute (default: ``runtime.device``'s auto).
         overrides: extra config overrides for every training (e.g. tiny backbones in tests).
+        only: the trainings this call may run (default: all the claims need); rows of the others
+            stay unmeasured (e.g. the paper's MAML, hours on a CPU, left for a GPU).
     """
     # the claims and the report load no torch (the CLI's parser reads CLAIMS); the runner does
     from metamapper.data.sources import evaluation_tasks
@@ -376,11 +379,15 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
     unknown = [c for c in claims if c not in CLAIMS]
     if unknown:
         raise ValueError(f"unknown claim {', '.join(unknown)}; choose from {', '.join(CLAIMS)}")
+    bad = [t for t in only or () if t not in TRAININGS]
+    if bad:
+        raise ValueError(f"unknown training {', '.join(bad)}; choose from {', '.join(TRAININGS)}")
     out, results = Path(out), Path(results)
     store = Store.open(out / "results.jsonl")
     on = (*overrides, *((f"runtime.device={device}",) if device else ()))
     specs = trainings(config_from_dict({}, list(overrides)))
-    rows = [row for name in claims for row in CLAIMS[name].rows]
+    rows = [row for name in claims for row in CLAIMS[name].rows
+            if only is None or row.training in only]
     for seed in range(seeds):
         for name in dict.fromkeys(row.training for row in rows):
             cfg = config_from_dict({}, [*overrides, *specs[name].overrides, f"train.seed={seed}", *on])

@@ -55,6 +55,10 @@ def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.Mon
                         (study.Comparison("in context", "non-episodic"),))
     monkeypatch.setattr(study, "CLAIMS", {"tiny": claim, "other": study.CLAIMS["mapper"]})
     out, report = tmp_path / "study", tmp_path / "docs" / "RESULTS.md"
+    study.run_study(["tiny"], seeds=2, tasks=3, slow_tasks=2, out=out, results=report, overrides=TINY,
+                    only=["default"])
+    assert not (out / "non-episodic").exists()  # only the trainings asked for
+    assert "| non-episodic | " in report.read_text() and "not yet measured" in report.read_text()
     study.run_study(["tiny"], seeds=2, tasks=3, slow_tasks=2, out=out, results=report, overrides=TINY)
 
     for name in ("default", "non-episodic"):
