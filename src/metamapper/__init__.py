@@ -15,9 +15,13 @@ light: torch loads with the first name that needs it.
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+try:  # one version, pyproject.toml's, as installed (the distribution is metamapper-fewshot)
+    __version__ = importlib.metadata.version("metamapper-fewshot")
+except importlib.metadata.PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+    __version__ = "0+unknown"
 
 # public name -> the module that defines it
 _EXPORTS = {

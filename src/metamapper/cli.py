@@ -2,6 +2,7 @@
 
     metamapper train --config configs/fashion.yaml --out runs/fashion [train.updates=100 ...]
     metamapper evaluate --checkpoint runs/fashion --dataset fashion-open-ended --ways 2 --shots 1
+    metamapper report results/a.json results/b.json [--plot compare.png]
     metamapper predict --checkpoint runs/fashion --support a.jpg="This is a dax." ... --query q.jpg
     metamapper export --checkpoint runs/fashion --out export/fashion
     metamapper push --checkpoint runs/fashion --repo owner/name [--revision BRANCH]
@@ -77,14 +78,31 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
                    device=a.device)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
-                       progress=rank == 0)
-    res.update(dataset=a.dataset, split=a.split, seed=a.seed, trained_overlap=overlap)
+                       progress=rank == 0, dataset=a.dataset, split=a.split, seed=a.seed,
+                       log_samples=a.log_samples)
+    # --checkpoint as given (a run folder or a Hub id); the checkpoint record has the resolved path
+    res.update(trained_overlap=overlap, source=a.checkpoint,
+               **({"revision": a.revision} if a.revision else {}))
     if rank != 0:
         return
     print(results_table([res]))
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=2))
         print(f"results written to {a.out}")
+    if a.log_samples:
+        print(f"per-query samples written to {a.log_samples}")
+
+
+def _cmd_report(a: argparse.Namespace) -> None:
+    from metamapper.eval.report import load_results, plot_accuracy_vs_shots, results_table
+
+    rows = load_results(a.results)
+    print(results_table(rows, compare=True))
+    if a.plot:
+        ways = {r.get("ways") for r in rows}
+        only = ways.pop() if len(ways) == 1 else None
+        chance = 1 / only if isinstance(only, int) and only > 0 else None  # a line only if shared
+        print(f"plot written to {plot_accuracy_vs_shots(rows, a.plot, chance=chance)}")
 
 
 def _parse_support(items: list[str]) -> tuple[list[str], list[str]]:
@@ -295,8 +313,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
     e.add_argument("--feature-cache", help="feature cache folder")
     e.add_argument("--out", help="write the results JSON here")
+    e.add_argument("--log-samples", metavar="FILE.jsonl",
+                   help="write one JSON line per query: task, support captions, question, "
+                        "prediction, target, correct")
     add_device_arg(e)
     e.set_defaults(fn=_cmd_evaluate)
+
+    rp = sub.add_parser("report", help="compare results files side by side (a Markdown table)")
+    rp.add_argument("results", nargs="+", metavar="RESULTS",
+                    help="results JSON files (evaluate --out, or the demo's results.json)")
+    rp.add_argument("--plot", metavar="FILE.png", help="also plot accuracy against shots")
+    rp.set_defaults(fn=_cmd_report)
 
     pr = sub.add_parser("predict", help="adapt to a few captioned images and answer a query")
     pr.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)

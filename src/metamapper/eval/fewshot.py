@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -104,6 +105,8 @@ class EvalResult:
             with the tasks as trials, conservative).
         ci95_bootstrap: with several queries per task, also the seeded percentile bootstrap over
             tasks (None otherwise).
+        samples: with ``evaluate(..., samples=True)``, one record per query in task order
+            (``query_record``); not part of ``to_dict`` (``eval.run.write_samples`` writes them).
     """
 
     method: str
@@ -116,9 +119,25 @@ class EvalResult:
     ci95_bootstrap: tuple[float, float] | None = None
     support_fit: float | None = None
     examples: list[dict[str, str]] = field(default_factory=list)
+    samples: list[dict[str, Any]] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, object]:
-        return asdict(self)
+        out = asdict(self)
+        del out["samples"]  # per-query records go to their own JSONL file, not the results
+        return out
+
+
+def query_record(task_id: str, task_index: int, query_index: int, ep: Episode, prediction: str,
+                 correct: bool) -> dict[str, Any]:
+    """One line of ``--log-samples``: what the model saw for a query, what it said, the target.
+
+    ``support_captions`` and ``question`` are as shown to the model (after repeats and task
+    induction); ``prediction`` is the generated answer as scored (cut at the first newline or
+    period).
+    """
+    return {"task_id": task_id, "task_index": task_index, "query_index": query_index,
+            "support_captions": ep.captions, "question": ep.questions[query_index],
+            "prediction": prediction, "target": ep.answers[query_index], "correct": correct}
 
 
 def _answer(model: MetaMapper, episodes: Sequence[Episode], params: Sequence[dict[str, torch.Tensor]],
@@ -201,6 +220,7 @@ def evaluate(
     progress: bool = True,
     n_examples: int = 5,
     distributed: bool = False,
+    samples: bool = False,
 ) -> EvalResult:
     """Meta-test ``model`` on ``tasks`` with ``method``; exact match with a 95% interval
     (``EvalResult.ci95``, ``metrics.accuracy_interval``).
@@ -218,6 +238,8 @@ def evaluate(
         support_fit: also measure whether the adapted model names its own support images.
         distributed: in a ``torchrun`` job, each rank answers a disjoint share of the tasks and
             every rank gets the gathered result (identical to one process's).
+        samples: also return one record per query (``EvalResult.samples``, ``query_record``);
+            built from the answers already generated, so it costs no extra model call.
     """
     rank, world = dist_utils.rank_world() if distributed else (0, 1)
     tasks = dist_utils.shard(tasks, rank, world)
@@ -231,6 +253,7 @@ def evaluate(
     per_task: list[float] = []
     fits: list[float] = []
     examples: list[dict[str, str]] = []
+    records: list[dict[str, Any]] = []
     n_queries = 0
     bar = tqdm(total=len(tasks), desc=f"eval {method}", disable=not progress, leave=False)
     try:
@@ -242,6 +265,10 @@ def evaluate(
             )
             for ep, preds in zip(episodes, answers, strict=True):
                 hits = [exact_match(p, a) for p, a in zip(preds, ep.answers, strict=True)]
+                if samples:  # this rank's task j is task j * world + rank of the whole list
+                    t = len(per_task)
+                    records += [query_record(str(getattr(tasks[t], "task_id", t)), t * world + rank,
+                                             j, ep, p, h) for j, (p, h) in enumerate(zip(preds, hits, strict=True))]
                 per_task.append(sum(hits) / len(hits))
                 n_queries += len(hits)
                 if len(examples) < n_examples:
@@ -256,7 +283,7 @@ def evaluate(
         bar.close()
         model.train(was_training)
     if world > 1:  # back in the original task order: rank r held tasks r, r + world, ...
-        parts = dist_utils.gather((per_task, fits, n_queries, examples))
+        parts = dist_utils.gather((per_task, fits, n_queries, examples, records))
         ordered: list[float] = [0.0] * sum(len(p[0]) for p in parts)
         for r, p in enumerate(parts):
             for i, v in enumerate(p[0]):
@@ -267,10 +294,12 @@ def evaluate(
         # the first examples of the whole task list: rank r's i-th example is of task r + i * world
         indexed = [(i * world + r, e) for r, p in enumerate(parts) for i, e in enumerate(p[3])]
         examples = [e for _, e in sorted(indexed, key=lambda x: x[0])][:n_examples]
+        records = sorted((rec for p in parts for rec in p[4]),
+                         key=lambda rec: (rec["task_index"], rec["query_index"]))
     acc = sum(per_task) / len(per_task) if per_task else float("nan")
     ci, ci_method = accuracy_interval(per_task, n_queries)
     boot = bootstrap_interval(per_task, seed=0) if n_queries != len(per_task) else None
     fit = sum(fits) / len(fits) if fits else None
     return EvalResult(method=method, accuracy=acc, ci95=ci, n_tasks=len(per_task),
                       n_queries=n_queries, steps=n_steps, ci_method=ci_method, ci95_bootstrap=boot,
-                      support_fit=fit, examples=examples)
+                      support_fit=fit, examples=examples, samples=records if samples else None)

@@ -39,12 +39,78 @@ def format_accuracy(accuracy: object, ci95: object) -> str:
     return acc
 
 
-def results_table(rows: Sequence[dict[str, Any]]) -> str:
+def result_name(row: dict[str, Any]) -> str | None:
+    """What a result is called in a comparison: its ``label``, else the run it scored
+    (``--checkpoint`` as given, else the run folder's name) and the checkpoint's step; None when
+    it records neither.
+
+    Example::
+
+        >>> result_name({"source": "runs/a", "checkpoint": {"run": "/x/runs/a", "step": 40}})
+        'runs/a@40'
+    """
+    if row.get("label"):
+        return str(row["label"])
+    ckpt = row.get("checkpoint")
+    ckpt = ckpt if isinstance(ckpt, dict) else {}  # a result from before checkpoint records
+    run = row.get("source") or Path(str(ckpt.get("run") or row.get("run") or "")).name
+    if not run:
+        return None
+    return f"{run}@{ckpt['step']}" if ckpt.get("step") is not None else str(run)
+
+
+def _series(row: dict[str, Any]) -> str:
+    """A result's line in a plot: its label, else its run and method, else its method."""
+    if row.get("label"):
+        return str(row["label"])
+    name = result_name(row)
+    return f"{name} ({row.get('method')})" if name else str(row.get("method"))
+
+
+def load_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """The result rows of results files: ``metamapper evaluate --out`` (one result) or a list of
+    them (the demo's ``results.json``). Files written before results recorded their provenance
+    load too (the missing fields show as blanks).
+
+    Raises:
+        ValueError: a file is not JSON or holds no result (names the file).
+    """
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not a results file (not JSON: {e})") from None
+        items = data if isinstance(data, list) else [data]
+        if not items or not all(isinstance(r, dict) and "accuracy" in r for r in items):
+            raise ValueError(f"{path} is not a results file (expected a result with an "
+                             "'accuracy', or a list of them)")
+        rows += items
+    return rows
+
+
+def _cell(x: object) -> str:
+    return "—" if x is None or x == "" else str(x)
+
+
+def results_table(rows: Sequence[dict[str, Any]], *, compare: bool = False) -> str:
     """A markdown table: one row per (method, dataset, ways, shots) result.
 
     The accuracy cell holds the 95% interval in brackets; a split other than ``test`` is named
     after the dataset (``"open_ended_mi (val)"``).
+
+    With ``compare=True`` (``metamapper report``), results of several runs side by side: a
+    column naming each result (``result_name``), then dataset, split, ways, shots, method,
+    accuracy and tasks.
     """
+    if compare:
+        lines = ["| result | dataset | split | ways | shots | method | accuracy % (95% CI) | tasks |",
+                 "|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {_cell(result_name(r))} | {_cell(r.get('dataset'))} | {_cell(r.get('split'))} | "
+                  f"{_cell(r.get('ways'))} | {_cell(r.get('shots'))} | {_cell(r.get('method'))} | "
+                  f"{format_accuracy(r.get('accuracy'), r.get('ci95'))} | {_cell(r.get('n_tasks'))} |"
+                  for r in rows]
+        return "\n".join(lines)
     head = ("| method | dataset | ways | shots | accuracy % (95% CI) | 0 steps % | tasks |\n"
             "|---|---|---|---|---|---|---|")
     lines = [head]
@@ -73,9 +139,16 @@ def write_results(rows: Sequence[dict[str, Any]], path: str | Path) -> None:
     Path(path).write_text(json.dumps(list(rows), indent=2))
 
 
+def write_samples(records: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Per-query records (``fewshot.query_record``) as JSON lines, one per query."""
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in records))
+    return Path(path)
+
+
 def plot_accuracy_vs_shots(rows: Sequence[dict[str, Any]], path: str | Path, *,
                            chance: float | None = 0.5) -> Path:
-    """One panel per dataset: accuracy (with its 95% interval) against shots, a line per method."""
+    """One panel per dataset: accuracy (with its 95% interval) against shots, a line per result
+    label (rows without one: per run and method)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,9 +158,9 @@ def plot_accuracy_vs_shots(rows: Sequence[dict[str, Any]], path: str | Path, *,
     fig, axes = plt.subplots(1, len(datasets), figsize=(5 * len(datasets), 4), squeeze=False)
     for ax, ds in zip(axes[0], datasets, strict=True):
         sub = [r for r in rows if r.get("dataset", "") == ds]
-        for label in dict.fromkeys(r.get("label", r["method"]) for r in sub):
+        for label in dict.fromkeys(_series(r) for r in sub):
             pts = sorted((r["shots"], r["accuracy"], _error_bar(r["accuracy"], r.get("ci95")))
-                         for r in sub if r.get("label", r["method"]) == label)
+                         for r in sub if _series(r) == label)
             xs = [p[0] for p in pts]
             yerr = [[100 * p[2][0] for p in pts], [100 * p[2][1] for p in pts]]  # (below, above)
             ax.errorbar(xs, [100 * p[1] for p in pts], yerr=yerr, marker="o", capsize=3, label=label)

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from metamapper import __version__
+from metamapper import distributed as dist_utils
 from metamapper.checkpoint import (
     CheckpointError,
     checkpoint_config,
@@ -25,6 +28,7 @@ from metamapper.data.feature_table import FeatureTable
 from metamapper.data.sources import trained_task_overlap
 from metamapper.data.tasks import TaskSet, filter_tasks, with_repeats, with_task_induction
 from metamapper.eval.fewshot import adaptation_steps, evaluate
+from metamapper.eval.report import write_samples
 from metamapper.hub import resolve_checkpoint
 from metamapper.pretrained import LoadedRun
 
@@ -90,15 +94,36 @@ def check_trained_tasks(cfg: Config, dataset: str, taskset: TaskSet, *, split: s
     return overlap
 
 
+def provenance(run: LoadedRun) -> dict[str, Any]:
+    """What makes a result file self-describing, besides the task settings: the package version,
+    the date (ISO 8601, UTC), the device, the backbones' identities and the checkpoint (run
+    folder, step, sha256 of its weights file, the run's resolved config)."""
+    model = run.model
+    device = next(model.mapper.parameters()).device
+    return {
+        "metamapper_version": __version__,
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "backbones": {"vision": model.vision.identity if model.vision is not None else None,
+                      "lm": model.lm.identity},
+        # the config as loaded: keys added since the run was trained hold the defaults it ran with
+        "checkpoint": {**checkpoint_record(run), "config": run.config.to_dict()},
+    }
+
+
 def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None, steps: int | None = None,
                  repeats: int = 0, induction: bool = False, batch_tasks: int | None = None,
                  max_new_tokens: int | None = None, feature_cache: str | Path | None = None,
-                 progress: bool = True, with_zero_steps: bool = True) -> dict[str, Any]:
+                 progress: bool = True, with_zero_steps: bool = True, dataset: str | None = None,
+                 split: str | None = None, seed: int | None = None,
+                 log_samples: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a loaded run (``pretrained.load_run``) on a task set.
 
     Args:
         run: the trained run.
         taskset: the test tasks and their images.
+        dataset, split, seed: what ``taskset`` is (``evaluation_tasks``' arguments), recorded
+            in the result.
         method: an evaluation method (default: the one the run was trained for).
         steps: adaptation steps (default: ``eval.fewshot.adaptation_steps``' rule).
         repeats: show each support example this many more times.
@@ -107,11 +132,14 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
         batch_tasks: tasks answered together (default: the run's ``eval.batch_tasks``).
         max_new_tokens: answer length limit (default: the run's ``eval.max_new_tokens``).
         with_zero_steps: for methods that adapt, also score the same tasks without adaptation.
+        log_samples: write one JSON line per query here (``fewshot.query_record``: task, support
+            captions, question, prediction, target, correct).
 
     Returns:
         A JSON-ready dict with ``accuracy``, ``ci95`` (``[low, high]``), ``ci_method``,
-        ``n_tasks`` and, for methods that adapt, ``accuracy_0_steps`` (the same tasks without
-        adaptation).
+        ``n_tasks``, the settings (``method``, ``steps``, ``ways``, ``shots``, ``dataset``,
+        ``split``, ``seed``...), ``provenance``'s fields and, for methods that adapt,
+        ``accuracy_0_steps`` (the same tasks without adaptation).
     """
     model, cfg = run.model, run.config
     method = method or run.method
@@ -134,11 +162,15 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
     loop = replace(cfg.train.inner, steps=n_steps)
     res = evaluate(model, tasks, table, method=method, steps=n_steps, loop=loop, lrs=run.lrs,
                    batch_tasks=batch_tasks, max_new_tokens=max_new_tokens, progress=progress,
-                   distributed=True)
+                   distributed=True, samples=log_samples is not None)
+    if log_samples is not None and res.samples is not None and dist_utils.is_main():
+        write_samples(res.samples, log_samples)
     out = res.to_dict()
+    given = {"dataset": dataset, "split": split, "seed": seed}
+    out.update({k: v for k, v in given.items() if v is not None})
     out.update(ways=tasks[0].ways, shots=tasks[0].shots, repeats=repeats, induction=induction,
                skipped_images=[k for k, _ in table.skipped])
-    out["checkpoint"] = checkpoint_record(run)  # which weights answered
+    out.update(provenance(run))  # which weights answered, where and when
     if with_zero_steps and res.steps > 0:
         zero = evaluate(model, tasks, table, method=method, steps=0, loop=replace(loop, steps=0),
                         batch_tasks=batch_tasks, max_new_tokens=max_new_tokens, progress=progress,

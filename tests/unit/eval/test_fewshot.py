@@ -22,8 +22,10 @@ from metamapper.eval.fewshot import (
 )
 from metamapper.eval.metrics import accuracy_interval, exact_match, normalize_answer
 from metamapper.eval.report import (
+    load_results,
     plot_accuracy_vs_shots,
     plot_training_curves,
+    result_name,
     results_table,
     write_results,
 )
@@ -184,7 +186,8 @@ def test_evaluate_scores_each_query_against_its_own_answer(model: MetaMapper, ta
     monkeypatch.setattr(model, "generate", lm)
     model.train()
     res = evaluate(model, tasks, Features(), method=method, steps=1 if method == "maml" else None,
-                   progress=False, max_new_tokens=3, support_fit=fit, batch_tasks=len(tasks))
+                   progress=False, max_new_tokens=3, support_fit=fit, batch_tasks=len(tasks),
+                   samples=True)
     assert model.training  # the mode is restored
     assert lm.outputs == [] and lm.calls == [2 * len(tasks)] + ([2 * len(tasks)] if fit else [])
     per_task = [sum(r) / len(r) for r in right]
@@ -199,6 +202,15 @@ def test_evaluate_scores_each_query_against_its_own_answer(model: MetaMapper, ta
     saved = json.loads(json.dumps(res.to_dict()))  # the results file holds what evaluate measured
     assert saved["accuracy"] == res.accuracy and saved["ci95"] == list(res.ci95)
     assert saved["examples"] == res.examples and saved["n_queries"] == res.n_queries
+    # one sample per query, in task order: what was asked, answered and expected, and the score
+    assert "samples" not in saved and res.samples is not None
+    assert [(s["task_index"], s["query_index"]) for s in res.samples] == [
+        (t, q) for t, ep in enumerate(eps) for q in range(ep.n_query)]
+    for s in res.samples:
+        t, q = s["task_index"], s["query_index"]
+        assert s["task_id"] == tasks[t].task_id and s["support_captions"] == eps[t].captions
+        assert (s["question"], s["target"]) == (eps[t].questions[q], eps[t].answers[q])
+        assert s["prediction"] == outputs[2 * t + q] and s["correct"] == right[t][q]
     lo, hi = res.ci95  # two queries per task: Wilson over the tasks, and the bootstrap beside it
     assert res.ci_method == "wilson-tasks" and lo <= res.accuracy <= hi
     assert res.ci95_bootstrap is not None
@@ -233,6 +245,22 @@ def test_batch_tasks_do_not_change_predictions(model: MetaMapper, tasks, method:
     assert together == alone
     assert [len(a) for a in together] == [ep.n_query for ep in eps]
     assert len({a for ep in together for a in ep}) > 1  # not one answer for everything
+
+
+def test_samples_leave_the_result_as_it_is(model: MetaMapper, tasks) -> None:
+    """Per-query samples come from the answers already generated: the same result, and each
+    sample holds its query's prediction, over several batches."""
+    feats = Features()
+    kw = dict(method="maml", steps=2, loop=InnerLoop(lr=0.5), progress=False, n_examples=100,
+              max_new_tokens=4, batch_tasks=2)
+    plain = evaluate(model, tasks, feats, **kw)
+    logged = evaluate(model, tasks, feats, samples=True, **kw)
+    assert plain.samples is None and logged.to_dict() == plain.to_dict()
+    eps = [episode_from_task(t, feats) for t in tasks]
+    want = [a for ep in answers_of(model, eps, "prefix", InnerLoop(steps=2, lr=0.5)) for a in ep]
+    assert logged.samples is not None and [s["prediction"] for s in logged.samples] == want
+    assert [s["correct"] for s in logged.samples] == [exact_match(s["prediction"], s["target"])
+                                                      for s in logged.samples]
 
 
 def test_adaptation_steps_change_the_maml_answers(model: MetaMapper, tasks) -> None:
@@ -307,6 +335,27 @@ def test_results_table() -> None:
     assert table[3] == "| maml | synthetic | 2 | 5 | 75.0 | — | 10 |"
     assert table[4] == "| frozen | fashion (val) | 2 | 1 | 0.0 (0.0–16.1) | — | 20 |"
     assert table[5] == "| maml | synthetic | 2 | 1 | 50.0 ± 10.0 | — | 10 |"
+
+
+def test_results_compared_side_by_side(tmp_path: Path) -> None:
+    """``metamapper report``'s table: a result per row, named by its label, else its run and
+    step; files of one result or of a list (the demo's), old rows without the new fields too."""
+    new = {**ROWS[0], "method": "no-adapt", "split": "val", "source": "runs/a",
+           "checkpoint": {"run": "/abs/runs/a", "step": 40, "sha256": "0" * 64}}
+    (tmp_path / "one.json").write_text(json.dumps(new))
+    write_results(ROWS[2:], tmp_path / "list.json")
+    rows = load_results([tmp_path / "one.json", tmp_path / "list.json"])
+    assert [result_name(r) for r in rows] == ["runs/a@40", "frozen", None]
+    assert result_name({"checkpoint": {"run": "/abs/runs/b", "step": None}}) == "b"
+    table = results_table(rows, compare=True).splitlines()
+    assert table[0] == ("| result | dataset | split | ways | shots | method | accuracy % (95% CI) "
+                        "| tasks |")
+    assert table[2] == "| runs/a@40 | synthetic | val | 2 | 1 | no-adapt | 50.0 (30.0–70.0) | 10 |"
+    assert table[3] == "| frozen | fashion | val | 2 | 1 | in-context | 0.0 (0.0–16.1) | 20 |"
+    assert table[4] == "| — | synthetic | — | 2 | 1 | maml | 50.0 ± 10.0 | 10 |"
+    (tmp_path / "bad.json").write_text(json.dumps({"loss": 1.0}))
+    with pytest.raises(ValueError, match="bad.json is not a results file"):
+        load_results([tmp_path / "bad.json"])
 
 
 def test_results_and_plots_are_written(tmp_path: Path) -> None:
