@@ -30,7 +30,8 @@ def _cmd_train(a: argparse.Namespace) -> None:
     config = a.config
     if config is None and a.resume and (Path(a.out) / "config.yaml").is_file():
         config = Path(a.out) / "config.yaml"  # resuming: the run's own config (plus any overrides)
-    cfg = load_config(config, [*(a.overrides or []), *_device_override(a)])
+    report_to = [f"train.report_to=[{','.join(a.report_to)}]"] if a.report_to else []
+    cfg = load_config(config, [*(a.overrides or []), *_device_override(a), *report_to])
     if cfg.train.method == "standard":
         from metamapper.train.standard import train
     else:
@@ -272,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OUT may hold a run: move its config, metrics and checkpoints into "
                         "OUT/replaced-<time>/ and start again")
     add_device_arg(t, default_from="the config's runtime.device, auto")
+    t.add_argument("--report-to", action="append", choices=["tensorboard"],
+                   help="also write the training scalars as TensorBoard events in OUT/tensorboard/ "
+                        "(train.report_to; needs pip install 'metamapper[tensorboard]')")
     t.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     t.set_defaults(fn=_cmd_train)
 

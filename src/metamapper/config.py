@@ -122,6 +122,7 @@ class TrainConfig:
     seed: int = 0  # seed of task sampling and initialisation
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     max_bad_updates: int = 10  # stop after this many non-finite losses/gradients in a row
+    report_to: list[str] = field(default_factory=list)  # where the scalars of metrics.jsonl also go: [] (nowhere else) | [tensorboard] (event files in <run>/tensorboard/; pip install 'metamapper[tensorboard]')
     lm_dtype: str = "auto"  # the frozen LM while training: auto (bfloat16 where the hardware computes it natively: CUDA, or a CPU with AVX512-BF16/AMX; else float32) | float32 | bfloat16. The mapper, optimiser and loss stay float32; evaluation runs float32. On a CPU without native bfloat16 (e.g. AVX2 only) bfloat16 is ~40x slower (benchmarks/lm_dtype.py)
 
 
@@ -337,12 +338,19 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"runtime.device must be auto, cpu, cuda, cuda:N or mps, got {cfg.runtime.device!r}")
     if cfg.runtime.precision not in ("auto", "float32", "bfloat16"):
         raise ConfigError(f"runtime.precision must be auto, float32 or bfloat16, got {cfg.runtime.precision!r}")
+    unknown = [r for r in t.report_to if r not in REPORT_TO]
+    if unknown:
+        raise ConfigError(f"train.report_to may hold {', '.join(REPORT_TO)}, got {', '.join(map(repr, unknown))}")
+
+
+REPORT_TO = ("tensorboard",)  # train.report_to's choices (train.common.MetricsLog writes them)
 
 
 # what may differ between a run's checkpoint and the config it is resumed with: how long it runs,
 # how often it validates and saves, where it finds its files, how it is evaluated, where it computes
 RESUMABLE_CHANGES = ("train.updates", "train.max_minutes", "train.val_every", "train.val_tasks",
                      "train.checkpoint_every", "train.keep_last", "train.keep_best", "train.max_bad_updates",
+                     "train.report_to",
                      "data.feature_cache", "data.root", "backbones.vision_path", "backbones.lm_path", "eval.",
                      "runtime.")
 

@@ -45,6 +45,7 @@ from metamapper.device import resolve_device
 
 LOCK_FILE = "train.lock"
 RUN_FILES = ("config.yaml", "metrics.jsonl", CKPT_DIR)  # what makes a folder hold a run
+TENSORBOARD_DIR = "tensorboard"  # train.report_to=[tensorboard]: moved aside with the run files
 
 F = TypeVar("F", bound=Callable[..., Path])
 
@@ -117,7 +118,7 @@ def _move_aside(run_dir: Path) -> Path:
         dest = run_dir / f"replaced-{stamp}-{n}"
     try:
         dest.mkdir()
-        for name in RUN_FILES:
+        for name in (*RUN_FILES, TENSORBOARD_DIR):
             if (run_dir / name).exists():
                 os.replace(run_dir / name, dest / name)  # same folder: a rename, atomic
         fsync_dir(run_dir)

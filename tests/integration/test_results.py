@@ -1,12 +1,15 @@
 """Results that describe themselves: ``metamapper evaluate --out`` records where a number comes
 from (version, checkpoint and checksum, backbones, config, tasks, date, device), ``--log-samples``
-writes one line per query, and ``metamapper report`` compares results files."""
+writes one line per query, ``metamapper report`` compares results files, and ``train
+--report-to tensorboard`` writes the scalars of ``metrics.jsonl`` as TensorBoard events."""
 
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
+import sys
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -21,12 +24,14 @@ from metamapper.eval.metrics import exact_match
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 TRAIN = ["train.updates=4", "train.meta_batch=2", "train.val_every=2", "train.checkpoint_every=2"]
+HAS_TENSORBOARD = importlib.util.find_spec("tensorboard") is not None
 
 
 @pytest.fixture(scope="module")
 def trained(cli: Callable[..., str], in_process: Path) -> Path:
     out = in_process / "run"
-    cli("train", "--config", SMOKE, "--out", out, *TRAIN)
+    cli("train", "--config", SMOKE, "--out", out, *TRAIN,
+        *(["--report-to", "tensorboard"] if HAS_TENSORBOARD else []))
     return out
 
 
@@ -103,3 +108,48 @@ def test_report_refuses_what_is_not_a_results_file(in_process: Path, trained: Pa
     assert main(["report", str(trained / "metrics.jsonl")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is not a results file" in err
+
+
+@pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboard is not installed")
+def test_tensorboard_events_hold_the_metrics(trained: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert list((trained / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(trained / "tensorboard"))
+    events.Reload()
+    records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    for name in ("loss", "grad_norm", "lr", "val_accuracy"):
+        want = [(r["step"], r[name]) for r in records if name in r]
+        got = [(e.step, e.value) for e in events.Scalars(name)]
+        assert [s for s, _ in got] == [s for s, _ in want] and want, name
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-6), name
+    assert {"val_ci95_low", "val_ci95_high"} <= set(events.Tags()["scalars"])
+
+
+@pytest.mark.skipif(not HAS_TENSORBOARD, reason="tensorboard is not installed")
+def test_resumed_tensorboard_curves_drop_later_steps(tmp_path: Path) -> None:
+    """As ``metrics.jsonl``: a run resumed from step 2 replaces what the stopped run logged after
+    it, so the curve reads as one run."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from metamapper.train.common import MetricsLog
+
+    with MetricsLog(tmp_path, report_to=["tensorboard"]) as log:
+        for step in (1, 2, 3, 4):
+            log.write(step=step, loss=1.0)
+    with MetricsLog(tmp_path, resume_step=2, report_to=["tensorboard"]) as log:
+        log.write(step=3, loss=0.5)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("loss")] == [(1, 1.0), (2, 1.0), (3, 0.5)]
+
+
+def test_report_to_tensorboard_without_the_package_is_one_line(
+        in_process: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    out = in_process / "no-tensorboard"
+    code = main(["train", "--config", str(SMOKE), "--out", str(out), *TRAIN, "--report-to", "tensorboard"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "pip install 'metamapper[tensorboard]'" in err
+    assert not (out / "checkpoints").exists()  # refused before any training

@@ -39,6 +39,7 @@ def test_resume_needs_a_run_and_creates_nothing(tmp_path: Path) -> None:
 def test_a_run_is_only_continued_or_overwritten(tmp_path: Path) -> None:
     run = make_run(tmp_path / "run")
     (run / "notes.txt").write_text("mine")
+    (run / "tensorboard").mkdir()  # train.report_to=[tensorboard]: its curves go with the run
     with pytest.raises(RunError, match=r"already holds a run \(checkpoints up to step 4\).*--resume.*--overwrite"):
         claim_run(run)
     assert has_run(run)  # untouched
@@ -47,7 +48,8 @@ def test_a_run_is_only_continued_or_overwritten(tmp_path: Path) -> None:
     with claim_run(run, overwrite=True) as claim:
         moved = claim.moved_to
     assert moved is not None and moved.parent == run and moved.name.startswith("replaced-")
-    assert sorted(p.name for p in moved.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl"]
+    assert sorted(p.name for p in moved.iterdir()) == ["checkpoints", "config.yaml", "metrics.jsonl",
+                                                      "tensorboard"]
     assert not has_run(run)
     assert (run / "notes.txt").read_text() == "mine"  # only the run's own files move
     with pytest.raises(RunError, match="choose one"):

@@ -8,7 +8,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from metamapper.device import resolve_device, setup_device
 from metamapper.eval.fewshot import EvalResult
 from metamapper.models.factory import build_model, build_vision, set_lm_dtype
 from metamapper.models.metamapper import MetaMapper
+from metamapper.runs import TENSORBOARD_DIR
 
 
 def seed_everything(seed: int) -> None:
@@ -158,20 +159,57 @@ def write_run_config(run_dir: Path, cfg: Config) -> None:
     write_atomic(run_dir / "config.yaml", dump_config(cfg))
 
 
+def summary_writer_class() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter``, or a one-line ``ValueError`` saying how to
+    install TensorBoard (``train.report_to=[tensorboard]`` without the package)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:  # torch raises it when the tensorboard package is missing
+        raise ValueError("train.report_to=[tensorboard] needs the tensorboard package: "
+                         f"pip install 'metamapper[tensorboard]' ({e})") from None
+    return SummaryWriter
+
+
+def check_report_to(report_to: Sequence[str]) -> None:
+    """Fail now, not after minutes of feature caching, when a ``train.report_to`` target's
+    package is missing."""
+    if "tensorboard" in report_to:
+        summary_writer_class()
+
+
 class MetricsLog:
-    """Append-only JSONL metrics (``metrics.jsonl`` in the run folder).
+    """Append-only JSONL metrics (``metrics.jsonl`` in the run folder), and the same scalars as
+    TensorBoard events in ``<run>/tensorboard/`` with ``report_to=["tensorboard"]``.
 
     ``resume_step``: the step a resumed run restarts from; records of later steps (written
     after that checkpoint by the run that stopped) and a line cut by a kill are dropped, so the
-    log reads as one uninterrupted run.
+    log reads as one uninterrupted run (TensorBoard events after it are purged likewise).
+    Use it as a context manager, or call ``close``, so the events reach the disk.
     """
 
-    def __init__(self, run_dir: Path, *, enabled: bool = True, resume_step: int | None = None) -> None:
+    def __init__(self, run_dir: Path, *, enabled: bool = True, resume_step: int | None = None,
+                 report_to: Sequence[str] = ()) -> None:
         self.path = run_dir / "metrics.jsonl"
         self.start = time.time()
         self.enabled = enabled  # only rank 0 logs in distributed runs
         if enabled and resume_step is not None and self.path.is_file():
             self._truncate(resume_step)
+        self.tensorboard = None
+        if enabled and "tensorboard" in report_to:
+            writer = summary_writer_class()
+            self.tensorboard = writer(log_dir=str(run_dir / TENSORBOARD_DIR),
+                                      purge_step=None if resume_step is None else resume_step + 1)
+
+    def __enter__(self) -> MetricsLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     def _truncate(self, step: int) -> None:
         keep = []
@@ -189,6 +227,24 @@ class MetricsLog:
             return
         record.setdefault("time_s", round(time.time() - self.start, 2))
         append_line(self.path, json.dumps(record))
+        if self.tensorboard is not None and isinstance(record.get("step"), int):
+            for tag, value in _scalars(record):
+                self.tensorboard.add_scalar(tag, value, global_step=record["step"])
+            self.tensorboard.flush()  # a killed run keeps its curves up to its last update
+
+
+def _scalars(record: dict[str, Any]) -> list[tuple[str, float]]:
+    """A metrics record's numbers under their ``metrics.jsonl`` names; an interval ``[low, high]``
+    (``val_ci95``) as ``<name>_low`` / ``<name>_high``; text and missing values left out."""
+    out: list[tuple[str, float]] = []
+    for k, v in record.items():
+        if k == "step" or isinstance(v, bool):
+            continue
+        if isinstance(v, (int, float)):
+            out.append((k, float(v)))
+        elif isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, (int, float)) for x in v):
+            out += [(f"{k}_low", float(v[0])), (f"{k}_high", float(v[1]))]
+    return out
 
 
 @dataclass
@@ -205,6 +261,7 @@ class PreparedRun:
 def prepare_run(cfg: Config, *, progress: bool = True) -> PreparedRun:
     """Sample the run's tasks, fill/load the feature caches, build the model."""
     t = cfg.train
+    check_report_to(t.report_to)
     rank, world = distributed.rank_world()
     if t.meta_batch % world:
         raise ValueError(f"train.meta_batch={t.meta_batch} must be a multiple of the {world} processes")

@@ -72,10 +72,11 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
                disable=not progress)
     say = bar.write if main else (lambda *_a, **_k: None)
     model.train()
-    with common.StopSignal() as stop:
+    with common.StopSignal() as stop, common.MetricsLog(
+            run_dir, enabled=main, resume_step=start if resume else None, report_to=t.report_to) as log:
         books = common.Bookkeeping(
             run_dir=run_dir, cfg=cfg, model=model, opt=opt, sched=sched, lrs=None, stop=stop, say=say,
-            main=main, log=common.MetricsLog(run_dir, enabled=main, resume_step=start if resume else None),
+            main=main, log=log,
             skipped=state.get("skipped", 0), bad_in_row=state.get("bad_in_row", 0),
             deadline=time.time() + 60 * t.max_minutes if t.max_minutes else math.inf)
         for step in bar:
