@@ -1,14 +1,19 @@
-"""Benchmark: batched KV-cached greedy decoding vs the reference implementation's decoding loop.
+"""Benchmark: our batched KV-cached greedy decoding (``models.generation.generate``) against
+``transformers``' ``model.generate(inputs_embeds=..., attention_mask=...)`` and against the
+reference implementation's decoding loop.
 
-Random-weight GPT-2 124M (the paper's LM compute, real GPT-2 vocabulary), 10 prompts of 20-40
-embedding positions (varied lengths, right-padded as the model builds batches), exactly 10 new
-tokens each. The reference pattern decodes one query at a time, recomputes the whole sequence at
-every step (no KV cache), and sorts the full vocabulary for a nucleus filter whose result it then
-ignores (argmax). Prints one JSON line.
+Random-weight GPT-2 124M (the paper's LM compute, real GPT-2 vocabulary; ``--lm smollm2-135m``:
+the offline default LM), 10 prompts of 20-40 embedding positions (varied lengths, right-padded as
+the model builds batches; left-padded for ``transformers``, which needs it), exactly 10 new
+tokens each (no stop token), greedy. The reference pattern decodes one query at a time,
+recomputes the whole sequence at every step (no KV cache), and sorts the full vocabulary for a
+nucleus filter whose result it then ignores (argmax). Also checks that our stopping rule (EOS,
+or any token holding a newline or a period) gives ``transformers``' tokens when it is handed the
+same stop ids as ``eos_token_id``. Prints one JSON line.
 
 Run::
 
-    python benchmarks/generation.py [--device cuda] [--precision float32] [--compile]
+    python benchmarks/generation.py [--lm smollm2-135m] [--device cuda] [--precision float32] [--compile]
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from metamapper.device import backbone_dtype, synchronize
 from metamapper.models.backbones import LanguageModel, build_language_model
-from metamapper.models.generation import generate
+from metamapper.models.generation import generate, stop_token_ids
 
 BATCH = 10
 NEW_TOKENS = 10
@@ -53,13 +58,41 @@ def reference_decode(
     return out
 
 
+@torch.no_grad()
+def hf_decode(lm: LanguageModel, embeds: torch.Tensor, mask: torch.Tensor, n: int,
+              stop_ids: frozenset[int] = frozenset()) -> list[list[int]]:
+    """``transformers``' own greedy generation from left-padded embeddings; each row's tokens
+    up to (not including) its first of ``stop_ids`` (as ``eos_token_id``; none: exactly ``n``)."""
+    pad = int(lm.eos_token_id)
+    out = lm.model.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=n,
+                            do_sample=False, eos_token_id=sorted(stop_ids) or None,
+                            pad_token_id=pad)  # (B, new tokens): only the new ones
+    rows = []
+    for ids in out.tolist():
+        cut = next((i for i, t in enumerate(ids) if t in stop_ids), len(ids))
+        rows.append(ids[:cut])
+    return rows
+
+
+def left_padded(prompts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    embeds = prompts[0].new_zeros(len(prompts), width, prompts[0].shape[-1])
+    mask = torch.zeros(len(prompts), width, dtype=torch.long, device=prompts[0].device)
+    for b, p in enumerate(prompts):
+        embeds[b, width - len(p):] = p
+        mask[b, width - len(p):] = 1
+    return embeds, mask
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_device_args(parser, repeats=1)
+    parser.add_argument("--lm", default="gpt2-random", choices=["gpt2-random", "smollm2-135m"],
+                        help="the language model (default: random-weight GPT-2 124M)")
     args = parser.parse_args()
     device = setup(args)
     dtype = backbone_dtype(args.precision, device)
-    lm = build_language_model("gpt2-random", seed=0)
+    lm = build_language_model(args.lm, **({"seed": 0} if args.lm == "gpt2-random" else {}))
     scale = float(lm.model.get_input_embeddings().weight.std())  # before any cast
     lm.to(device=device, dtype=dtype)
     g = torch.Generator().manual_seed(0)
@@ -72,11 +105,13 @@ def main() -> None:
         mask[b, : len(p)] = 1
     embeds, mask = embeds.to(device=device, dtype=dtype), mask.to(device)
     prompts = [p.to(device=device, dtype=dtype) for p in prompts]
-    never_stop = frozenset()
+    hf_embeds, hf_mask = left_padded(prompts)  # transformers' batched generation needs left padding
+    never_stop: frozenset[int] = frozenset()
 
     # warm-up: one full run of each (allocator, oneDNN kernels for these shapes); the reference
     # sees every length from min(lengths) to max(lengths) + 9 over two queries
     generate(lm, embeds, mask, max_new_tokens=NEW_TOKENS, stop_ids=never_stop)
+    hf_decode(lm, hf_embeds, hf_mask, NEW_TOKENS)
     for p in (min(prompts, key=len), max(prompts, key=len)):
         reference_decode(lm, p, NEW_TOKENS)
 
@@ -86,13 +121,20 @@ def main() -> None:
         lm.backbone.compile()
         generate(lm, embeds, mask, max_new_tokens=NEW_TOKENS, stop_ids=never_stop)  # compiles
     reset_peak_memory(device)
-    t_batched = float("inf")
-    for _ in range(max(1, args.repeats)):
+    t_batched = t_hf = float("inf")
+    for _ in range(max(1, args.repeats)):  # interleaved: a busy machine slows both alike
         synchronize(device)
         t0 = time.perf_counter()
         batched = generate(lm, embeds, mask, max_new_tokens=NEW_TOKENS, stop_ids=never_stop)
         synchronize(device)
         t_batched = min(t_batched, time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        hf = hf_decode(lm, hf_embeds, hf_mask, NEW_TOKENS)
+        synchronize(device)
+        t_hf = min(t_hf, time.perf_counter() - t0)
+    stops = stop_token_ids(lm.tokenizer, lm.eos_token_id)  # the rule answers are generated with
+    ours_stopped = generate(lm, embeds, mask, max_new_tokens=NEW_TOKENS).token_ids
+    hf_stopped = hf_decode(lm, hf_embeds, hf_mask, NEW_TOKENS, stop_ids=stops)
 
     t0 = time.perf_counter()
     reference = [reference_decode(lm, p, NEW_TOKENS) for p in prompts]
@@ -103,7 +145,7 @@ def main() -> None:
     assert n_tokens == BATCH * NEW_TOKENS
     print(json.dumps({
         "benchmark": "generation",
-        "lm": "gpt2-random (124M)",
+        "lm": {"gpt2-random": "gpt2-random (124M)", "smollm2-135m": "smollm2-135m"}[args.lm],
         "batch": BATCH,
         "new_tokens_per_row": NEW_TOKENS,
         "prompt_lengths": lengths,
@@ -111,6 +153,11 @@ def main() -> None:
         "reference_tok_s": round(n_tokens / t_reference, 1),
         "speedup": round(t_reference / t_batched, 1),
         "same_tokens": batched.token_ids == reference,
+        "hf_generate_tok_s": round(n_tokens / t_hf, 1),
+        "hf_generate_s_per_batch": round(t_hf, 4),
+        "hf_over_ours_time": round(t_hf / t_batched, 2),  # > 1: ours is faster
+        "same_tokens_as_hf": batched.token_ids == hf,
+        "same_tokens_as_hf_with_stop_rule": ours_stopped == hf_stopped,
         "s_per_batch": round(t_batched, 4),
         **hardware(device, flops=fc.get_total_flops(), seconds=t_batched, precision=args.precision,
                    compiled=args.compile),
