@@ -81,20 +81,26 @@ def test_two_ranks_equal_one_process(runs: dict[str, Path]) -> None:
 
 
 def test_sharded_evaluation_equals_single_process(runs: dict[str, Path], cli) -> None:
-    """The CLI under torchrun writes the one-process results: the same examples in the same
-    order (ranks hold tasks r, r + 2, ...), and the 0-step accuracy of an adapting method."""
+    """The CLI under torchrun writes the one-process results: the same examples and per-query
+    samples in the same order (ranks hold tasks r, r + 2, ...), and the 0-step accuracy of an
+    adapting method."""
     tmp = runs["tmp"]
     ev = ["evaluate", "--checkpoint", str(runs["single"]), "--dataset", "synthetic", "--ways", "2",
           "--shots", "1", "--tasks", "9", "--feature-cache", str(tmp / "features"),
           "--method", "maml", "--steps", "1"]
-    cli(*ev, "--out", str(tmp / "one.json"))
-    two = _run([*TORCHRUN, *CLI, *ev, "--out", str(tmp / "two.json")], tmp)
+    cli(*ev, "--out", str(tmp / "one.json"), "--log-samples", str(tmp / "one.jsonl"))
+    two = _run([*TORCHRUN, *CLI, *ev, "--out", str(tmp / "two.json"), "--log-samples",
+                str(tmp / "two.jsonl")], tmp)
     assert two.returncode == 0, two.stderr[-2000:]
     r1 = json.loads((tmp / "one.json").read_text())
     r2 = json.loads((tmp / "two.json").read_text())
     assert r1["n_tasks"] == 9 and r1["accuracy_0_steps"] is not None
     assert len({e["answer"] for e in r1["examples"]}) > 1  # the order of examples shows
+    assert r1.pop("date") <= r2.pop("date")  # when each ran; all else is the same
     assert r2 == r1
+    samples = (tmp / "one.jsonl").read_text()
+    assert [json.loads(x)["task_index"] for x in samples.splitlines()] == [t for t in range(9) for _ in (0, 1)]
+    assert (tmp / "two.jsonl").read_text() == samples
 
 
 def test_sharded_evaluation_equals_single_process_example_by_example(runs: dict[str, Path]) -> None:
