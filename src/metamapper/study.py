@@ -407,8 +407,7 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
                 ts = evaluation_tasks(row.dataset, data=None, ways=row.ways, shots=row.shots, n_tasks=n)
                 res = evaluate_run(run, ts, method=row.method, steps=row.steps, repeats=row.repeats,
                                    induction=row.induction, with_zero_steps=False)
-                store.add(key, {"label": row.label, "training": name, "seed": seed, "run": str(run_dir),
-                                **{k: res[k] for k in ("accuracy", "ci95", "ci_method", "n_tasks", "n_queries",
-                                                       "steps")}})
+                store.add(key, {**{k: v for k, v in res.items() if k != "examples"},  # with provenance
+                                "label": row.label, "training": name, "seed": seed, "run": str(run_dir)})
                 write_report(store, results, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)
     return write_report(store, results, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)
