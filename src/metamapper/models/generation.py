@@ -1,21 +1,21 @@
-"""Batched text generation from ``inputs_embeds`` (visual prefix + text) with a KV cache.
+"""Batched greedy text generation from ``inputs_embeds`` (visual prefix + text).
 
-The frozen LM receives ``[prefix vectors; token embeddings]`` as embeddings, so Hugging Face's
-token-id based conveniences do not apply directly. ``generate`` takes a padded batch of prompt
-embeddings and decodes all rows together:
+The frozen LM receives ``[prefix vectors; token embeddings]`` as embeddings. ``generate`` takes a
+padded batch of prompt embeddings and decodes all rows together with ``transformers``' own
+``model.generate(inputs_embeds=..., attention_mask=...)`` (KV cache, position ids from the
+mask, one forward pass per step). Around it:
 
 - rows may be right-padded (how the model builds batches) or left-padded; they are re-aligned to
-  left padding and get explicit ``position_ids`` (``cumsum(mask) - 1``), so every row gives the
-  same tokens as it would alone;
-- the prompt is run once, then each step feeds only the new token's embedding against the KV
-  cache (``use_cache=False`` recomputes the whole sequence: the reference for tests);
+  left padding, which ``transformers``' decoder-only generation needs, with zeros in the padding
+  (so NaN or inf left there by a caller cannot leak into real rows);
 - each row stops at its first stop token (EOS, or any token whose text holds a newline or a
-  period: the answer ends there when scored) or after ``max_new_tokens``; decoding ends as soon
-  as every row is done;
-- greedy by default; top-k / top-p sampling with temperature, reproducible with ``seed``.
+  period: the answer ends there when scored), handed to ``transformers`` as ``eos_token_id``, or
+  after ``max_new_tokens``; decoding ends as soon as every row is done;
+- greedy only (no caller samples).
 
-This replaces the reference implementation's unbatched loop that recomputed the whole sequence
-per token and sorted the full vocabulary for a nucleus filter it then ignored.
+Until issue #22 this module held its own KV-cached loop; ``benchmarks/generation.py`` found it no
+faster than ``transformers``' ``generate`` on the same prompts, with the same tokens
+(``docs/PERFORMANCE.md``), so the loop was dropped.
 
 Example::
 
@@ -27,7 +27,6 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +42,11 @@ __all__ = ["GenerationOutput", "generate", "stop_token_ids", "cut_answer"]
 _STOP_CACHE: weakref.WeakKeyDictionary[Any, dict[int, frozenset[int]]] = (
     weakref.WeakKeyDictionary()
 )
+
+# Plain greedy decoding whatever the checkpoint's ``generation_config`` says: ``transformers``
+# fills every option left unset from it, and these would change the tokens.
+_GREEDY: dict[str, Any] = dict(do_sample=False, num_beams=1, repetition_penalty=1.0,
+                               no_repeat_ngram_size=0, min_new_tokens=0)
 
 
 @dataclass
@@ -123,69 +127,6 @@ def _left_align(embeds: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return torch.where(real[..., None], out, out.new_zeros(())), real
 
 
-def _full_mask(model: torch.nn.Module, real: Tensor, dtype: torch.dtype) -> Tensor:
-    """The attention mask for a forward pass over a whole left-padded sequence.
-
-    A padded query is causally before every real key, so with a plain 2D mask its attention
-    row is fully masked: softmax over nothing is NaN in older torch SDPA, and a NaN in a padded
-    hidden state reaches real rows through the values (0 * NaN = NaN). Here every query may
-    also attend to itself, so no row is empty, while real queries still never see padding.
-    The 4D mask is built in the format of the model's attention implementation (bool for
-    SDPA, additive float for eager); other implementations (flash) unpad by themselves and
-    get the 2D mask.
-
-    Args:
-        model: the HF causal LM (its ``config._attn_implementation`` picks the format).
-        real: ``(B, T)`` bool, True on real positions.
-        dtype: the dtype of the embeddings (for the additive mask).
-
-    Returns:
-        ``(B, 1, T, T)`` 4D mask, or the ``(B, T)`` 2D mask when no custom mask is needed.
-    """
-    impl = getattr(model.config, "_attn_implementation", None)
-    if bool(real.all()) or impl not in ("sdpa", "eager"):
-        return real.long()  # no padding: the model may take its is_causal fast path
-    t = real.shape[1]
-    idx = torch.arange(t, device=real.device)
-    causal = idx[None, :] <= idx[:, None]  # (T_q, T_kv)
-    allowed = causal[None] & (real[:, None, :] | torch.eye(t, dtype=torch.bool,
-                                                           device=real.device)[None])
-    allowed = allowed[:, None]  # (B, 1, T_q, T_kv)
-    if impl == "sdpa":
-        return allowed
-    return torch.zeros(allowed.shape, dtype=dtype, device=real.device).masked_fill(
-        ~allowed, torch.finfo(dtype).min
-    )
-
-
-def _positions(real: Tensor) -> Tensor:
-    """Position ids ``cumsum(mask) - 1``: each row counts from 0 at its first real position."""
-    return (real.long().cumsum(1) - 1).clamp(min=0)
-
-
-def _pick(
-    logits: Tensor, *, do_sample: bool, top_k: int, top_p: float, temperature: float,
-    generator: torch.Generator | None,
-) -> Tensor:
-    """Next token per row from last-position logits ``(B, V)`` -> ``(B,)``."""
-    if not do_sample:
-        return logits.argmax(-1)
-    logits = logits.float() / temperature
-    if top_k > 0:
-        kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]  # (B, 1)
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        # the sort is only paid for when nucleus filtering is actually used
-        sorted_logits, order = logits.sort(-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the tokens ranked above it already reach top_p (keeps >= 1)
-        drop_sorted = probs.cumsum(-1) - probs >= top_p
-        drop = drop_sorted.scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
 def _check_inputs(inputs_embeds: Tensor, attention_mask: Tensor) -> Tensor:
     if inputs_embeds.ndim != 3:
         raise ValueError(
@@ -215,14 +156,8 @@ def generate(
     *,
     max_new_tokens: int = 10,
     stop_ids: frozenset[int] | None = None,
-    do_sample: bool = False,
-    top_k: int = 0,
-    top_p: float = 1.0,
-    temperature: float = 1.0,
-    seed: int | None = None,
-    use_cache: bool = True,
 ) -> GenerationOutput:
-    """Decode a batch of prompts given as embeddings, greedily or by sampling.
+    """Decode a batch of prompts given as embeddings, greedily.
 
     Args:
         lm: the frozen language model.
@@ -233,15 +168,6 @@ def generate(
         stop_ids: a row stops at the first of these tokens (not included in the output).
             Default ``stop_token_ids(lm.tokenizer, lm.eos_token_id)``; ``frozenset()`` never
             stops early.
-        do_sample: sample instead of taking the argmax.
-        top_k: with sampling, keep only the ``top_k`` most likely tokens (0: all).
-        top_p: with sampling, keep the smallest set of tokens whose probability reaches
-            ``top_p`` (1.0: all).
-        temperature: with sampling, divide the logits by this.
-        seed: with sampling, seeds a private ``torch.Generator`` (reproducible draws, global
-            RNG untouched); None uses the global RNG.
-        use_cache: reuse keys/values between steps; False recomputes the whole sequence each
-            step (slow, the reference in tests).
 
     Returns:
         A ``GenerationOutput`` with the new token ids and the cut answer text of each row.
@@ -254,10 +180,6 @@ def generate(
     """
     if max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if do_sample and temperature <= 0:
-        raise ValueError(f"temperature must be > 0 when sampling, got {temperature}")
-    if do_sample and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     model = lm.model
     weight = model.get_input_embeddings().weight
     inputs_embeds = inputs_embeds.to(device=weight.device, dtype=weight.dtype)
@@ -265,65 +187,23 @@ def generate(
     if stop_ids is None:
         stop_ids = stop_token_ids(lm.tokenizer, lm.eos_token_id)
     batch = inputs_embeds.shape[0]
-    device = inputs_embeds.device
-    stops = torch.tensor(sorted(stop_ids), dtype=torch.long, device=device)
-    generator = None
-    if do_sample and seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    pick: dict[str, Any] = dict(do_sample=do_sample, top_k=top_k, top_p=top_p, temperature=temperature,
-                generator=generator)
+    if max_new_tokens == 0:
+        return GenerationOutput(token_ids=[[] for _ in range(batch)], texts=[""] * batch)
 
     embeds, real = _left_align(inputs_embeds, mask)  # (B, L, d), (B, L)
-    positions = _positions(real)  # (B, L)
-    new_tokens = torch.empty(batch, 0, dtype=torch.long, device=device)  # (B, steps)
-    done = torch.zeros(batch, dtype=torch.bool, device=device)
-    n_new = torch.full((batch,), max_new_tokens, dtype=torch.long, device=device)
-    stop_token = torch.full((batch,), -1, dtype=torch.long, device=device)
-
-    cache = None
-    cache_kw = _cache_kwarg(model)
-    for step in range(max_new_tokens):
-        if step == 0 or not use_cache:
-            # the whole (prompt + generated) sequence; only the last position's logits are needed
-            out = model(inputs_embeds=embeds, attention_mask=_full_mask(model, real, embeds.dtype),
-                        position_ids=positions, use_cache=use_cache, logits_to_keep=1)
-        else:
-            # one new real token per row: its query always sees itself, so the 2D mask is safe
-            out = model(inputs_embeds=embeds, attention_mask=real.long(),
-                        position_ids=positions[:, -1:], use_cache=True, logits_to_keep=1,
-                        **{cache_kw: cache})
-        cache = _output_cache(out) if use_cache else None
-        token = _pick(out.logits[:, -1], **pick)  # (B,)
-        is_stop = torch.isin(token, stops) & ~done
-        n_new = torch.where(is_stop, step, n_new)
-        stop_token = torch.where(is_stop, token, stop_token)
-        done |= is_stop
-        new_tokens = torch.cat([new_tokens, token[:, None]], 1)
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        # finished rows keep decoding in the batch (cheaper than reshaping the cache); their
-        # tokens after the stop are ignored. With the cache only the new embedding is fed.
-        new_embed = lm.embed(token)[:, None].to(embeds.dtype)  # (B, 1, d)
-        embeds = new_embed if use_cache else torch.cat([embeds, new_embed], 1)
-        real = torch.cat([real, real.new_ones(batch, 1)], 1)
-        positions = torch.cat([positions, positions[:, -1:] + 1], 1)
-
-    token_ids = [new_tokens[b, : int(n_new[b])].tolist() for b in range(batch)]
-    stops_hit = stop_token.tolist()  # -1: no stop token (ran to max_new_tokens)
+    # with only inputs_embeds, transformers returns the new tokens alone: (B, steps); a finished
+    # row is filled with pad_token_id after its stop token (any id: it is cut below)
+    new_tokens = model.generate(
+        inputs_embeds=embeds, attention_mask=real.long(), max_new_tokens=max_new_tokens,
+        eos_token_id=sorted(stop_ids), pad_token_id=int(lm.eos_token_id), **_GREEDY,
+    )
+    token_ids, stops_hit = [], []
+    for row in new_tokens.tolist():
+        cut = next((i for i, t in enumerate(row) if t in stop_ids), len(row))
+        token_ids.append(row[:cut])
+        stops_hit.append(row[cut] if cut < len(row) else -1)  # -1: ran to max_new_tokens
     texts = [_answer_text(lm, ids, s) for ids, s in zip(token_ids, stops_hit, strict=True)]
     return GenerationOutput(token_ids=token_ids, texts=texts)
-
-
-def _cache_kwarg(model: torch.nn.Module) -> str:
-    """The forward argument that takes the KV cache: ``cache`` (transformers >= 5.2x) or
-    ``past_key_values`` (older 5.x, deprecated since)."""
-    params = inspect.signature(model.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _output_cache(out: Any) -> Any:
-    cache = out.get("cache")
-    return cache if cache is not None else out.get("past_key_values")
 
 
 def _answer_text(lm: LanguageModel, ids: list[int], stop: int) -> str:

@@ -280,7 +280,8 @@ class MetaMapper(nn.Module):
         max_new_tokens: int = 10,
         **kwargs: Any,
     ) -> list[str]:
-        """Greedy (or sampled) continuation of each prompt row, stopped at EOS, newline or '.'."""
+        """Greedy continuation of each prompt row, stopped at EOS, newline or '.' (``kwargs``: see
+        ``models.generation.generate``)."""
         batch = self.pack(rows)
         emb = self.embed(features, batch, params, prefixes)
         out = generate(self.lm, emb, batch.attention_mask, max_new_tokens=max_new_tokens, **kwargs)
