@@ -18,7 +18,7 @@
 #   meta_step --compile            torch.compile of the LM's transformer: wire it in only if faster
 #   meta_test 2-way / 5-way        s per meta-test episode (target <= 0.020 s, 2-way)
 #   meta_test --compile            the same with the compiled LM
-#   generation                     batched KV-cached decoding vs transformers' generate and the authors' loop
+#   generation                     batched decoding (transformers' generate) vs the authors' loop, tokens checked
 set -uo pipefail
 
 DEVICE=cuda
