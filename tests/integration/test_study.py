@@ -51,7 +51,8 @@ def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setenv("METAMAPPER_CACHE", str(tmp_path / "cache"))
     claim = study.Claim("tiny", (study.Row("in context", "default"),
                                  study.Row("in context, 2 shots", "default", shots=2),
-                                 study.Row("non-episodic", "non-episodic")),
+                                 study.Row("non-episodic", "non-episodic"),
+                                 study.Row("in context, val", "default", split="val")),
                         (study.Comparison("in context", "non-episodic"),))
     monkeypatch.setattr(study, "CLAIMS", {"tiny": claim, "other": study.CLAIMS["mapper"]})
     out, report = tmp_path / "study", tmp_path / "docs" / "RESULTS.md"
@@ -65,7 +66,8 @@ def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.Mon
         assert sorted(p.name for p in (out / name).iterdir()) == ["seed0", "seed1"]
     assert load_config(out / "default" / "seed1" / "config.yaml").train.seed == 1
     lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    assert len(lines) == 3 * 2 and {x["n_tasks"] for x in lines} == {3}
+    assert len(lines) == 4 * 2 and {x["n_tasks"] for x in lines} == {3}
+    assert sorted(x["split"] for x in lines) == ["test"] * 6 + ["val"] * 2  # recorded with each result
     text = report.read_text()
     assert "`metamapper study --claim tiny --seeds 2 --tasks 3 --slow-tasks 2`" in text
     assert "| in context, 2 shots | " in text and "(2 of 2 seeds)" not in text
