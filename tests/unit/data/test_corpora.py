@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from metamapper.data.corpora import has_digit, load_corpus
 from metamapper.data.emoji import build_emoji, list_emoji
 from metamapper.data.fonts import font_faces, render_char
 from metamapper.data.glyphs import build_glyphs, spread
-from metamapper.data.icons import build_icons, concept_name, concept_of, scan_themes
+from metamapper.data.icons import build_icons, concept_name, concept_of, render_icon, scan_themes
 from metamapper.data.mixture import draw_sources
 from metamapper.data.sources import evaluation_tasks, training_tasks
 
@@ -112,6 +113,19 @@ def test_icon_names_become_concepts_and_captions() -> None:
         assert concept_of(dropped) is None, dropped
     assert concept_name("camera-photo") == "camera photo"
     assert concept_name("application-x-executable") == "application executable"
+
+
+@pytest.mark.skipif(shutil.which("rsvg-convert") is None, reason="needs librsvg2-bin")
+def test_svg_icons_render_on_white_at_the_corpus_size(tmp_path: Path) -> None:
+    svg = tmp_path / "printer.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="16" height="8">'
+                   '<rect x="0" y="0" width="16" height="8" fill="#ff0000"/></svg>')
+    im = render_icon(str(svg), 32)
+    assert im.size == (32, 32) and im.mode == "RGB"
+    assert im.getpixel((16, 16)) == (255, 0, 0) and im.getpixel((16, 2)) == (255, 255, 255)  # letterboxed
+    (tmp_path / "bad.svg").write_text("<svg")
+    with pytest.raises(ValueError, match="rsvg-convert failed"):
+        render_icon(str(tmp_path / "bad.svg"), 32)
 
 
 def test_the_scan_takes_one_drawing_per_theme_at_its_largest_size(themes: Path) -> None:
