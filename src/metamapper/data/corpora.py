@@ -466,15 +466,29 @@ def ensure_corpus(name: str, root: str | os.PathLike[str] | None = None, *, rebu
         >>> corpus = ensure_corpus("glyphs")
         >>> len(corpus.classes), corpus.stats["images"]
     """
+    import fcntl
+
     if name not in BUILDERS:
         raise ValueError(f"unknown corpus {name!r}; choose from {', '.join(sorted(BUILDERS))}")
     folder = corpus_dir(name, root)
     if not rebuild and (folder / "index.json").is_file():
         return load_corpus(folder)
-    if progress:
-        print(f"metamapper: building the {name} corpus in {folder} (once; later runs reuse it)",
-              flush=True)
-    corpus = BUILDERS[name](folder, progress=progress)
+    if folder.is_dir():
+        foreign = [p.name for p in folder.iterdir()
+                   if p.name not in ("images", "index.json", ".lock") and ".tmp-" not in p.name]
+        if foreign:  # e.g. data.root set to the icon themes: the corpus is what gets rendered
+            raise ValueError(f"{folder} is not a corpus folder of {name} (no index.json, and it holds "
+                             f"{', '.join(sorted(foreign)[:3])}...): data.root / --data / --root of "
+                             f"{name} names the folder the corpus is rendered into, not its inputs")
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as lock:  # processes started together build it once
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not rebuild and (folder / "index.json").is_file():
+            return load_corpus(folder)
+        if progress:
+            print(f"metamapper: building the {name} corpus in {folder} (once; later runs reuse it)",
+                  flush=True)
+        corpus = BUILDERS[name](folder, progress=progress)
     if progress:
         s = corpus.stats
         print(f"metamapper: {name}: {s['concepts']} concepts, {s['images']} images, "

@@ -171,6 +171,12 @@ def test_a_built_corpus_is_reused_not_rebuilt(many: Path) -> None:
     assert train.images.load(train.tasks[0].support[0].image).size == (16, 16)
 
 
+def test_the_corpus_folder_is_never_an_input_folder(themes: Path) -> None:
+    with pytest.raises(ValueError, match="not a corpus folder of icons"):  # never renders into themes
+        training_tasks(DataConfig(source="icons", root=str(themes)), n_tasks=1, seed=0)
+    assert not (themes / "images").exists()
+
+
 def test_tasks_use_each_splits_concepts_only(many: Path) -> None:
     out = many
     corpus = load_corpus(many)
