@@ -1,9 +1,9 @@
 """Installed fonts as renderers of characters: what ``emoji`` and ``glyphs`` draw with.
 
 ``font_faces`` finds the font files under ``/usr/share/fonts`` (TrueType, OpenType, and each face
-of a collection), reads each face's family, style and character map with fontTools, and keeps one
-face per family (the regular one: a bold or italic of the same design would be a near-duplicate
-instance). ``render_char`` draws one character of a face as a picture: cropped to its ink,
+of a collection; not bitmap-only fonts), reads each face's family, style and character map with
+fontTools, and keeps one face per family (the regular one: a bold or italic of the same design
+would be a near-duplicate instance). ``render_char`` draws one character of a face as a picture: cropped to its ink,
 scaled to fit, centred on white.
 
 Example::
@@ -76,6 +76,8 @@ def _faces_of(path: str) -> list[tuple[int, str, str, bool, frozenset[int]]]:
         family = _name(font, 16, 1)
         style = _name(font, 17, 2) or "Regular"
         colour = any(t in font for t in ("CBDT", "sbix", "COLR", "SVG "))
+        if not colour and not any(t in font for t in ("glyf", "CFF ", "CFF2")):
+            continue  # bitmaps only (unifont_sample.ttf): drawn at one pixel size, not at ours
         out.append((i, family, style, colour, frozenset(cmap)))
     return out
 
