@@ -1,7 +1,7 @@
 """Installed fonts as renderers of characters: what ``emoji`` and ``glyphs`` draw with.
 
 ``font_faces`` finds the font files under ``/usr/share/fonts`` (TrueType, OpenType, and each face
-of a collection; not bitmap-only fonts), reads each face's family, style and character map with
+of a collection; not fonts of bitmaps only), reads each face's family, style and character map with
 fontTools, and keeps one face per family (the regular one: a bold or italic of the same design
 would be a near-duplicate instance). ``render_char`` draws one character of a face as a picture: cropped to its ink,
 scaled to fit, centred on white.
@@ -76,10 +76,18 @@ def _faces_of(path: str) -> list[tuple[int, str, str, bool, frozenset[int]]]:
         family = _name(font, 16, 1)
         style = _name(font, 17, 2) or "Regular"
         colour = any(t in font for t in ("CBDT", "sbix", "COLR", "SVG "))
-        if not colour and not any(t in font for t in ("glyf", "CFF ", "CFF2")):
-            continue  # bitmaps only (unifont_sample.ttf): drawn at one pixel size, not at ours
         out.append((i, family, style, colour, frozenset(cmap)))
     return out
+
+
+def _scalable(path: str, index: int) -> bool:
+    """Whether FreeType draws the face at any size (not so: fonts of bitmap strikes only, such as
+    ``unifont_sample.ttf``, whose outline table is empty)."""
+    try:
+        ImageFont.truetype(path, 2 * IMAGE_SIZE, index=index)
+        return True
+    except OSError:
+        return False
 
 
 def font_faces(roots: Sequence[str | os.PathLike[str]] = FONT_ROOTS, *,
@@ -110,7 +118,7 @@ def font_faces(roots: Sequence[str | os.PathLike[str]] = FONT_ROOTS, *,
         if is_reserved(path, package):
             continue
         for index, family, style, colour, chars in faces:
-            if not family or not chars:
+            if not family or not chars or not (colour or _scalable(path, index)):
                 continue
             words = style.lower().split()
             rank = (min((_STYLE_RANK.get(w, 9) for w in words), default=9) + 10 * (len(words) > 1),
