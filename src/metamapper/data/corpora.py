@@ -24,11 +24,12 @@ Layout::
       index.json
       images/printer/adwaita-icon-theme.png  ...
 
-The corpus is built the first time a source needs it (or by ``metamapper prepare --dataset
-icons-open-ended``) and reused afterwards; ``ensure_corpus(..., rebuild=True)`` builds it again.
+The corpus is built the first time a source needs it (or by ``metamapper corpus icons``) and
+reused afterwards; ``ensure_corpus(..., rebuild=True)`` (``--rebuild``) builds it again.
 
 Example::
 
+    import metamapper.data.sources          # registers the built-in sources and their corpora
     from metamapper.data.corpora import ensure_corpus
     corpus = ensure_corpus("icons")          # renders once (minutes), then loads the index
     corpus.split["test"][:3], corpus.classes["printer"].name
@@ -109,7 +110,7 @@ class Corpus:
     Attributes:
         name: the source name (``icons``).
         root: the corpus folder.
-        classes: concept key -> ``Concept`` (keys are folder names: ``camera-photo``, ``U+1F436``).
+        classes: concept key -> ``Concept`` (keys are folder names: ``camera-photo``, ``u+1f436``).
         split: ``train`` / ``val`` / ``test`` -> concept keys (disjoint, seeded).
         skipped: ``(file, why)`` of each input that could not be rendered.
         stats: counts and timings of the build.

@@ -27,7 +27,7 @@ Example::
 
     from metamapper.data.sources import training_tasks
     train, val = training_tasks(DataConfig(source="icons"), n_tasks=100, seed=0)
-    # or build it explicitly: metamapper prepare --dataset icons-open-ended
+    # or build it explicitly: metamapper corpus icons
 """
 
 from __future__ import annotations
