@@ -7,7 +7,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 DATA := $(VENV)/share/metamapper
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup fashion test test-random demo lint bench clean
+.PHONY: setup fashion test test-random demo lint bench clean corpora
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -45,7 +45,23 @@ $(CHROMIUM):
 		echo "Chromium missing: run 'sudo apt-get install chromium chromium-driver' (browser test skips)"; \
 	fi
 
-setup: $(BIN)/.installed-dev fashion $(CHROMIUM)
+# SVG rendering and a font for the corpus tests (tests/unit/data/test_corpora.py skips without);
+# needs root, skipped when present.
+/usr/bin/rsvg-convert:
+	@if [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq librsvg2-bin fonts-dejavu-core; \
+	else \
+		echo "rsvg-convert missing: run 'sudo apt-get install librsvg2-bin fonts-dejavu-core' (corpus tests skip)"; \
+	fi
+
+setup: $(BIN)/.installed-dev fashion $(CHROMIUM) /usr/bin/rsvg-convert
+
+# The Debian packages the icons / emoji / glyphs corpora are rendered from (docs/DATA.md), then
+# the three corpora (minutes each, once; into $$METAMAPPER_CACHE/corpora). Needs root.
+corpora: $(BIN)/.installed
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends $$($(BIN)/python -c \
+		"from metamapper.data import emoji, glyphs, icons; print(icons.INSTALL, emoji.INSTALL, glyphs.INSTALL)")
+	for n in icons emoji glyphs; do $(BIN)/metamapper corpus $$n; done
 
 test: setup
 	$(BIN)/ruff check src tests benchmarks

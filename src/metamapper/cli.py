@@ -7,6 +7,8 @@
     metamapper export --checkpoint runs/fashion --out export/fashion
     metamapper push --checkpoint runs/fashion --repo owner/name [--revision BRANCH]
     metamapper prepare --dataset fashion-open-ended
+    metamapper datasets
+    metamapper corpus icons [--root DIR] [--rebuild]
     metamapper export-fashion DIR --variant open_ended --ways 2 --shots 1 --tasks 500
     metamapper demo [--quick]
     metamapper download [smollm2] [fashion-mnist] [--dir DIR]
@@ -159,6 +161,25 @@ def _cmd_prepare(a: argparse.Namespace) -> None:
         print(f"  skipped {k}: {why}")
 
 
+def _cmd_datasets(a: argparse.Namespace) -> None:
+    from metamapper.data.sources import describe_sources
+
+    for name, (datasets, line) in describe_sources().items():
+        print(f"{name}: {line}")
+        if datasets:
+            print(f"    --dataset {', '.join(datasets)}")
+
+
+def _cmd_corpus(a: argparse.Namespace) -> None:
+    import metamapper.data.sources  # noqa: F401  (registers the corpus builders)
+    from metamapper.data.corpora import describe_corpus, ensure_corpus
+
+    corpus = ensure_corpus(a.name, a.root, rebuild=a.rebuild)
+    print(f"{a.name}: {describe_corpus(a.name, a.root)}")
+    print(f"    built in {corpus.stats.get('build_s')} s from {corpus.stats.get('candidates')} "
+          f"candidate pictures; {len(corpus.skipped)} inputs skipped (listed in index.json)")
+
+
 def _cmd_export(a: argparse.Namespace) -> None:
     from metamapper.hub import export_checkpoint, resolve_checkpoint
 
@@ -282,8 +303,8 @@ def build_parser() -> argparse.ArgumentParser:
     def task_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--dataset", required=True,
                         help="a Frozen benchmark name (open_ended_mi, real_name_mi, fast_vqa, "
-                             "guided_vqa; needs --data), fashion-open-ended, fashion-real-name or "
-                             "synthetic")
+                             "guided_vqa; needs --data), fashion-open-ended, fashion-real-name, "
+                             "icons-open-ended, ... (metamapper datasets lists them)")
         sp.add_argument("--data", help="dataset folder (benchmark JSON + images; Fashion IDX files)")
         sp.add_argument("--ways", type=int, default=2)
         sp.add_argument("--shots", type=int, default=1)
@@ -348,6 +369,16 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     add_device_arg(pp, default_from="the config's runtime.device, auto")
     pp.set_defaults(fn=_cmd_prepare)
+
+    ds = sub.add_parser("datasets", help="the task sources and evaluation datasets, with their classes")
+    ds.set_defaults(fn=_cmd_datasets)
+
+    cp = sub.add_parser("corpus", help="build a rendered concept corpus (icons, emoji, glyphs) "
+                                       "from the installed Debian packages")
+    cp.add_argument("name", choices=["icons", "emoji", "glyphs"])
+    cp.add_argument("--root", help="corpus folder (default: $METAMAPPER_CACHE/corpora/NAME)")
+    cp.add_argument("--rebuild", action="store_true", help="render it again even if it exists")
+    cp.set_defaults(fn=_cmd_corpus)
 
     x = sub.add_parser("export-fashion", help="write the Fashion-MNIST benchmark in the Frozen layout")
     x.add_argument("dir")

@@ -86,7 +86,7 @@ class MapperConfig:
 
 @dataclass
 class DataConfig:
-    source: str = "fashion-mnist"  # registered task source: fashion-mnist | frozen-benchmark | coco | synthetic
+    source: str = "fashion-mnist"  # registered task source: fashion-mnist | icons | emoji | glyphs | image-folders | frozen-benchmark | coco | synthetic | mixture (of several: data.mixture); metamapper.registry.TASK_SOURCES.names()
     root: str | None = None  # data folder (default: the source's own default)
     variant: str = "open_ended"  # fashion-mnist evaluation variant: open_ended | real_name
     benchmark: str = "open_ended_mi"  # frozen-benchmark name (its JSON prefix)
@@ -96,6 +96,8 @@ class DataConfig:
     naming: str = "made_up"  # meta-training words: made_up (a fresh made-up word per class per task: forces binding) | real (class names)
     images_per_class: int | None = 1000  # training images per class read from the source (None: all)
     feature_cache: str | None = None  # feature cache folder (default: ~/.cache/metamapper/features)
+    mixture: dict[str, float] = field(default_factory=dict)  # source=mixture: task source -> its share of the meta-training and validation tasks (normalised), e.g. {icons: 0.5, fashion-mnist: 0.5}
+    mixture_roots: dict[str, str] = field(default_factory=dict)  # source=mixture: task source -> its data folder (default: the source's own default; data.root is not used)
 
 
 @dataclass
@@ -183,6 +185,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{key}: expected a mapping, got {value!r}")
         return _from_dict(typ, value, key)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, args[0], key): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -310,6 +316,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"train.lm_dtype must be auto, float32 or bfloat16, got {t.lm_dtype!r}")
     if d.naming not in ("made_up", "real"):
         raise ConfigError(f"data.naming must be made_up or real, got {d.naming!r}")
+    if d.source == "mixture" and not d.mixture:
+        raise ConfigError("data.source=mixture needs data.mixture: task source -> share, e.g. "
+                          "data.mixture='{icons: 0.5, fashion-mnist: 0.5}'")
+    if d.source != "mixture" and (d.mixture or d.mixture_roots):
+        raise ConfigError(f"data.mixture and data.mixture_roots are for data.source=mixture, not {d.source!r}")
+    bad = {k: v for k, v in d.mixture.items() if not (math.isfinite(v) and v > 0) or k == "mixture"}
+    if bad:
+        raise ConfigError(f"data.mixture: each share must be a number > 0 of a source other than "
+                          f"mixture, got {bad}")
+    if set(d.mixture_roots) - set(d.mixture):
+        raise ConfigError(f"data.mixture_roots names sources not in data.mixture: "
+                          f"{', '.join(sorted(set(d.mixture_roots) - set(d.mixture)))}")
     m = cfg.mapper
     if not 0 <= m.dropout < 1:
         raise ConfigError(f"mapper.dropout must be in [0, 1), got {m.dropout}")
@@ -351,7 +369,7 @@ REPORT_TO = ("tensorboard",)  # train.report_to's choices (train.common.MetricsL
 RESUMABLE_CHANGES = ("train.updates", "train.max_minutes", "train.val_every", "train.val_tasks",
                      "train.checkpoint_every", "train.keep_last", "train.keep_best", "train.max_bad_updates",
                      "train.report_to",
-                     "data.feature_cache", "data.root", "backbones.vision_path", "backbones.lm_path", "eval.",
+                     "data.feature_cache", "data.root", "data.mixture_roots", "backbones.vision_path", "backbones.lm_path", "eval.",
                      "runtime.")
 
 

@@ -88,12 +88,15 @@ class TaskSource:
             passed to ``test``.
         no_induction: evaluation names on which task induction ("Answer with dax or
             blicket.") is refused: their answers are not the support words (VQA).
+        describe: ``(root) -> str``: one line on the source's data in ``root`` (None: its
+            default), e.g. its class counts per split; cheap (it builds and downloads nothing).
     """
 
     train_val: Callable[[DataConfig, int, int], tuple[TaskSet, TaskSet]] | None = None
     test: Callable[..., TaskSet] | None = None
     datasets: Mapping[str, str] = field(default_factory=dict)
     no_induction: frozenset[str] = frozenset()
+    describe: Callable[[str | None], str] | None = None
 
 
 VISION_ENCODERS: Registry[Callable[..., Any]] = Registry("vision encoder")

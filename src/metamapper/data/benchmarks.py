@@ -370,4 +370,5 @@ def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int
 
 TASK_SOURCES.register("frozen-benchmark")(TaskSource(
     train_val=_train_val, test=_test, datasets={name: name for name in BENCHMARK_NAMES},
-    no_induction=VQA_NAMES))
+    no_induction=VQA_NAMES,
+    describe=lambda root: "Frozen benchmark JSON files (--data): seeded train / val / test parts of each file"))

@@ -344,4 +344,6 @@ def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet
     return train, val
 
 
-TASK_SOURCES.register("coco")(TaskSource(train_val=_train_val))
+TASK_SOURCES.register("coco")(TaskSource(
+    train_val=_train_val, describe=lambda root: "COCO captions grouped into tasks by object category "
+                                                "(data.root; meta-training only)"))

@@ -498,4 +498,6 @@ def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int
 TASK_SOURCES.register("fashion-mnist")(TaskSource(
     train_val=_train_val, test=_test,
     datasets={"fashion-open-ended": "open_ended", "fashion-real-name": "real_name"},
+    describe=lambda root: f"{len(CLASS_NAMES)} classes: {len(TRAIN_CLASSES)} meta-training, "
+                          f"{len(TEST_CLASSES)} held-out test",
 ))

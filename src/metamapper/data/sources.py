@@ -19,7 +19,11 @@ from dataclasses import replace
 import metamapper.data.benchmarks
 import metamapper.data.class_folders
 import metamapper.data.coco
+import metamapper.data.emoji
 import metamapper.data.fashion
+import metamapper.data.glyphs
+import metamapper.data.icons
+import metamapper.data.mixture
 import metamapper.data.synthetic  # noqa: F401  (these imports register the built-in sources)
 from metamapper.config import ConfigError, DataConfig
 from metamapper.data.tasks import EVAL_SPLITS, Task, TaskSet, TaskSizeError
@@ -42,6 +46,26 @@ def training_tasks(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, Tas
 def list_datasets() -> list[str]:
     """The names ``evaluation_tasks`` accepts."""
     return sorted(name for src in TASK_SOURCES.names() for name in TASK_SOURCES.get(src).datasets)
+
+
+def describe_sources() -> dict[str, tuple[list[str], str]]:
+    """Source name -> (its evaluation datasets, one line on its data: class counts per split
+    where the source knows them, else what it is). Builds nothing.
+
+    Example::
+
+        >>> describe_sources()["fashion-mnist"]
+        (['fashion-open-ended', 'fashion-real-name'], '10 classes: 6 meta-training, 4 held-out test')
+    """
+    out = {}
+    for name in TASK_SOURCES.names():
+        source = TASK_SOURCES.get(name)
+        try:
+            line = source.describe(None) if source.describe else ""
+        except (OSError, ValueError) as e:
+            line = f"unavailable: {e}"
+        out[name] = (sorted(source.datasets), line)
+    return out
 
 
 def _dataset_source(dataset: str) -> tuple[TaskSource, str]:

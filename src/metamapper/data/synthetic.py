@@ -124,4 +124,6 @@ def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int
 
 
 TASK_SOURCES.register("synthetic")(TaskSource(train_val=_train_val, test=_test,
-                                              datasets={"synthetic": "open_ended"}))
+                                              datasets={"synthetic": "open_ended"},
+                                              describe=lambda root: f"{len(CLASSES)} generated classes: "
+                                              f"{len(TRAIN_CLASSES)} meta-training, {len(TEST_CLASSES)} held-out test"))

@@ -1,0 +1,110 @@
+"""Meta-training on several task sources at once: task source ``"mixture"``.
+
+Each meta-training task comes from one source, drawn by the shares of ``data.mixture`` (seeded:
+the same config and seed give the same sources in the same order); validation tasks are drawn
+the same way from each source's own validation stream (its validation concepts or images). The
+sources keep their own data settings (``data.ways``, ``data.shots``, ... are shared; each
+source's folder is ``data.mixture_roots[name]`` or its default).
+
+Image keys are namespaced by source (``icons:images/printer/tango-icon-theme.png``), so that one
+``MixtureImageSource`` resolves every task's images; its feature-cache identity names all the
+parts, so a mixture's features are cached apart from the single sources' (encoded once per
+mixture).
+
+Example (YAML)::
+
+    data:
+      source: mixture
+      mixture: {icons: 0.5, glyphs: 0.25, fashion-mnist: 0.25}
+
+or ``metamapper train data.source=mixture 'data.mixture={icons: 0.5, fashion-mnist: 0.5}'``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+from PIL import Image
+
+from metamapper.config import DataConfig
+from metamapper.data.images import ImageLoadError
+from metamapper.data.tasks import Example, ImageSource, Query, Task, TaskSet
+from metamapper.registry import TASK_SOURCES, TaskSource
+
+SEP = ":"  # source name SEP the source's own key
+
+
+class MixtureImageSource:
+    """Resolves ``"name:key"`` through the image source of part ``name``."""
+
+    def __init__(self, parts: dict[str, ImageSource]) -> None:
+        self.parts = dict(sorted(parts.items()))
+        self.identity = "mixture(" + ",".join(f"{n}={s.identity}" for n, s in self.parts.items()) + ")"
+
+    def __repr__(self) -> str:
+        return f"MixtureImageSource({list(self.parts)})"
+
+    def load(self, key: str) -> Image.Image:
+        for name in sorted(self.parts, key=len, reverse=True):  # "fashion-mnist:val" first
+            if key.startswith(name + SEP):
+                return self.parts[name].load(key[len(name) + len(SEP):])
+        raise ImageLoadError(f"image key {key!r} names no part of the mixture ({', '.join(self.parts)})")
+
+    def keys(self) -> list[str]:
+        """Every part's keys, namespaced."""
+        return [f"{n}{SEP}{k}" for n, s in self.parts.items() for k in s.keys()]
+
+
+def _namespaced(task: Task, name: str) -> Task:
+    return replace(
+        task, task_id=f"{name}{SEP}{task.task_id}",
+        support=tuple(Example(f"{name}{SEP}{e.image}", e.caption) for e in task.support),
+        queries=tuple(Query(f"{name}{SEP}{q.image}", q.question, q.answer) for q in task.queries))
+
+
+def draw_sources(shares: dict[str, float], n: int, rng: np.random.Generator) -> list[str]:
+    """``n`` source names drawn independently by ``shares`` (normalised).
+
+    Example::
+
+        >>> draw_sources({"icons": 3, "glyphs": 1}, 4, np.random.default_rng(0))
+        ['icons', 'icons', 'icons', 'glyphs']
+    """
+    names = sorted(shares)
+    p = np.array([shares[k] for k in names], dtype=float)
+    return [names[i] for i in rng.choice(len(names), size=n, p=p / p.sum())]
+
+
+def mixture_tasks(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
+    """``(train, validation)`` of ``data.source=mixture``: see the module's docstring."""
+    rng = np.random.default_rng([seed, 0x6D6978])  # the draw of sources, apart from each source's
+    order = draw_sources(d.mixture, n_tasks, rng)
+    counts = {name: order.count(name) for name in d.mixture}
+    parts: dict[str, ImageSource] = {}
+    trains: dict[str, list[Task]] = {}
+    vals: dict[str, list[Task]] = {}
+    for name in sorted(d.mixture):
+        source = TASK_SOURCES.get(name)
+        if source.train_val is None:
+            raise ValueError(f"data.mixture: source {name!r} has no meta-training tasks (it only tests)")
+        sub = replace(d, source=name, root=d.mixture_roots.get(name), mixture={}, mixture_roots={})
+        train, val = source.train_val(sub, max(1, counts[name]), seed)
+        # a source may validate on other images than it trains on (Fashion-MNIST: its test split)
+        val_part = name if val.images.identity == train.images.identity else f"{name}{SEP}val"
+        parts[name], parts[val_part] = train.images, val.images
+        trains[name] = [_namespaced(t, name) for t in train.tasks[: counts[name]]]
+        vals[name] = [_namespaced(t, val_part) for t in val.tasks]
+    train_tasks = [trains[name].pop(0) for name in order]
+    # as many validation tasks as the smallest stream allows at its share (a source's stream
+    # that the random draw exhausts early gives no more)
+    total = sum(d.mixture.values())
+    n_val = int(min(len(vals[k]) * total / share for k, share in d.mixture.items()))
+    val_tasks = [vals[name].pop(0) for name in draw_sources(d.mixture, n_val, rng) if vals[name]]
+    images = MixtureImageSource(parts)
+    return TaskSet(train_tasks, images), TaskSet(val_tasks, images)
+
+
+TASK_SOURCES.register("mixture")(TaskSource(
+    train_val=mixture_tasks,
+    describe=lambda root: "several sources by the shares of data.mixture (meta-training only)"))
