@@ -43,6 +43,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 
 from metamapper import __version__
+from metamapper.downloads import sha256_file
 
 CKPT_DIR = "checkpoints"
 
@@ -64,14 +65,6 @@ class Checkpoint:
     step: int
     meta: dict[str, Any]
     weights: dict[str, torch.Tensor]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def fsync_dir(path: Path) -> None:
@@ -288,7 +281,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, trainer: bool = False) -> C
     if not meta_file.is_file() or not weights_file.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} is incomplete (meta.json or mapper.safetensors missing)")
     meta = _read_meta(meta_file)
-    if meta.get("sha256") != _sha256(weights_file):
+    if meta.get("sha256") != sha256_file(weights_file):
         raise CheckpointError(f"checkpoint {str(weights_file)!r} is corrupt (checksum mismatch)")
     try:
         weights = load_file(str(weights_file))
@@ -296,7 +289,7 @@ def read_checkpoint(path: str | os.PathLike[str], *, trainer: bool = False) -> C
         raise CheckpointError(f"checkpoint {str(weights_file)!r} is unreadable: {e}") from None
     if trainer:
         tfile = p / "trainer.pt"
-        if not tfile.is_file() or meta.get("trainer_sha256") != _sha256(tfile):
+        if not tfile.is_file() or meta.get("trainer_sha256") != sha256_file(tfile):
             raise CheckpointError(f"checkpoint {str(p)!r} has no valid trainer state for resuming")
     return Checkpoint(path=p, step=int(meta["step"]), meta=meta, weights=weights)
 

@@ -122,8 +122,4 @@ def build_emoji(out: str | os.PathLike[str], *, emoji_test: str | os.PathLike[st
                         progress=progress, stats={"emoji_listed": len(emoji), "fonts": len(faces)})
 
 
-def _build(out: str | os.PathLike[str], *, progress: bool = False) -> Corpus:
-    return build_emoji(out, progress=progress)
-
-
-register_corpus_source("emoji", _build)
+register_corpus_source("emoji", build_emoji)  # called as (out, progress=...)

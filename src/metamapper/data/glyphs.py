@@ -154,8 +154,4 @@ def build_glyphs(out: str | os.PathLike[str], *, font_roots: Sequence[str | os.P
                         progress=progress, stats={"fonts": len(faces), "scripts": len(letters)})
 
 
-def _build(out: str | os.PathLike[str], *, progress: bool = False) -> Corpus:
-    return build_glyphs(out, progress=progress)
-
-
-register_corpus_source("glyphs", _build)
+register_corpus_source("glyphs", build_glyphs)  # called as (out, progress=...)

@@ -232,9 +232,5 @@ def build_icons(out: str | os.PathLike[str], *, roots: Sequence[str | os.PathLik
                                                   "concepts_before_render": len(keep)})
 
 
-def _build(out: str | os.PathLike[str], *, progress: bool = False) -> Corpus:
-    return build_icons(out, progress=progress)
-
-
-register_corpus_source("icons", _build)
+register_corpus_source("icons", build_icons)  # called as (out, progress=...)
 
