@@ -237,7 +237,7 @@ def _cmd_demo(a: argparse.Namespace) -> None:
 def _cmd_study(a: argparse.Namespace) -> None:
     from metamapper.study import CLAIMS, run_study
 
-    claims = a.claim or list(CLAIMS)
+    claims = [] if a.report_only else a.claim or list(CLAIMS)
     path = run_study(claims, seeds=a.seeds, tasks=a.tasks, slow_tasks=a.slow_tasks, out=a.out,
                      results=a.results, device=a.device, overrides=a.overrides or (), only=a.trainings)
     print(f"wrote {path}")
@@ -424,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--trainings", nargs="+", choices=list(TRAININGS), metavar="NAME",
                     help=f"run only these trainings ({', '.join(TRAININGS)}); rows of the others "
                          "stay unmeasured (default: all the claims need)")
+    st.add_argument("--report-only", action="store_true",
+                    help="rewrite the report from the measurements so far; train and score nothing")
     st.add_argument("--out", default="runs/study", help="trainings and measurements (resumable)")
     st.add_argument("--results", default="docs/RESULTS.md", help="the report to rewrite")
     st.add_argument("overrides", nargs="*", help="config overrides for every training key.sub=value")

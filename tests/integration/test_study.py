@@ -12,6 +12,7 @@ import metamapper.eval.run
 import metamapper.study as study
 import metamapper.train.episodic
 import metamapper.train.standard
+from metamapper.cli import main
 from metamapper.config import Config, config_from_dict, load_config
 from metamapper.data.fashion import find_fashion_root
 
@@ -81,4 +82,8 @@ def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.Mon
     monkeypatch.setattr(metamapper.eval.run, "evaluate_run",
                         lambda *a, **k: pytest.fail("a finished row was scored again"))
     study.run_study(["tiny"], seeds=2, tasks=3, slow_tasks=2, out=out, results=report, overrides=TINY)
+    assert report.read_text() == text
+    report.unlink()  # the CLI rewrites it from the measurements alone
+    assert main(["study", "--report-only", "--seeds", "2", "--tasks", "3", "--slow-tasks", "2",
+                 "--out", str(out), "--results", str(report)]) == 0
     assert report.read_text() == text
