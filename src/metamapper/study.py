@@ -184,7 +184,11 @@ CLAIMS: dict[str, Claim] = {
          Row("Real-Name, no induction", "default", dataset=RN),
          Row("Real-Name, induction", "default", dataset=RN, induction=True)),
         (Comparison("Open-Ended, no induction", "Open-Ended, induction", "not_worse"),
-         Comparison("Real-Name, no induction", "Real-Name, induction", "not_worse"))),
+         Comparison("Real-Name, no induction", "Real-Name, induction", "not_worse")),
+        "The instruction stands before each question, after the query's image (`[p(x_q)] Answer "
+        "with dax or blicket. This is a`; `data.tasks.with_task_induction`), where the default never "
+        "saw text in training; Frozen puts it before the whole sequence. Placed so, it makes the "
+        "default give one word to both queries of a task (`evaluate --task-induction --log-samples`)."),
     "grid": Claim(
         "The Frozen grid for the default",
         tuple(Row(f"{'Open-Ended' if ds == OE else 'Real-Name'} {w}-way {k}-shot", "default", dataset=ds,
