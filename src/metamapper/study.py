@@ -188,7 +188,8 @@ CLAIMS: dict[str, Claim] = {
         "The instruction stands before each question, after the query's image (`[p(x_q)] Answer "
         "with dax or blicket. This is a`; `data.tasks.with_task_induction`), where the default never "
         "saw text in training; Frozen puts it before the whole sequence. Placed so, it makes the "
-        "default give one word to both queries of a task (`evaluate --task-induction --log-samples`)."),
+        "default give one word to both queries of a task (all 8 tasks looked at with `evaluate "
+        "--task-induction --log-samples`)."),
     "grid": Claim(
         "The Frozen grid for the default",
         tuple(Row(f"{'Open-Ended' if ds == OE else 'Real-Name'} {w}-way {k}-shot", "default", dataset=ds,
