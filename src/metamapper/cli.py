@@ -81,8 +81,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
                    device=a.device)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
-                       progress=rank == 0, dataset=a.dataset, split=a.split, seed=a.seed,
-                       log_samples=a.log_samples)
+                       progress=rank == 0, log_samples=a.log_samples)
     # --checkpoint as given (a run folder or a Hub id); the checkpoint record has the resolved path
     res.update(trained_overlap=overlap, source=a.checkpoint,
                **({"revision": a.revision} if a.revision else {}))
@@ -278,6 +277,7 @@ def add_device_arg(sp: argparse.ArgumentParser, *, default_from: str = "auto") -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from metamapper.data.sources import TEST_SEED
     from metamapper.data.tasks import EVAL_SPLITS
     from metamapper.eval.fewshot import METHODS
 
@@ -316,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "tasks; train, all: a benchmark file's training part or all of it "
                              "(refused for tasks the run meta-trained on, unless all). Default: "
                              "test, except all of a benchmark file the run did not train on")
-        sp.add_argument("--seed", type=int, default=1234,
+        sp.add_argument("--seed", type=int, default=TEST_SEED,
                         help="seed of sampled tasks (fixed: every run is scored on the same tasks)")
 
     def step_args(sp: argparse.ArgumentParser, *, revision: bool = True) -> None:

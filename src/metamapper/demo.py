@@ -30,8 +30,6 @@ from metamapper.runs import has_run
 from metamapper.study import equal_compute_standard
 from metamapper.train import episodic, standard
 
-EVAL_SEED = 1234  # the test tasks' seed (evaluate's default): every row is scored on the same tasks
-
 
 @dataclass(frozen=True)
 class DemoPlan:
@@ -117,10 +115,8 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo",
                 continue
             run = run or load_run(run_dir, device=device)
             print(f"== evaluating: {label} on {ds} 2-way {shots}-shot ({n_tasks} tasks)")
-            ts = evaluation_tasks(ds, data=None, ways=2, shots=shots, n_tasks=n_tasks,
-                                  seed=EVAL_SEED, split="test")
-            res = evaluate_run(run, ts, method="in-context", with_zero_steps=False, dataset=ds,
-                               split="test", seed=EVAL_SEED)
+            ts = evaluation_tasks(ds, data=None, ways=2, shots=shots, n_tasks=n_tasks)  # the test tasks
+            res = evaluate_run(run, ts, method="in-context", with_zero_steps=False)
             res.update(label=label, run=str(run_dir))
             rows.append(res)
             write_results(rows, out / "results.json")  # finished work is never lost

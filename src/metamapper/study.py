@@ -132,7 +132,6 @@ class Claim:
 
 
 TRAININGS = tuple(trainings())  # their names
-TASK_SEED = 1234  # the fixed seed of the evaluation tasks (data.sources.evaluation_tasks' default)
 OE, RN = "fashion-open-ended", "fashion-real-name"
 STEPS = (0, 1, 5, 10)
 
@@ -427,10 +426,9 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
                 run = run or load_run(run_dir, device=device)
                 say(f"== {row.label} (seed {seed}): {row.evaluation()}, {n} tasks")
                 ts = evaluation_tasks(row.dataset, data=None, ways=row.ways, shots=row.shots, n_tasks=n,
-                                      split=row.split, seed=TASK_SEED)
+                                      split=row.split)  # the fixed TEST_SEED: the same tasks for every row
                 res = evaluate_run(run, ts, method=row.method, steps=row.steps, repeats=row.repeats,
-                                   induction=row.induction, with_zero_steps=False, dataset=row.dataset,
-                                   split=row.split, seed=TASK_SEED)
+                                   induction=row.induction, with_zero_steps=False)
                 store.add(key, {**{k: v for k, v in res.items() if k != "examples"},  # with provenance
                                 "label": row.label, "training": name, "seed": seed, "run": str(run_dir)})
                 write_report(store, results, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)

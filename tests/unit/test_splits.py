@@ -127,7 +127,7 @@ def test_evaluate_takes_its_defaults_from_the_runs_eval_section(
     def fake_evaluate_run(run, taskset, **kw):
         seen.update(n=len(taskset.tasks), kw=kw)
         return {"method": "maml", "accuracy": 0.0, "ci95": [0.0, 0.5], "n_tasks": len(taskset.tasks),
-                **{k: kw[k] for k in ("dataset", "split", "seed")}}  # as evaluate_run records them
+                "dataset": taskset.dataset, "split": taskset.split, "seed": taskset.seed}  # as evaluate_run records them
 
     monkeypatch.setattr(eval_run, "read_run_config", lambda path, **k: cfg)
     monkeypatch.setattr("metamapper.pretrained.load_run", lambda *a, **k: object())

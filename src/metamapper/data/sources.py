@@ -76,8 +76,11 @@ def _dataset_source(dataset: str) -> tuple[TaskSource, str]:
     raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(list_datasets())}")
 
 
+TEST_SEED = 1234  # the fixed seed of sampled evaluation tasks: every run is scored on the same tasks
+
+
 def evaluation_tasks(dataset: str, *, data: str | None, ways: int, shots: int, n_tasks: int,
-                     seed: int = 1234, split: str = "test") -> TaskSet:
+                     seed: int = TEST_SEED, split: str = "test") -> TaskSet:
     """Meta-test tasks of ``dataset`` (``list_datasets()``): a Frozen benchmark in folder ``data``,
     the test classes of a folder of class folders, the held-out Fashion-MNIST classes, or the
     synthetic held-out classes.
@@ -102,8 +105,9 @@ def evaluation_tasks(dataset: str, *, data: str | None, ways: int, shots: int, n
         raise ValueError(f"split must be one of {', '.join(EVAL_SPLITS)}, got {split!r}")
     source, variant = _dataset_source(dataset)
     assert source.test is not None
-    return source.test(root=data, variant=variant, ways=ways, shots=shots, n_tasks=n_tasks, seed=seed,
-                       split=split)
+    ts = source.test(root=data, variant=variant, ways=ways, shots=shots, n_tasks=n_tasks, seed=seed,
+                     split=split)
+    return replace(ts, dataset=dataset, split=split, seed=seed)  # what the set is, for the results
 
 
 def check_task_induction(dataset: str) -> None:

@@ -126,10 +126,17 @@ class ImageSource(Protocol):
 
 @dataclass(frozen=True)
 class TaskSet:
-    """Tasks and the image source that resolves their keys (what task sources build)."""
+    """Tasks and the image source that resolves their keys (what task sources build).
+
+    ``dataset``, ``split`` and ``seed`` say what an evaluation set is (``data.sources.
+    evaluation_tasks`` fills them; results record them); None for training sets.
+    """
 
     tasks: list[Task]
     images: ImageSource
+    dataset: str | None = None
+    split: str | None = None
+    seed: int | None = None
 
 
 # --------------------------------------------------------------------------- rendering knobs

@@ -114,16 +114,14 @@ def provenance(run: LoadedRun) -> dict[str, Any]:
 def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None, steps: int | None = None,
                  repeats: int = 0, induction: bool = False, batch_tasks: int | None = None,
                  max_new_tokens: int | None = None, feature_cache: str | Path | None = None,
-                 progress: bool = True, with_zero_steps: bool = True, dataset: str | None = None,
-                 split: str | None = None, seed: int | None = None,
+                 progress: bool = True, with_zero_steps: bool = True,
                  log_samples: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a loaded run (``pretrained.load_run``) on a task set.
 
     Args:
         run: the trained run.
-        taskset: the test tasks and their images.
-        dataset, split, seed: what ``taskset`` is (``evaluation_tasks``' arguments), recorded
-            in the result.
+        taskset: the test tasks and their images (its ``dataset``, ``split`` and ``seed``, where
+            set, are recorded in the result).
         method: an evaluation method (default: the one the run was trained for).
         steps: adaptation steps (default: ``eval.fewshot.adaptation_steps``' rule).
         repeats: show each support example this many more times.
@@ -166,7 +164,7 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
     if log_samples is not None and res.samples is not None and dist_utils.is_main():
         write_samples(res.samples, log_samples)
     out = res.to_dict()
-    given = {"dataset": dataset, "split": split, "seed": seed}
+    given = {"dataset": taskset.dataset, "split": taskset.split, "seed": taskset.seed}
     out.update({k: v for k, v in given.items() if v is not None})
     out.update(ways=tasks[0].ways, shots=tasks[0].shots, repeats=repeats, induction=induction,
                skipped_images=[k for k, _ in table.skipped])
