@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
 from metamapper import __version__
@@ -182,7 +182,7 @@ def read_pretrained(path: str | os.PathLike[str], *, where: str | None = None) -
     if hashlib.sha256(blob).hexdigest() != record["sha256"]:
         raise CheckpointError(f"{where}: {WEIGHTS_NAME} is corrupt (its SHA-256 is not the one in {CONFIG_NAME})")
     try:
-        weights = load_file(str(wfile))
+        weights = safetensors_load(blob)  # the bytes just hashed: the file is read once
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{where}: {WEIGHTS_NAME} is no safetensors file ({_first_line(e)})") from None
     check_weights(weights, where)
