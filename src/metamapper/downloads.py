@@ -109,17 +109,6 @@ def fetch_url(
         DownloadError: no URL served a file with the pinned digest (the message lists each
             failure on one line).
     """
-    got, failures = _download(urls, dest, sha256=sha256, digest=digest, timeout=timeout)
-    if got is None:
-        raise DownloadError(f"could not download {dest.name} ({'; '.join(failures)})")
-    return got
-
-
-def _download(
-    urls: Sequence[str], dest: Path, *, sha256: str,
-    digest: Callable[[Path], str] = sha256_file, timeout: float = 60.0,
-) -> tuple[Path | None, list[str]]:
-    """``fetch_url``'s work: ``(dest, [])`` on success, else ``(None, one failure per URL)``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for url in urls:
@@ -131,13 +120,13 @@ def _download(
             if got != sha256:
                 failures.append(f"{url}: sha256 {_short(got)}... is not the pinned {_short(sha256)}...")
                 continue
-            return _publish(tmp, dest), []
+            return _publish(tmp, dest)
         except (OSError, ValueError, EOFError) as e:  # no network, HTTP errors, bad gzip data
             failures.append(f"{url}: {e}")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    return None, failures
+    raise DownloadError(f"could not download {dest.name} ({'; '.join(failures)})")
 
 
 def _pips() -> list[list[str]]:
