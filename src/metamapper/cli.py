@@ -277,6 +277,8 @@ def add_device_arg(sp: argparse.ArgumentParser, *, default_from: str = "auto") -
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from metamapper.config import REPORT_TO
+    from metamapper.data.corpora import BUILDERS
     from metamapper.data.sources import TEST_SEED
     from metamapper.data.tasks import EVAL_SPLITS
     from metamapper.eval.fewshot import METHODS
@@ -294,9 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="OUT may hold a run: move its config, metrics and checkpoints into "
                         "OUT/replaced-<time>/ and start again")
     add_device_arg(t, default_from="the config's runtime.device, auto")
-    t.add_argument("--report-to", action="append", choices=["tensorboard"],
+    t.add_argument("--report-to", action="append", choices=REPORT_TO,
                    help="also write the training scalars as TensorBoard events in OUT/tensorboard/ "
-                        "(train.report_to; needs pip install 'metamapper[tensorboard]')")
+                        "(train.report_to; needs pip install 'metamapper-fewshot[tensorboard]')")
     t.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     t.set_defaults(fn=_cmd_train)
 
@@ -375,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("corpus", help="build a rendered concept corpus (icons, emoji, glyphs) "
                                        "from the installed Debian packages")
-    cp.add_argument("name", choices=["icons", "emoji", "glyphs"])
+    cp.add_argument("name", choices=sorted(BUILDERS))  # the registered corpora (data.sources loads them)
     cp.add_argument("--root", help="corpus folder (default: $METAMAPPER_CACHE/corpora/NAME)")
     cp.add_argument("--rebuild", action="store_true", help="render it again even if it exists")
     cp.set_defaults(fn=_cmd_corpus)

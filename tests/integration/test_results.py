@@ -151,5 +151,5 @@ def test_report_to_tensorboard_without_the_package_is_one_line(
     code = main(["train", "--config", str(SMOKE), "--out", str(out), *TRAIN, "--report-to", "tensorboard"])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
-    assert "pip install 'metamapper[tensorboard]'" in err
+    assert "pip install 'metamapper-fewshot[tensorboard]'" in err
     assert not (out / "checkpoints").exists()  # refused before any training

@@ -166,7 +166,7 @@ def summary_writer_class() -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:  # torch raises it when the tensorboard package is missing
         raise ValueError("train.report_to=[tensorboard] needs the tensorboard package: "
-                         f"pip install 'metamapper[tensorboard]' ({e})") from None
+                         f"pip install 'metamapper-fewshot[tensorboard]' ({e})") from None
     return SummaryWriter
 
 
