@@ -125,7 +125,7 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     max_bad_updates: int = 10  # stop after this many non-finite losses/gradients in a row
     report_to: list[str] = field(default_factory=list)  # where the scalars of metrics.jsonl also go: [] (nowhere else) | [tensorboard] (event files in <run>/tensorboard/; pip install 'metamapper-fewshot[tensorboard]')
-    lm_dtype: str = "auto"  # the frozen LM while training: auto (bfloat16 where the hardware computes it natively: CUDA, or a CPU with AVX512-BF16/AMX; else float32) | float32 | bfloat16. The mapper, optimiser and loss stay float32; evaluation runs float32. On a CPU without native bfloat16 (e.g. AVX2 only) bfloat16 is ~40x slower (benchmarks/lm_dtype.py)
+    lm_dtype: str = "auto"  # the frozen LM while training and when the run is loaded to evaluate or predict: auto (bfloat16 where the hardware computes it natively: CUDA, or a CPU with AVX512-BF16/AMX; else float32) | float32 | bfloat16. The mapper, optimiser and loss stay float32. On a CPU without native bfloat16 (e.g. AVX2 only) bfloat16 is ~40x slower (benchmarks/lm_dtype.py)
 
 
 @dataclass

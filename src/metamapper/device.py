@@ -134,6 +134,29 @@ def backbone_dtype(precision: str, device: torch.device) -> torch.dtype:
     return getattr(torch, precision)
 
 
+def lm_dtype(spec: str, device: torch.device, precision: str = "auto") -> str:
+    """The frozen LM's dtype while training and evaluating (``train.lm_dtype``): an explicit dtype
+    wins, then an explicit ``runtime.precision``; ``auto`` is bfloat16 where the hardware computes
+    it natively (CUDA; a CPU with AVX512-BF16 or AMX, as oneDNN reports) and float32 elsewhere,
+    where bfloat16 matrix products are emulated (measured ~40x slower than float32 on an AVX2 CPU).
+    A run is evaluated in the dtype it resolves to on the machine that loads it.
+
+    Example::
+
+        >>> lm_dtype("auto", torch.device("cuda", 0)), lm_dtype("float32", torch.device("cuda", 0))
+        ('bfloat16', 'float32')
+    """
+    if spec != "auto":
+        return spec
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bfloat16"
+    if device.type == "cpu" and torch.backends.mkldnn.is_available():
+        return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
+    return "float32"
+
+
 def synchronize(device: torch.device) -> None:
     """Wait for ``device``'s queued work (for timing); a no-op on CPU."""
     if device.type == "cuda":

@@ -197,26 +197,29 @@ CLAIMS: dict[str, Claim] = {
 }
 
 
-def _key(row: Row, seed: int, n_tasks: int) -> str:
+def _key(row: Row, seed: int, n_tasks: int, lm_dtype: str) -> str:
     fields = asdict(row)
     fields.pop("label")
     fields.pop("slow")
     if fields["split"] == "test":  # (keys written before rows had a split)
         fields.pop("split")
-    return json.dumps({**fields, "seed": seed, "n_tasks": n_tasks}, sort_keys=True)
+    return json.dumps({**fields, "seed": seed, "n_tasks": n_tasks, "lm_dtype": lm_dtype}, sort_keys=True)
 
 
 @dataclass
 class Store:
     """The measurements so far: ``OUT/results.jsonl``, one JSON object per line (a line cut by a
-    crash is skipped)."""
+    crash is skipped). A measurement is keyed by its row, seed, task count and the LM's dtype in
+    evaluation (``dtypes``: training -> dtype, as ``load_run`` resolves it on this machine), so
+    float32 and bfloat16 measurements are never compared with each other."""
 
     path: Path
+    dtypes: dict[str, str]
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, path: Path) -> Store:
-        store = cls(path)
+    def open(cls, path: Path, dtypes: dict[str, str]) -> Store:
+        store = cls(path, dtypes)
         if path.is_file():
             for line in path.read_text().splitlines():
                 try:
@@ -226,12 +229,31 @@ class Store:
                     continue
         return store
 
+    def key(self, row: Row, seed: int, n_tasks: int) -> str:
+        return _key(row, seed, n_tasks, self.dtypes[row.training])
+
+    def get(self, row: Row, seed: int, n_tasks: int) -> dict[str, Any] | None:
+        return self.results.get(self.key(row, seed, n_tasks))
+
     def add(self, key: str, record: dict[str, Any]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         record = {"key": key, **record}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         self.results[key] = record
+
+
+def eval_dtypes(overrides: Sequence[str] = (), device: str | None = None) -> dict[str, str]:
+    """Each training's LM dtype when its runs are loaded to be scored here (``device.lm_dtype``:
+    bfloat16 where native unless the training pins float32, as the paper's recipes do)."""
+    from metamapper.device import lm_dtype, resolve_device
+
+    out = {}
+    for name, spec in trainings(config_from_dict({}, list(overrides))).items():
+        cfg = config_from_dict({}, [*overrides, *spec.overrides])
+        where = resolve_device(device or cfg.runtime.device)
+        out[name] = lm_dtype(cfg.train.lm_dtype, where, cfg.runtime.precision)
+    return out
 
 
 def tasks_for(row: Row, tasks: int, slow_tasks: int) -> int:
@@ -241,8 +263,8 @@ def tasks_for(row: Row, tasks: int, slow_tasks: int) -> int:
 def _paired(store: Store, a: Row, b: Row, seeds: int, tasks: int, slow_tasks: int) -> list[float]:
     diffs = []
     for s in range(seeds):
-        ra = store.results.get(_key(a, s, tasks_for(a, tasks, slow_tasks)))
-        rb = store.results.get(_key(b, s, tasks_for(b, tasks, slow_tasks)))
+        ra = store.get(a, s, tasks_for(a, tasks, slow_tasks))
+        rb = store.get(b, s, tasks_for(b, tasks, slow_tasks))
         if ra and rb:
             diffs.append(ra["accuracy"] - rb["accuracy"])
     return diffs
@@ -284,7 +306,7 @@ def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: i
               "|---|---|---|---|---|---|"]
     for row in claim.rows:
         n = tasks_for(row, tasks, slow_tasks)
-        recs = [store.results.get(_key(row, s, n)) for s in range(seeds)]
+        recs = [store.get(row, s, n) for s in range(seeds)]
         got = [r for r in recs if r]
         if got:
             accs = [r["accuracy"] for r in got]
@@ -317,7 +339,7 @@ def plot_claim(claim: Claim, store: Store, path: Path, *, seeds: int, tasks: int
     rows = []
     for row in claim.rows:
         accs = [r["accuracy"] for s in range(seeds)
-                if (r := store.results.get(_key(row, s, tasks_for(row, tasks, slow_tasks))))]
+                if (r := store.get(row, s, tasks_for(row, tasks, slow_tasks)))]
         if accs:
             rows.append((row.label, accs))
     if not rows:
@@ -353,7 +375,9 @@ def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_ta
              "trained once per seed (`train.seed` = 0, 1, ...), scored on the same test tasks of the four "
              "held-out classes (the fixed test seed 1234). Rows: mean ± sd over the seeds, each run's "
              "95% Wilson interval. Comparisons: paired by seed, *holds* / *fails* at two standard errors "
-             "of the mean difference, else *not separated*.", ""]
+             "of the mean difference, else *not separated*. The frozen LM scores in the dtype each training "
+             "resolves to on the scoring machine (`train.lm_dtype`; here: "
+             + ", ".join(f"{k} {v}" for k, v in store.dtypes.items()) + ").", ""]
     for name, claim in CLAIMS.items():
         png = results.parent / "results" / f"{name}.png"
         have = plot_claim(claim, store, png, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)
@@ -404,7 +428,7 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
     if bad:
         raise ValueError(f"unknown training {', '.join(bad)}; choose from {', '.join(TRAININGS)}")
     out, results = Path(out), Path(results)
-    store = Store.open(out / "results.jsonl")
+    store = Store.open(out / "results.jsonl", eval_dtypes(overrides, device))
     on = (*overrides, *((f"runtime.device={device}",) if device else ()))
     specs = trainings(config_from_dict({}, list(overrides)))
     rows = [row for name in claims for row in CLAIMS[name].rows
@@ -420,7 +444,7 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
             run = None
             for row in (r for r in rows if r.training == name):
                 n = tasks_for(row, tasks, slow_tasks)
-                key = _key(row, seed, n)
+                key = store.key(row, seed, n)
                 if key in store.results:
                     continue
                 run = run or load_run(run_dir, device=device)

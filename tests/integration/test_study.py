@@ -37,6 +37,17 @@ def test_trainings_are_at_the_defaults_compute() -> None:
         assert {x for c in claim.comparisons for x in (c.better, c.worse)} <= set(labels)
 
 
+def test_measurements_are_kept_apart_by_the_lms_dtype(tmp_path: Path) -> None:
+    row = study.CLAIMS["induction"].rows[0]
+    bf16 = study.Store.open(tmp_path / "results.jsonl", {row.training: "bfloat16"})
+    bf16.add(bf16.key(row, 0, 10), {"accuracy": 0.5})
+    assert study.Store.open(tmp_path / "results.jsonl", {row.training: "bfloat16"}).get(row, 0, 10)
+    assert study.Store.open(tmp_path / "results.jsonl", {row.training: "float32"}).get(row, 0, 10) is None
+    # the paper's recipes pin float32; the default follows the machine (CPU here)
+    dtypes = study.eval_dtypes(device="cpu")
+    assert dtypes["maml"] == "float32" and dtypes["default"] in ("float32", "bfloat16")
+
+
 def test_verdict() -> None:
     assert study.verdict([0.05, 0.06, 0.04]) == "holds"
     assert study.verdict([-0.05, -0.06, -0.04]) == "fails"

@@ -39,7 +39,7 @@ from metamapper.config import (
 from metamapper.data.feature_table import FeatureTable
 from metamapper.data.sources import training_tasks
 from metamapper.data.tasks import Task, filter_tasks
-from metamapper.device import resolve_device, setup_device
+from metamapper.device import lm_dtype, resolve_device, setup_device
 from metamapper.eval.fewshot import EvalResult
 from metamapper.models.factory import build_model, build_vision, set_lm_dtype
 from metamapper.models.metamapper import MetaMapper
@@ -285,29 +285,13 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> PreparedRun:
     seed_everything(t.seed)  # the mapper's initialisation depends only on the seed
     model = build_model(cfg.backbones, cfg.mapper, vision=vision, device=device,
                         precision=cfg.runtime.precision)
-    # the LM's dtype while training (evaluation loads the run in runtime.precision's dtype)
-    set_lm_dtype(model, training_lm_dtype(t.lm_dtype, device, cfg.runtime.precision))
+    # the LM's dtype (load_run evaluates the run in the dtype this resolves to on its machine)
+    set_lm_dtype(model, lm_dtype(t.lm_dtype, device, cfg.runtime.precision))
     if cfg.mapper.standardize:  # fixed statistics of the training features, saved with the mapper
         flat = tables[0].features.reshape(-1, tables[0].dim)
         model.mapper.set_feature_stats(flat.mean(0), flat.std(0))
     return PreparedRun(model=model, train_tasks=train_tasks, val_tasks=val_tasks,
                        table=tables[0], val_table=tables[1])
-
-
-def training_lm_dtype(spec: str, device: torch.device, precision: str = "auto") -> str:
-    """``train.lm_dtype`` resolved: an explicit dtype wins, then an explicit ``runtime.precision``;
-    ``auto`` is bfloat16 where the hardware computes it natively (CUDA; a CPU with AVX512-BF16 or
-    AMX, as oneDNN reports) and float32 elsewhere, where bfloat16 matrix products are emulated
-    (measured ~40x slower than float32 on an AVX2 CPU)."""
-    if spec != "auto":
-        return spec
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bfloat16"
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
-    return "float32"
 
 
 def outer_step(loss: torch.Tensor, params: list[nn.Parameter], opt: torch.optim.Optimizer,

@@ -270,3 +270,19 @@ def test_smollm2_loads_from_the_default_cache():
     assert not any(p.requires_grad for p in lm.parameters())
     ids = lm.tokenize(" This is a")
     assert lm.decode(ids) == " This is a"
+
+
+def test_lm_head_gets_a_contiguous_input(tiny_lm):
+    # generation's prefill hands the head hidden[:, -1:, :], a strided view; matmul would copy the
+    # (vocab, dim) weight per row for it (backbones._contiguous_input)
+    seen = []
+    handle = tiny_lm.head.register_forward_hook(lambda m, args, out: seen.append(args[0].is_contiguous()))
+    try:
+        hidden = torch.randn(3, 5, tiny_lm.embed_dim)
+        view = hidden[:, -1:, :]
+        assert not view.is_contiguous()
+        out = tiny_lm.head(view)
+    finally:
+        handle.remove()
+    assert seen == [True]
+    torch.testing.assert_close(out, tiny_lm.head(view.contiguous()))

@@ -57,11 +57,11 @@ def test_unknown_lm_dtype_is_a_config_error():
 def test_auto_lm_dtype_is_bfloat16_only_where_the_hardware_has_it(monkeypatch) -> None:
     import torch
 
-    from metamapper.train.common import training_lm_dtype
+    from metamapper.device import lm_dtype
 
-    assert training_lm_dtype("float32", torch.device("cuda")) == "float32"  # explicit wins
-    assert training_lm_dtype("bfloat16", torch.device("cpu")) == "bfloat16"
-    assert training_lm_dtype("auto", torch.device("cuda")) == "bfloat16"
+    assert lm_dtype("float32", torch.device("cuda")) == "float32"  # explicit wins
+    assert lm_dtype("bfloat16", torch.device("cpu")) == "bfloat16"
+    assert lm_dtype("auto", torch.device("cuda")) == "bfloat16"
     for native, want in ((True, "bfloat16"), (False, "float32")):
         monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda n=native: n)
-        assert training_lm_dtype("auto", torch.device("cpu")) == want
+        assert lm_dtype("auto", torch.device("cpu")) == want
