@@ -335,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     task_args(e)
     e.add_argument("--repeats", type=int, default=0, help="show each support pair R more times")
     e.add_argument("--task-induction", action="store_true",
-                   help="'Answer with dax or blicket.' before each question (not on the VQA sets)")
+                   help="open each task with 'Answer with dax or blicket.', before its support (not on the VQA sets)")
     e.add_argument("--steps", type=int, help=STEPS_HELP)
     e.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
     e.add_argument("--feature-cache", help="feature cache folder")

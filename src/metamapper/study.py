@@ -96,7 +96,7 @@ class Row:
     method: str = "in-context"
     steps: int | None = None  # adaptation steps (None: eval.fewshot.adaptation_steps' rule)
     repeats: int = 0  # extra presentations of the support set
-    induction: bool = False  # the task-induction instruction before each question
+    induction: bool = False  # the task-induction instruction opening each task's rows
     split: str = "test"  # test (to report) | val (the validation stream of held-out-class tasks, to choose)
     slow: bool = False  # scored on the study's smaller task count (adaptation at test time)
 
@@ -184,11 +184,9 @@ CLAIMS: dict[str, Claim] = {
          Row("Real-Name, induction", "default", dataset=RN, induction=True)),
         (Comparison("Open-Ended, no induction", "Open-Ended, induction", "not_worse"),
          Comparison("Real-Name, no induction", "Real-Name, induction", "not_worse")),
-        "The instruction stands before each question, after the query's image (`[p(x_q)] Answer "
-        "with dax or blicket. This is a`; `data.tasks.with_task_induction`), where the default never "
-        "saw text in training; Frozen puts it before the whole sequence. Placed so, it makes the "
-        "default give one word to both queries of a task (all 8 tasks looked at with `evaluate "
-        "--task-induction --log-samples`)."),
+        "The instruction opens the whole sequence, before the support, as in Frozen (`Answer with "
+        "dax or blicket. [p(x_1)] This is a dax. [p(x_2)] This is a blicket. [p(x_q)] This is a`; "
+        "`data.tasks.with_task_induction`); the default never saw such text in training."),
     "grid": Claim(
         "The Frozen grid for the default",
         tuple(Row(f"{'Open-Ended' if ds == OE else 'Real-Name'} {w}-way {k}-shot", "default", dataset=ds,

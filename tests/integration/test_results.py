@@ -15,11 +15,13 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
+import torch
 
 import metamapper
 from metamapper.cli import main
 from metamapper.config import load_config
 from metamapper.data.sources import evaluation_tasks
+from metamapper.device import lm_dtype
 from metamapper.eval.metrics import exact_match
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
@@ -57,7 +59,8 @@ def test_results_say_where_they_come_from(cli: Callable[..., str], trained: Path
     assert (ckpt["run"], ckpt["step"]) == (str(trained.resolve()), 4)
     assert ckpt["sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     meta = json.loads((weights.parent / "meta.json").read_text())
-    assert res["backbones"] == {"vision": meta["vision_identity"], "lm": meta["lm_identity"]}
+    assert res["backbones"] == {"vision": meta["vision_identity"], "lm": meta["lm_identity"],
+                                "lm_dtype": lm_dtype("auto", torch.device("cpu"))}
     assert res["backbones"]["lm"].startswith("tiny-lm")
     assert ckpt["config"] == load_config(trained / "config.yaml").to_dict()  # resolved: every key
     assert (res["dataset"], res["split"], res["seed"], res["source"]) == ("synthetic", "test", 7,

@@ -6,7 +6,7 @@ are cheap to build, hash and ship, and the frozen encoder's features can be cach
 
 Rendering knobs of the Frozen protocol are pure functions over tasks: ``with_repeats`` (each
 support pair shown again ``r`` more times) and ``with_task_induction`` (an instruction like
-"Answer with dax or blicket." before each question).
+"Answer with dax or blicket." that opens every row of the task).
 
 Example::
 
@@ -72,6 +72,8 @@ class Task:
             appear several times).
         queries: the queries.
         words: the N answer words/names of the task, in class order.
+        instruction: text put first in every LM row of the task, before the support and the
+            query (task induction, ``with_task_induction``); ``""``: none.
     """
 
     task_id: str
@@ -80,6 +82,7 @@ class Task:
     support: tuple[Example, ...]
     queries: tuple[Query, ...]
     words: tuple[str, ...]
+    instruction: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.ways, int) or self.ways < 2:
@@ -186,27 +189,23 @@ def induction_text(words: Sequence[str]) -> str:
 
 
 def with_task_induction(task: Task) -> Task:
-    """Put the instruction "Answer with a, b or c." (the task's words) before each question.
-
-    The instruction and the question are separated by one space (no trailing space if the
-    question is empty).
+    """Give the task the instruction "Answer with a, b or c." (its words), which then opens every
+    LM row built from it, as Frozen's task induction does: ``[instruction; p(x_1); caption_1; ...;
+    p(x_q); question]`` in context, ``[instruction; p(x_q); question]`` with the paper's prefix
+    input (``meta.episode``).
 
     Args:
         task: the task.
 
     Returns:
-        A new task whose query questions start with the instruction.
+        A new task with ``instruction`` set.
 
     Example::
 
-        >>> with_task_induction(task).queries[0].question
-        'Answer with dax or blicket. This is a'
+        >>> with_task_induction(task).instruction
+        'Answer with dax or blicket.'
     """
-    text = induction_text(task.words)
-    queries = tuple(
-        replace(q, question=f"{text} {q.question}" if q.question else text) for q in task.queries
-    )
-    return replace(task, queries=queries)
+    return replace(task, instruction=induction_text(task.words))
 
 
 def filter_tasks(tasks: Iterable[Task], bad_keys: Iterable[str]) -> list[Task]:

@@ -131,11 +131,12 @@ def query_record(task_id: str, task_index: int, query_index: int, ep: Episode, p
                  correct: bool) -> dict[str, Any]:
     """One line of ``--log-samples``: what the model saw for a query, what it said, the target.
 
-    ``support_captions`` and ``question`` are as shown to the model (after repeats and task
-    induction); ``prediction`` is the generated answer as scored (cut at the first newline or
-    period).
+    ``support_captions`` and ``question`` are as shown to the model (after repeats);
+    ``instruction`` is the task-induction text that opened the row (``""``: none);
+    ``prediction`` is the generated answer as scored (cut at the first newline or period).
     """
     return {"task_id": task_id, "task_index": task_index, "query_index": query_index,
+            "instruction": ep.instruction,
             "support_captions": ep.captions, "question": ep.questions[query_index],
             "prediction": prediction, "target": ep.answers[query_index], "correct": correct}
 

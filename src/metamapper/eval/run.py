@@ -96,8 +96,8 @@ def check_trained_tasks(cfg: Config, dataset: str, taskset: TaskSet, *, split: s
 
 def provenance(run: LoadedRun) -> dict[str, Any]:
     """What makes a result file self-describing, besides the task settings: the package version,
-    the date (ISO 8601, UTC), the device, the backbones' identities and the checkpoint (run
-    folder, step, sha256 of its weights file, the run's resolved config)."""
+    the date (ISO 8601, UTC), the device, the backbones' identities and the LM's dtype, the
+    checkpoint (run folder, step, sha256 of its weights file, the run's resolved config)."""
     model = run.model
     device = next(model.mapper.parameters()).device
     return {
@@ -105,7 +105,8 @@ def provenance(run: LoadedRun) -> dict[str, Any]:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": str(device),
         "backbones": {"vision": model.vision.identity if model.vision is not None else None,
-                      "lm": model.lm.identity},
+                      "lm": model.lm.identity,
+                      "lm_dtype": str(model.lm.model.dtype).removeprefix("torch.")},
         # the config as loaded: keys added since the run was trained hold the defaults it ran with
         "checkpoint": {**checkpoint_record(run), "config": run.config.to_dict()},
     }
@@ -125,7 +126,7 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
         method: an evaluation method (default: the one the run was trained for).
         steps: adaptation steps (default: ``eval.fewshot.adaptation_steps``' rule).
         repeats: show each support example this many more times.
-        induction: put the task-induction instruction before each question (the caller refuses
+        induction: open each task with the task-induction instruction (the caller refuses
             it where it is undefined: ``data.sources.check_task_induction``).
         batch_tasks: tasks answered together (default: the run's ``eval.batch_tasks``).
         max_new_tokens: answer length limit (default: the run's ``eval.max_new_tokens``).

@@ -8,6 +8,8 @@ of ``Item`` s (see ``models/metamapper.py``). Three row formats:
 * ``in_context_rows`` — the support in the LM context before the query:
   ``[p(x_1); caption_1; ...; p(x_S); caption_S; p(x_q); question]`` with the answer as target.
 
+A task's instruction (task induction), if it has one, opens every query row of either format.
+
 Captions are made sentences (a final period is added when missing) and every piece of text
 starts with a space, so that words tokenise as they do inside running text.
 """
@@ -42,12 +44,14 @@ class Episode:
         captions: the ``S`` support captions.
         questions: the ``Q`` query questions ("" when there is none).
         answers: the ``Q`` answers.
+        instruction: text that opens every query row (task induction); ``""``: none.
     """
 
     features: torch.Tensor
     captions: list[str]
     questions: list[str]
     answers: list[str]
+    instruction: str = ""
 
     @property
     def n_support(self) -> int:
@@ -74,12 +78,17 @@ def episode_from_task(task: object, features_of: Callable[[list[str]], torch.Ten
         captions=[ex.caption for ex in support],
         questions=[q.question for q in queries],
         answers=[q.answer for q in queries],
+        instruction=getattr(task, "instruction", ""),
     )
 
 
 def caption_rows(ep: Episode, offset: int = 0) -> list[list[Item]]:
     """The paper's support input: one row ``[p(x_i); caption_i]`` per support example."""
     return [[offset + i, Text(_space(sentence(c)), target=True)] for i, c in enumerate(ep.captions)]
+
+
+def _instruction(ep: Episode) -> list[Item]:
+    return [Text(_space(ep.instruction))] if ep.instruction.strip() else []
 
 
 def _question(ep: Episode, j: int) -> list[Item]:
@@ -92,10 +101,11 @@ def _answer(ep: Episode, j: int) -> list[Item]:
 
 
 def query_rows(ep: Episode, offset: int = 0, *, with_answer: bool = True) -> list[list[Item]]:
-    """The paper's query input: ``[p(x_q); question]`` (+ the answer as target)."""
+    """The paper's query input: ``[p(x_q); question]`` (+ the answer as target), after the
+    task's instruction if it has one."""
     rows: list[list[Item]] = []
     for j in range(ep.n_query):
-        row: list[Item] = [offset + ep.n_support + j, *_question(ep, j)]
+        row: list[Item] = [*_instruction(ep), offset + ep.n_support + j, *_question(ep, j)]
         if with_answer:
             row += _answer(ep, j)
         rows.append(row)
@@ -104,7 +114,8 @@ def query_rows(ep: Episode, offset: int = 0, *, with_answer: bool = True) -> lis
 
 def in_context_rows(ep: Episode, offset: int = 0, *, with_answer: bool = True,
                     queries_per_row: int = 1) -> list[list[Item]]:
-    """Support in context: ``[p(x_1); c_1; ...; p(x_S); c_S; p(x_q); question]`` per query.
+    """Support in context: ``[p(x_1); c_1; ...; p(x_S); c_S; p(x_q); question]`` per query,
+    after the task's instruction if it has one.
 
     With ``queries_per_row > 1`` (training only: every answer is a target), several queries
     follow one copy of the context, ``[...; p(x_q1); question; answer_1; p(x_q2); question;
@@ -112,7 +123,7 @@ def in_context_rows(ep: Episode, offset: int = 0, *, with_answer: bool = True,
     """
     if queries_per_row > 1 and not with_answer:
         raise ValueError("several queries per row need their answers (training rows)")
-    context: list[Item] = []
+    context: list[Item] = _instruction(ep)
     for i, c in enumerate(ep.captions):
         context += [offset + i, Text(_space(sentence(c)))]
     rows: list[list[Item]] = []

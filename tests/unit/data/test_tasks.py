@@ -51,8 +51,8 @@ def test_task_induction_text():
     assert induction_text(list(TEST_WORDS)) == (
         "Answer with dax, blicket, shously, slation or perpo.")
     t = with_task_induction(make_task())
-    assert t.queries[0].question == "Answer with dax or blicket. This is a"
-    assert t.queries[0].answer == "dax" and t.support == make_task().support
+    assert t.instruction == "Answer with dax or blicket."
+    assert t.queries == make_task().queries and t.support == make_task().support
 
 
 def test_sample_task_invariants_and_reproducibility():

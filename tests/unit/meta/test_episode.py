@@ -88,6 +88,17 @@ def test_in_context_rows_put_the_support_before_each_query_and_only_the_answer_i
     assert shifted[1] == [5, Text(" This is a dax."), 6, Text(" This is a blicket."), 8, Text(" This is a")]
 
 
+def test_task_induction_opens_every_query_row_and_no_support_row() -> None:
+    from dataclasses import replace
+
+    ep = replace(make_episode(), instruction="Answer with dax or blicket.")
+    first = Text(" Answer with dax or blicket.")
+    assert query_rows(ep, with_answer=False) == [[first, 2, Text(" This is a")], [first, 3, Text(" This is a")]]
+    for row in in_context_rows(ep):  # before the whole sequence, support included (Frozen)
+        assert row[:2] == [first, 0]
+    assert caption_rows(ep) == caption_rows(make_episode())  # support fitting is unchanged
+
+
 def test_every_text_piece_starts_with_one_space() -> None:
     ep = Episode(features=torch.zeros(2, 1, 16), captions=["  This is a dax  "], questions=[" This is a "],
                  answers=[" dax "])
@@ -132,7 +143,10 @@ def test_episode_from_task_orders_support_then_query_features() -> None:
     assert seen == [["k1", "k2", "k3"]]
     assert ep.features.flatten().tolist() == [1.0, 2.0, 3.0]
     assert ep.captions == ["This is a dax.", "This is a blicket."]
-    assert (ep.questions, ep.answers) == (["This is a"], ["blicket"])
+    assert (ep.questions, ep.answers, ep.instruction) == (["This is a"], ["blicket"], "")
+    from metamapper.data.tasks import with_task_induction
+
+    assert episode_from_task(with_task_induction(task), features_of).instruction == "Answer with dax or blicket."
 
 
 def test_in_context_rows_pack_several_queries_after_one_context() -> None:
