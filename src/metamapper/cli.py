@@ -417,8 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     from metamapper.study import CLAIMS, TRAININGS
 
     st = sub.add_parser("study", help="the paper's claims on the embedded default (docs/RESULTS.md)")
-    st.add_argument("--claim", action="append", choices=list(CLAIMS),
-                    help="a claim to measure (repeatable; default: all)")
+    st.add_argument("--claim", action="extend", nargs="+", choices=list(CLAIMS), metavar="CLAIM",
+                    help=f"claims to measure ({', '.join(CLAIMS)}; default: all)")
     st.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default: 3)")
     st.add_argument("--tasks", type=int, default=1000, help="test tasks per row (default: 1000)")
     st.add_argument("--slow-tasks", type=int, default=300,
