@@ -372,7 +372,7 @@ def _contiguous_input(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ..
     of every row, ``hidden[:, -1:, :]``: a strided view with which ``torch.matmul`` does not fold
     the batch into one matrix product but expands the ``(vocab, dim)`` weight per row and copies it
     (64 rows x 49 152 x 576: 3.6 GB in bfloat16). Measured on a CPU for SmolLM2's head, 64 rows:
-    333 -> 50 ms in float32, 3 230 -> 8 ms in bfloat16 (``benchmarks/generation.py``)."""
+    333 -> 50 ms in float32, 3 230 -> 8 ms in bfloat16 (``benchmarks/evaluation.py``)."""
     return tuple(a.contiguous() if isinstance(a, torch.Tensor) else a for a in args)
 
 
