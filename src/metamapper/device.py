@@ -10,7 +10,8 @@ Asking for a device this machine does not have raises ``DeviceError`` (a ``Value
 prints it as one line) naming the device and what is available.
 
 ``runtime.precision`` sets the dtype of the *frozen* backbones: ``auto`` is bfloat16 on CUDA and
-float32 elsewhere. The mapper, its optimiser state and the loss stay float32 whatever it is
+float32 elsewhere; the LM's own setting ``train.lm_dtype`` (``lm_dtype``), used when a run trains
+and when it is loaded, also gives it bfloat16 on a CPU that computes it natively. The mapper, its optimiser state and the loss stay float32 whatever it is
 (``MetaMapper.loss`` upcasts the logits). Casting the weights, rather than autocasting each op,
 halves the backbones' memory and traffic and casts nothing per step: autocast re-casts frozen
 weights at every call, since it only caches casts of tensors that require grad.
