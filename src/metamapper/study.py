@@ -366,12 +366,14 @@ def plot_claim(claim: Claim, store: Store, path: Path, *, seeds: int, tasks: int
 
 def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_tasks: int) -> Path:
     """``results`` (Markdown) with every claim, plots in ``results``' folder under ``results/``."""
+    from metamapper.data.sources import TEST_SEED
+
     parts = ["# Results", "",
              "Written by `metamapper study` (src/metamapper/study.py) from its measurements; rerun a claim "
              "to update its section. The embedded default (EfficientNet-Lite0 + SmolLM2-135M, "
              "meta-trained on six Fashion-MNIST classes) and the trainings it is compared with, each "
              "trained once per seed (`train.seed` = 0, 1, ...), scored on the same test tasks of the four "
-             "held-out classes (the fixed test seed 1234). Rows: mean ± sd over the seeds, each run's "
+             f"held-out classes (the fixed test seed {TEST_SEED}). Rows: mean ± sd over the seeds, each run's "
              "95% Wilson interval. Comparisons: paired by seed, *holds* / *fails* at two standard errors "
              "of the mean difference, else *not separated*. The frozen LM scores in the dtype each training "
              "resolves to on the scoring machine (`train.lm_dtype`; here: "
