@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
 from metamapper import __version__
@@ -281,10 +281,11 @@ def read_checkpoint(path: str | os.PathLike[str], *, trainer: bool = False) -> C
     if not meta_file.is_file() or not weights_file.is_file():
         raise CheckpointError(f"checkpoint {str(p)!r} is incomplete (meta.json or mapper.safetensors missing)")
     meta = _read_meta(meta_file)
-    if meta.get("sha256") != sha256_file(weights_file):
+    blob = weights_file.read_bytes()  # hashed and loaded from the same bytes: read once, and what
+    if meta.get("sha256") != hashlib.sha256(blob).hexdigest():  # was checked is what is loaded
         raise CheckpointError(f"checkpoint {str(weights_file)!r} is corrupt (checksum mismatch)")
     try:
-        weights = load_file(str(weights_file))
+        weights = safetensors_load(blob)
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"checkpoint {str(weights_file)!r} is unreadable: {e}") from None
     if trainer:
