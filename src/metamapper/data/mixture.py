@@ -95,12 +95,15 @@ def mixture_tasks(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, Task
         parts[name], parts[val_part] = train.images, val.images
         trains[name] = [_namespaced(t, name) for t in train.tasks[: counts[name]]]
         vals[name] = [_namespaced(t, val_part) for t in val.tasks]
-    train_tasks = [trains[name].pop(0) for name in order]
+    streams = {name: iter(tasks) for name, tasks in trains.items()}  # each source's tasks in order
+    train_tasks = [next(streams[name]) for name in order]
     # as many validation tasks as the smallest stream allows at its share (a source's stream
     # that the random draw exhausts early gives no more)
     total = sum(d.mixture.values())
     n_val = int(min(len(vals[k]) * total / share for k, share in d.mixture.items()))
-    val_tasks = [vals[name].pop(0) for name in draw_sources(d.mixture, n_val, rng) if vals[name]]
+    val_streams = {name: iter(tasks) for name, tasks in vals.items()}
+    val_tasks = [t for name in draw_sources(d.mixture, n_val, rng)
+                 if (t := next(val_streams[name], None)) is not None]
     images = MixtureImageSource(parts)
     return TaskSet(train_tasks, images), TaskSet(val_tasks, images)
 
