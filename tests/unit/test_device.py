@@ -123,7 +123,6 @@ def test_hot_path_makes_its_tensors_on_the_models_device(smoke_model: MetaMapper
         loss = meta_loss(model, eps, traj, query_rows, step_weights=[0.0, 0.5, 0.5])
         loss.backward()
         batch = model.pack(in_context_rows(eps[0]))
-        logp = model.target_logprobs(eps[0].features, batch)
         per_row = model.loss(eps[0].features, batch, per_row=True)
         answers, params = answer_episodes(model, eps, query_format="prefix", loop=InnerLoop(steps=1),
                                           max_new_tokens=3)
@@ -134,7 +133,7 @@ def test_hot_path_makes_its_tensors_on_the_models_device(smoke_model: MetaMapper
     assert loss.device == cpu and torch.isfinite(loss)
     assert all(p.grad.device == cpu for p in model.mapper.parameters() if p.grad is not None)
     assert all(p.grad is not None and p.grad.device == cpu for p in lrs.parameters())
-    assert logp.device == per_row.device == cpu and logp.shape == per_row.shape == (2,)
+    assert per_row.device == cpu and per_row.shape == (2,)
     assert all(v.device == cpu for p in params for v in p.values())
     assert [len(a) for a in answers] == [2, 2] and all(isinstance(t, str) for a in answers for t in a)
     assert looked_up.device == cpu and torch.equal(looked_up, table.features[[2, 0]])

@@ -251,22 +251,6 @@ class MetaMapper(nn.Module):
         sums = tok_loss.new_zeros(batch.n_rows).index_add(0, batch.target_rows, tok_loss)
         return sums / batch.target_counts.clamp(min=1)  # (B,)
 
-    def target_logprobs(
-        self,
-        features: torch.Tensor,
-        batch: PackedBatch,
-        params: Mapping[str, torch.Tensor] | None = None,
-        *,
-        prefixes: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Summed log-probability of each row's target tokens ``(B,)`` (for ranking answers)."""
-        with torch.no_grad():
-            emb = self.embed(features, batch, params, prefixes)
-            hidden = self.lm.backbone(inputs_embeds=emb, attention_mask=batch.attention_mask).last_hidden_state
-            logits = self.lm.head(hidden[batch.target_rows, batch.target_cols]).float()
-            logp = -F.cross_entropy(logits, batch.target_ids, reduction="none")
-            return logp.new_zeros(batch.n_rows).index_add(0, batch.target_rows, logp)
-
     # ------------------------------------------------------------------ generation
 
     @torch.no_grad()

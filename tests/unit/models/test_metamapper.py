@@ -203,16 +203,6 @@ def test_loss_depends_on_the_image_and_the_context(model, feats):
     assert not torch.allclose(base, other_context)
 
 
-def test_target_logprobs_consistent_with_loss(model, feats):
-    batch = model.pack(ROWS)
-    with torch.no_grad():
-        per_row = model.loss(feats, batch, per_row=True)
-    logp = model.target_logprobs(feats, batch)
-    counts = (batch.labels != IGNORE).sum(1)
-    assert logp.shape == (3,) and (logp < 0).all()
-    torch.testing.assert_close(logp, -per_row * counts, rtol=1e-5, atol=1e-5)
-
-
 def test_params_dict_path_equals_module_path(model, feats):
     batch = model.pack(ROWS)
     params = {n: p.detach().clone().requires_grad_() for n, p in model.mapper_params().items()}
