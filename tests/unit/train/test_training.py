@@ -186,7 +186,7 @@ def test_adapt_needs_a_pretrained_model() -> None:
 
 def test_the_default_regularisers_and_bfloat16_lm_train_and_log(tmp_path: Path, features_dir: Path) -> None:
     """The default method's training options together: spread and geometry penalties (logged),
-    the LM in bfloat16 while training; the saved run loads and evaluates in float32."""
+    the LM in bfloat16 while training; the saved run loads with its LM in that dtype and answers."""
     run = tmp_path / "aids"
     cfg = config(features_dir, "train.spread_weight=1", "train.lm_dtype=bfloat16", "train.geometry_weight=1")
     episodic.train(cfg, run, progress=False)
@@ -195,7 +195,10 @@ def test_the_default_regularisers_and_bfloat16_lm_train_and_log(tmp_path: Path, 
     assert all(0 <= r["spread_penalty"] <= 1 for r in steps)
     assert all(0 <= r["geometry_penalty"] <= 4 for r in steps)
     model = MetaMapper.from_pretrained(run)
-    assert all(p.dtype == torch.float32 for p in model.lm.parameters())
+    assert all(p.dtype == torch.bfloat16 for p in model.lm.parameters())  # train.lm_dtype, pinned
+    assert all(p.dtype == torch.float32 for p in model.mapper.parameters())
+    adapted = model.adapt([draw(6, 0), draw(7, 0)], ["This is a dax", "This is a blicket"])
+    assert isinstance(adapted.answer([draw(7, 3)], question="This is a")[0], str)
 
 
 def test_only_the_validation_tasks_used_are_prepared(features_dir: Path) -> None:
