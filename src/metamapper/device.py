@@ -11,8 +11,8 @@ prints it as one line) naming the device and what is available.
 
 ``runtime.precision`` sets the dtype of the *frozen* backbones: ``auto`` is bfloat16 on CUDA and
 float32 elsewhere; the LM's own setting ``train.lm_dtype`` (``lm_dtype``), used when a run trains
-and when it is loaded, also gives it bfloat16 on a CPU that computes it natively. The mapper, its optimiser state and the loss stay float32 whatever it is
-(``MetaMapper.loss`` upcasts the logits). Casting the weights, rather than autocasting each op,
+and when it is loaded, also gives it bfloat16 on a CPU that computes it natively. The mapper, its
+optimiser state and the loss stay float32 whatever it is (``MetaMapper.loss`` upcasts the logits). Casting the weights, rather than autocasting each op,
 halves the backbones' memory and traffic and casts nothing per step: autocast re-casts frozen
 weights at every call, since it only caches casts of tensors that require grad.
 
@@ -149,13 +149,10 @@ def lm_dtype(spec: str, device: torch.device, precision: str = "auto") -> str:
     """
     if spec != "auto":
         return spec
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
+    if precision == "auto" and device.type == "cpu" and torch.backends.mkldnn.is_available() \
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "bfloat16"
-    if device.type == "cpu" and torch.backends.mkldnn.is_available():
-        return "bfloat16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "float32"
-    return "float32"
+    return str(backbone_dtype(precision, device)).removeprefix("torch.")  # the backbones' rule
 
 
 def synchronize(device: torch.device) -> None:

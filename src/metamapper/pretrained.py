@@ -41,7 +41,7 @@ from metamapper.meta.episode import Episode, caption_rows
 from metamapper.meta.maml import InnerLearningRates, adapt, adapted_names, task_losses
 from metamapper.models import metamapper as modeling
 from metamapper.models.backbones import BackboneError
-from metamapper.models.factory import build_model, set_lm_dtype
+from metamapper.models.factory import build_model
 
 
 @dataclass
@@ -189,15 +189,15 @@ def load_run(source: str | os.PathLike[str], *, checkpoint: str | None = None,
     where_to = setup_device(resolve_device(device))
     try:
         base = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"], with_vision=with_vision,
-                           device=where_to, precision=cfg.runtime.precision)
+                           device=where_to, precision=cfg.runtime.precision,
+                           # the LM in the dtype the run trains with here (bfloat16 where native)
+                           lm_dtype=lm_dtype(cfg.train.lm_dtype, where_to, cfg.runtime.precision))
     except BackboneError as e:
         if not exported:
             raise
         raise CheckpointError(f"{where}: cannot build the backbones it was trained with ({e}); pass "
                               "backbones={...} (e.g. a local folder of the same model)") from None
     model = MetaMapper(vision=base.vision, lm=base.lm, mapper=base.mapper)
-    # the LM in the dtype the run trains with here (bfloat16 where native: ~3x the evaluation rate)
-    set_lm_dtype(model, lm_dtype(cfg.train.lm_dtype, where_to, cfg.runtime.precision))
     check_compatible(ckpt.meta, vision=model.vision.identity if model.vision is not None else None,
                      lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
                      embed_dim=model.lm.embed_dim, where=where)

@@ -164,6 +164,17 @@ def test_bfloat16_backbones_keep_a_float32_mapper_loss_and_gradient(one_thread: 
     assert all(p.grad.dtype == torch.float32 for p in model.mapper.parameters() if p.grad is not None)
 
 
+def test_a_float32_lm_beside_bfloat16_backbones_is_cast_once(one_thread: None) -> None:
+    # train.lm_dtype=float32 with bfloat16 backbones (a paper config on a GPU): the LM's weights
+    # stay exactly the float32 ones, never rounded through bfloat16 on the way
+    cfg = load_config(SMOKE)
+    ref = build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16)
+    model = build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16,
+                        device=torch.device("cpu"), precision="bfloat16", lm_dtype="float32")
+    for (name, p), q in zip(model.lm.named_parameters(), ref.lm.parameters(), strict=True):
+        assert p.dtype == torch.float32 and torch.equal(p, q), name
+
+
 def test_place_model_moves_every_weight_and_buffer(one_thread: None) -> None:
     cfg = load_config(SMOKE)
     model = build_model(cfg.backbones, cfg.mapper, device=torch.device("meta"), precision="float32")
