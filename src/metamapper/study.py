@@ -246,10 +246,10 @@ def eval_dtypes(overrides: Sequence[str] = (), device: str | None = None) -> dic
     bfloat16 where native unless the training pins float32, as the paper's recipes do)."""
     from metamapper.device import lm_dtype, resolve_device
 
+    where = resolve_device(device)  # where run_study's load_run(run_dir, device=device) scores
     out = {}
     for name, spec in trainings(config_from_dict({}, list(overrides))).items():
         cfg = config_from_dict({}, [*overrides, *spec.overrides])
-        where = resolve_device(device or cfg.runtime.device)
         out[name] = lm_dtype(cfg.train.lm_dtype, where, cfg.runtime.precision)
     return out
 
