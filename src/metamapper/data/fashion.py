@@ -63,6 +63,9 @@ TRAIN_CLASSES: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
 """Meta-training classes, taken from the train split only."""
 TEST_CLASSES: tuple[int, ...] = (6, 7, 8, 9)
 """Held-out test classes, taken from the test split only."""
+ALL_CLASSES: tuple[int, ...] = tuple(range(10))
+"""The ``fashion-all-*`` datasets: all ten classes of the test split, to score a run that never
+meta-trained on Fashion-MNIST (a domain it has not seen)."""
 SPLITS = {"train": "train", "test": "t10k"}
 FASHION_SHA256 = {
     # SHA-256 of each file's uncompressed IDX bytes: gzip output differs between compressors
@@ -334,6 +337,12 @@ def _default_classes(split: str) -> tuple[int, ...]:
     return TRAIN_CLASSES if split == "train" else TEST_CLASSES
 
 
+def _allowed_classes(split: str) -> tuple[int, ...]:
+    # the test split's images are never meta-trained on: its classes 0-5 may be scored too
+    # (fashion-all-*), by runs that did not meta-train on Fashion-MNIST at all
+    return TRAIN_CLASSES if split == "train" else ALL_CLASSES
+
+
 def class_to_keys(
     split: str = "train",
     classes: tuple[int, ...] | None = None,
@@ -344,7 +353,9 @@ def class_to_keys(
 ) -> dict[str, list[str]]:
     """Class name -> image keys of one split, for ``sample_task``.
 
-    Train tasks may only use ``TRAIN_CLASSES`` and test tasks only ``TEST_CLASSES``.
+    Train tasks may only use ``TRAIN_CLASSES``; test tasks use ``TEST_CLASSES`` unless
+    ``classes`` names others (``ALL_CLASSES`` for the ``fashion-all-*`` datasets). Images of the
+    train split are never test images, and test-split images are never meta-trained on.
 
     Args:
         split: ``"train"`` or ``"test"``.
@@ -363,13 +374,13 @@ def class_to_keys(
         {'Shirt': 50, 'Sneaker': 50, 'Bag': 50, 'Ankle boot': 50}
     """
     _check_split(split)
-    allowed = _default_classes(split)
-    classes = allowed if classes is None else tuple(classes)
+    allowed = _allowed_classes(split)
+    classes = _default_classes(split) if classes is None else tuple(classes)
     bad = [c for c in classes if c not in allowed]
     if bad:
         raise ValueError(f"classes {bad} are not {split} classes {allowed}: meta-training uses "
-                         "train classes 0-5 of the train split, tests classes 6-9 of the test "
-                         "split, never mixed")
+                         "train classes 0-5 of the train split, tests the test split's images, "
+                         "never mixed")
     labels = FashionMNIST(None if root is None else str(root), split).labels
     rng = np.random.default_rng(seed)
     out = {}
@@ -399,6 +410,7 @@ def fashion_tasks(
     seed: int = 0,
     naming: str | None = None,
     images_per_class: int | None = None,
+    classes: tuple[int, ...] | None = None,
     root: str | os.PathLike[str] | None = None,
 ) -> list[Task]:
     """Sample Fashion-MNIST few-shot tasks (seeded, reproducible).
@@ -412,17 +424,20 @@ def fashion_tasks(
     Args:
         split: ``"train"`` (classes 0-5) or ``"test"`` (classes 6-9).
         variant: ``"open_ended"`` or ``"real_name"``.
-        ways: N (<= 6 for train, <= 4 for test).
+        ways: N (<= 6 for train, <= 4 for test; <= 10 with ``ALL_CLASSES``).
         shots: k.
         queries_per_class: queries per class.
         n_tasks: number of tasks.
         seed: seed of the sampler (and of the ``images_per_class`` subset).
         naming: override the naming (see ``sample_task``).
         images_per_class: sample from a fixed random subset of this many images per class.
+        classes: the classes to draw from (default: the split's, ``class_to_keys``);
+            ``ALL_CLASSES`` on the test split adds ``-all`` to the task ids.
         root: the folder of the IDX files (default: ``fashion_root()``).
 
     Returns:
-        ``n_tasks`` tasks with ids ``"fashion-{split}-{variant}-{ways}w{shots}s-seed{seed}-{i}"``.
+        ``n_tasks`` tasks with ids ``"fashion-{split}-{variant}-{ways}w{shots}s-seed{seed}-{i}"``
+        (``fashion-test-all-...`` for all ten classes).
 
     Example::
 
@@ -436,9 +451,10 @@ def fashion_tasks(
     if naming is None:
         naming = {("train", "open_ended"): "made_up", ("train", "real_name"): "real",
                   ("test", "open_ended"): "fixed", ("test", "real_name"): "real"}[split, variant]
-    keys = class_to_keys(split, None, images_per_class, seed, root=root)
+    keys = class_to_keys(split, classes, images_per_class, seed, root=root)
     rng = np.random.default_rng(seed)
-    prefix = f"fashion-{split}-{variant}-{ways}w{shots}s-seed{seed}"
+    which = "-all" if classes is not None and tuple(classes) == ALL_CLASSES else ""
+    prefix = f"fashion-{split}{which}-{variant}-{ways}w{shots}s-seed{seed}"
     return [
         sample_task(keys, ways=ways, shots=shots, queries_per_class=queries_per_class, rng=rng,
                     naming=naming, words=TEST_WORDS if naming == "fixed" else made_up_words(exclude=CLASS_NAMES),
@@ -481,23 +497,28 @@ def _train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet
 
 def _test(*, root: str | None, variant: str, ways: int, shots: int, n_tasks: int, seed: int,
           split: str = "test") -> TaskSet:
-    """Tasks on the held-out classes 6-9 of the test split: the ``test`` stream (``seed``) or
-    the ``val`` stream (``seed + VAL_SEED_OFFSET``, ids ``fashion-val-...``)."""
+    """Tasks on the test split's held-out classes 6-9 (variant ``open_ended`` / ``real_name``)
+    or all ten classes (``all:open_ended`` / ``all:real_name``): the ``test`` stream (``seed``)
+    or the ``val`` stream (``seed + VAL_SEED_OFFSET``, ids ``fashion-val-...``)."""
     if split not in ("test", "val"):
         raise ValueError(f"Fashion-MNIST evaluation has a test and a val stream of held-out-class "
                          f"tasks, not {split!r} (train/all are parts of a benchmark file)")
+    which, _, variant = variant.rpartition(":")
+    classes = ALL_CLASSES if which == "all" else None
     if split == "test":
         return build_fashion_tasks(split="test", variant=variant, ways=ways, shots=shots,
-                                   n_tasks=n_tasks, seed=seed, root=root)
+                                   n_tasks=n_tasks, seed=seed, classes=classes, root=root)
     ts = build_fashion_tasks(split="test", variant=variant, ways=ways, shots=shots, n_tasks=n_tasks,
-                             seed=seed + VAL_SEED_OFFSET, root=root)
+                             seed=seed + VAL_SEED_OFFSET, classes=classes, root=root)
     tasks = [replace(t, task_id=t.task_id.replace("fashion-test-", "fashion-val-", 1)) for t in ts.tasks]
     return TaskSet(tasks, ts.images)
 
 
 TASK_SOURCES.register("fashion-mnist")(TaskSource(
     train_val=_train_val, test=_test,
-    datasets={"fashion-open-ended": "open_ended", "fashion-real-name": "real_name"},
+    # fashion-all-*: all ten classes, for runs that never meta-trained on Fashion-MNIST
+    datasets={"fashion-open-ended": "open_ended", "fashion-real-name": "real_name",
+              "fashion-all-open-ended": "all:open_ended", "fashion-all-real-name": "all:real_name"},
     describe=lambda root: f"{len(CLASS_NAMES)} classes: {len(TRAIN_CLASSES)} meta-training, "
                           f"{len(TEST_CLASSES)} held-out test",
 ))

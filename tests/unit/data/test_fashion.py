@@ -73,8 +73,22 @@ def test_classes_never_mixed(fashion_root):
     assert list(test) == list(CLASS_NAMES[6:]) and all(len(v) == 1000 for v in test.values())
     with pytest.raises(ValueError, match="never mixed"):
         class_to_keys("train", classes=(6,))
-    with pytest.raises(ValueError, match="never mixed"):
-        class_to_keys("test", classes=(0,))
+    # the test split's images are never meta-trained on: its classes 0-5 may be scored (fashion-all-*)
+    assert list(class_to_keys("test", classes=(0,))) == [CLASS_NAMES[0]]
+
+
+def test_all_ten_classes_datasets(fashion_root):
+    ts = evaluation_tasks("fashion-all-real-name", data=None, ways=5, shots=1, n_tasks=60)
+    answers = {q.answer for t in ts.tasks for q in t.queries}
+    assert len(answers) == 10 and "trouser" in answers and "ankle boot" in answers
+    assert all(k.startswith("test/") for t in ts.tasks for k in t.image_keys())
+    assert all(t.task_id.startswith("fashion-test-all-real_name-5w1s") for t in ts.tasks)
+    val = evaluation_tasks("fashion-all-open-ended", data=None, ways=2, shots=1, n_tasks=20, split="val")
+    test = evaluation_tasks("fashion-all-open-ended", data=None, ways=2, shots=1, n_tasks=20)
+    assert all(t.task_id.startswith("fashion-val-all-") for t in val.tasks)
+    assert {t.task_id for t in val.tasks}.isdisjoint(t.task_id for t in test.tasks)
+    held_out = evaluation_tasks("fashion-open-ended", data=None, ways=2, shots=1, n_tasks=20)
+    assert held_out.tasks != test.tasks
 
 
 def test_task_variants(fashion_root):
