@@ -85,6 +85,16 @@ def _source_id(source: ImageSource | str) -> str:
     return source if isinstance(source, str) else source.identity
 
 
+def _address(source: ImageSource | str, key: str) -> tuple[str, str]:
+    """Where ``key``'s features are stored: ``(source identity, key)``, or, for a source made of
+    parts (one with ``route(key) -> (part, part_key)``: ``MixtureImageSource``), the part's
+    address, so that a mixture reuses what its sources' own runs encoded, and the reverse."""
+    route = getattr(source, "route", None)
+    if route is not None:
+        return _address(*route(key))
+    return _source_id(source), key
+
+
 class FeatureCache:
     """On-disk store of encoder features keyed by (image source identity, image key).
 
@@ -243,7 +253,7 @@ class FeatureCache:
         """``(source, key) in cache`` (``source`` an ``ImageSource`` or its identity)."""
         if not isinstance(item, tuple) or len(item) != 2:
             return False
-        return (_source_id(item[0]), item[1]) in self._index
+        return _address(item[0], item[1]) in self._index
 
     def missing(self, source: ImageSource | str, keys: Iterable[str]) -> list[str]:
         """The keys (deduplicated, in order) whose features are not cached.
@@ -253,8 +263,7 @@ class FeatureCache:
             >>> cache.missing(source, ["train/000000", "train/000001"])
             ['train/000001']
         """
-        sid = _source_id(source)
-        return [k for k in dict.fromkeys(keys) if (sid, k) not in self._index]
+        return [k for k in dict.fromkeys(keys) if _address(source, k) not in self._index]
 
     def fill(
         self,
@@ -292,7 +301,6 @@ class FeatureCache:
         self.refresh()
         keys = list(dict.fromkeys(keys))
         todo = self.missing(source, keys)
-        sid = source.identity
         report = FillReport(encoded=0, cached=len(keys) - len(todo))
         buf_keys: list[tuple[str, str]] = []
         buf_feats: list[torch.Tensor] = []
@@ -321,7 +329,7 @@ class FeatureCache:
                     self.refresh()
                     last_refresh = time.monotonic()
                 n = len(batch)
-                batch = [k for k in batch if (sid, k) not in self._index]
+                batch = [k for k in batch if _address(source, k) not in self._index]
                 report.cached += n - len(batch)
                 bar.update(n - len(batch))
                 loaded = list(pool.map(load, batch)) if pool else [load(k) for k in batch]
@@ -337,7 +345,7 @@ class FeatureCache:
                         raise ValueError(f"encoder {self.identity!r} returned {tuple(feats.shape)}"
                                          f", expected ({len(good)}, {self.n_tokens}, {self.dim})")
                     buf_feats.append(feats.detach().to("cpu", self.dtype))
-                    buf_keys.extend((sid, k) for k, _ in good)
+                    buf_keys.extend(_address(source, k) for k, _ in good)
                     report.encoded += len(good)
                     if len(buf_keys) >= self.rows_per_shard:
                         flush()
@@ -371,17 +379,16 @@ class FeatureCache:
             >>> cache.get(source, ["test/000000"]).shape
             torch.Size([1, 1, 1280])
         """
-        sid = _source_id(source)
-        if self.missing(sid, keys):
+        if self.missing(source, keys):
             self.refresh()  # another process may have added them
-            lacking = self.missing(sid, keys)
+            lacking = self.missing(source, keys)
             if lacking:
-                raise KeyError(f"{len(lacking)} image(s) of {sid!r} are not in the feature "
-                               f"cache (call fill() first): {lacking[:5]}")
+                raise KeyError(f"{len(lacking)} image(s) of {_source_id(source)!r} are not in the "
+                               f"feature cache (call fill() first): {lacking[:5]}")
         out = torch.empty((len(keys), self.n_tokens, self.dim), dtype=self.dtype)
         by_shard: dict[str, list[tuple[int, int]]] = {}
         for pos, k in enumerate(keys):
-            name, row = self._index[(sid, k)]
+            name, row = self._index[_address(source, k)]
             by_shard.setdefault(name, []).append((row, pos))
         for name, rows in by_shard.items():
             rows.sort()
@@ -400,7 +407,7 @@ class FeatureCache:
         return out
 
     def cached_keys(self, source: ImageSource | str) -> list[str]:
-        """All cached keys of a source, sorted."""
+        """All cached keys of a source (not of a mixture's parts), sorted."""
         sid = _source_id(source)
         return sorted(k for s, k in self._index if s == sid)
 

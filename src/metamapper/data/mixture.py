@@ -7,9 +7,9 @@ sources keep their own data settings (``data.ways``, ``data.shots``, ... are sha
 source's folder is ``data.mixture_roots[name]`` or its default).
 
 Image keys are namespaced by source (``icons:images/printer/tango-icon-theme.png``), so that one
-``MixtureImageSource`` resolves every task's images; its feature-cache identity names all the
-parts, so a mixture's features are cached apart from the single sources' (encoded once per
-mixture).
+``MixtureImageSource`` resolves every task's images; the feature cache stores each image under
+its own source's identity (``route``), so a mixture reuses the features its sources' runs
+encoded, and another mixture of the same sources encodes nothing again.
 
 Example (YAML)::
 
@@ -45,11 +45,17 @@ class MixtureImageSource:
     def __repr__(self) -> str:
         return f"MixtureImageSource({list(self.parts)})"
 
-    def load(self, key: str) -> Image.Image:
+    def route(self, key: str) -> tuple[ImageSource, str]:
+        """``(part, the part's own key)`` of a namespaced key (the feature cache stores a
+        mixture's features under its parts', so they are shared with single-source runs)."""
         for name in sorted(self.parts, key=len, reverse=True):  # "fashion-mnist:val" first
             if key.startswith(name + SEP):
-                return self.parts[name].load(key[len(name) + len(SEP):])
+                return self.parts[name], key[len(name) + len(SEP):]
         raise ImageLoadError(f"image key {key!r} names no part of the mixture ({', '.join(self.parts)})")
+
+    def load(self, key: str) -> Image.Image:
+        part, own = self.route(key)
+        return part.load(own)
 
     def keys(self) -> list[str]:
         """Every part's keys, namespaced."""

@@ -149,3 +149,24 @@ def test_fill_skips_keys_another_writer_stored_meanwhile(tmp_path, folder, make_
     enc.encode = encode
     report = FeatureCache(tmp_path, enc).fill(folder, keys, batch_size=5, progress=False)
     assert (report.encoded, report.cached, enc.images) == (5, 5, 5)
+
+
+def test_a_mixture_shares_its_parts_features(tmp_path, folder, write_image, counting_encoder):
+    from metamapper.data.images import FolderImageSource
+    from metamapper.data.mixture import MixtureImageSource
+
+    other_root = tmp_path / "other"
+    for i in range(3):
+        write_image(other_root / f"{i}.png", (7, i * 50, 9))
+    other = FolderImageSource(other_root)
+    cache = FeatureCache(tmp_path / "c", counting_encoder)
+    cache.fill(folder, folder.keys()[:6], progress=False)  # a single-source run encoded these
+    mix = MixtureImageSource({"a": folder, "b": other})
+    keys = [f"a:{k}" for k in folder.keys()] + [f"b:{k}" for k in other.keys()]
+    before = counting_encoder.images
+    report = cache.fill(mix, keys, progress=False)
+    assert (report.cached, report.encoded, counting_encoder.images - before) == (6, 7, 7)
+    torch.testing.assert_close(cache.get(mix, ["a:3.png", "b:1.png"]),
+                               torch.cat([cache.get(folder, ["3.png"]), cache.get(other, ["1.png"])]))
+    assert (other, "2.png") in cache and (mix, "b:2.png") in cache
+    assert cache.missing(MixtureImageSource({"a": folder, "c": other}), ["c:0.png"]) == []
