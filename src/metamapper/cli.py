@@ -428,7 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "stay unmeasured (default: all the claims need)")
     st.add_argument("--report-only", action="store_true",
                     help="rewrite the report from the measurements so far; train and score nothing")
-    st.add_argument("--out", default="runs/study", help="trainings and measurements (resumable)")
+    st.add_argument("--out", default="runs/study", help="the trainings (resumable; the measurements are kept beside --results)")
     st.add_argument("--results", default="docs/RESULTS.md", help="the report to rewrite")
     st.add_argument("overrides", nargs="*", help="config overrides for every training key.sub=value")
     add_device_arg(st)

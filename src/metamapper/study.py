@@ -8,9 +8,11 @@ comparisons are paired by seed and called *holds* / *fails* / *not separated* at
 errors.
 
 The study is resumable and runs one claim at a time: trainings live in ``OUT/TRAINING/seedS``
-(a finished one is reused), every measurement is appended to ``OUT/results.jsonl`` as soon as it
-exists, and the report (``docs/RESULTS.md`` by default, one plot per claim beside it) is rewritten
-from all measurements so far, every claim listed, rows not yet measured marked so.
+(a finished one is reused), every measurement is appended to ``results/measurements.jsonl``
+beside the report as soon as it exists (kept with the report in the repository, so that the
+trainings' folders may go), and the report (``docs/RESULTS.md`` by default, one plot per claim in
+``results/``) is rewritten from all measurements so far, every claim listed, rows not yet
+measured marked so.
 
 Example::
 
@@ -59,6 +61,14 @@ def _maml_recipe(main: Config) -> tuple[str, ...]:
             "data.queries_per_class=1", "train.val_every=0")
 
 
+# Broad meta-training (issue #19): Fashion-MNIST's six classes beside the rendered corpora
+# (docs/DATA.md), and the same corpora without Fashion-MNIST, so that Fashion-MNIST is a domain
+# the mapper never saw. More updates of fewer tasks: the corpora take off late (docs/EXPERIMENTS.md).
+BROAD_SCHEDULE = ("train.updates=300", "train.meta_batch=16")
+BROAD = ("data.source=mixture", "data.mixture={fashion-mnist: 2, icons: 1, emoji: 1}", *BROAD_SCHEDULE)
+BROAD_NO_FASHION = ("data.source=mixture", "data.mixture={icons: 1, emoji: 1}", *BROAD_SCHEDULE)
+
+
 @dataclass(frozen=True)
 class Training:
     """A training of the study: ``overrides`` of the default (``Config()``) and what its compute
@@ -81,6 +91,9 @@ def trainings(main: Config | None = None) -> dict[str, Training]:
         "non-episodic-paper": Training((*PAPER_MAPPER, *equal_compute_standard(main)),
                                        f"{t.updates} updates x the pairs of {t.meta_batch} tasks, paper mapper"),
         "mlp": Training(("mapper.kind=mlp",), f"{same}, MLP mapper"),
+        "fashion": Training(("data.source=fashion-mnist",), "150 updates x 32 tasks, Fashion-MNIST's 6 classes"),
+        "broad": Training(BROAD, "300 updates x 16 tasks: Fashion-MNIST 1/2, icons 1/4, emoji 1/4"),
+        "broad-no-fashion": Training(BROAD_NO_FASHION, "300 updates x 16 tasks: icons 1/2, emoji 1/2"),
     }
 
 
@@ -99,11 +112,11 @@ class Row:
     induction: bool = False  # the task-induction instruction opening each task's rows
     split: str = "test"  # test (to report) | val (the validation stream of held-out-class tasks, to choose)
     slow: bool = False  # scored on the study's smaller task count (adaptation at test time)
+    tasks: int | None = None  # a fixed task count for this row (None: the study's --tasks / --slow-tasks)
 
     def evaluation(self) -> str:
         """``"Open-Ended 2-way 1-shot, in-context"`` (+ steps, repeats, induction)."""
-        kind = {"fashion-open-ended": "Open-Ended", "fashion-real-name": "Real-Name"}.get(self.dataset,
-                                                                                          self.dataset)
+        kind = DATASET_NAMES.get(self.dataset, self.dataset)
         text = f"{kind} {self.ways}-way {self.shots}-shot, {self.method}"
         if self.steps is not None:
             text += f", {self.steps} steps"
@@ -134,6 +147,27 @@ class Claim:
 TRAININGS = tuple(trainings())  # their names
 OE, RN = "fashion-open-ended", "fashion-real-name"
 STEPS = (0, 1, 5, 10)
+DATASET_NAMES = {OE: "Open-Ended", RN: "Real-Name",
+                 "fashion-all-open-ended": "Fashion-MNIST, all 10 classes, Open-Ended",
+                 "fashion-all-real-name": "Fashion-MNIST, all 10 classes, Real-Name",
+                 "icons-open-ended": "icons, Open-Ended", "emoji-open-ended": "emoji, Open-Ended"}
+GENERAL = 500  # test tasks per row of the generalisation claims (3 trainings x 3 seeds x many sets)
+SLOW_GENERAL = 200  # ... per 5-way row
+
+
+def _general_rows(split: str) -> tuple[Row, ...]:
+    sets = [("Fashion held-out classes, OE", OE, 2), ("Fashion held-out classes, RN", RN, 2),
+            ("Fashion all 10 classes, OE", "fashion-all-open-ended", 2),
+            ("Fashion all 10 classes, RN", "fashion-all-real-name", 2),
+            ("Fashion all 10 classes, OE 5-way", "fashion-all-open-ended", 5),
+            ("icons test concepts, OE", "icons-open-ended", 2), ("emoji test concepts, OE", "emoji-open-ended", 2)]
+    if split == "val":  # choosing: the validation stream of each source's held-out classes
+        sets = [("Fashion held-out classes, OE", OE, 2), ("icons val concepts, OE", "icons-open-ended", 2),
+                ("emoji val concepts, OE", "emoji-open-ended", 2)]
+    return tuple(Row(f"{training}: {name}", training, dataset=ds, ways=ways, split=split,
+                     tasks=(SLOW_GENERAL if ways > 2 else GENERAL) if split == "test" else 300)
+                 for training in ("fashion", "broad", "broad-no-fashion") for name, ds, ways in sets)
+
 
 CLAIMS: dict[str, Claim] = {
     "selection": Claim(
@@ -187,6 +221,23 @@ CLAIMS: dict[str, Claim] = {
         "The instruction opens the whole sequence, before the support, as in Frozen (`Answer with "
         "dax or blicket. [p(x_1)] This is a dax. [p(x_2)] This is a blicket. [p(x_q)] This is a`; "
         "`data.tasks.with_task_induction`); the default never saw such text in training."),
+    "broad-selection": Claim(
+        "Choosing the meta-training data on validation tasks (issue #19)",
+        _general_rows("val"),
+        tuple(Comparison(f"broad: {name}", f"fashion: {name}") for name in (
+            "Fashion held-out classes, OE", "icons val concepts, OE", "emoji val concepts, OE")),
+        "Validation streams only (never the test tasks): Fashion-MNIST's held-out classes (its own "
+        "seed), and the validation concepts of the icons and emoji corpora, 300 tasks each, 2-way "
+        "1-shot Open-Ended."),
+    "generalisation": Claim(
+        "Generalisation: held-out classes, a domain never seen, held-out concepts (issue #19)",
+        _general_rows("test"),
+        (Comparison("broad: Fashion held-out classes, OE", "fashion: Fashion held-out classes, OE", "not_worse"),
+         Comparison("broad: icons test concepts, OE", "fashion: icons test concepts, OE"),
+         Comparison("broad: emoji test concepts, OE", "fashion: emoji test concepts, OE")),
+        f"2-way rows: {GENERAL} test tasks, 5-way: {SLOW_GENERAL}; 1-shot, in context. `fashion-all-*`: "
+        "all ten classes of Fashion-MNIST's test split, a domain that `broad-no-fashion` never saw "
+        "(for `fashion` and `broad`, six of the ten classes are meta-training classes)."),
     "grid": Claim(
         "The Frozen grid for the default",
         tuple(Row(f"{'Open-Ended' if ds == OE else 'Real-Name'} {w}-way {k}-shot", "default", dataset=ds,
@@ -199,6 +250,7 @@ def _key(row: Row, seed: int, n_tasks: int, lm_dtype: str) -> str:
     fields = asdict(row)
     fields.pop("label")
     fields.pop("slow")
+    fields.pop("tasks")
     if fields["split"] == "test":  # (keys written before rows had a split)
         fields.pop("split")
     return json.dumps({**fields, "seed": seed, "n_tasks": n_tasks, "lm_dtype": lm_dtype}, sort_keys=True)
@@ -206,7 +258,7 @@ def _key(row: Row, seed: int, n_tasks: int, lm_dtype: str) -> str:
 
 @dataclass
 class Store:
-    """The measurements so far: ``OUT/results.jsonl``, one JSON object per line (a line cut by a
+    """The measurements so far: ``results/measurements.jsonl`` beside the report, one JSON object per line (a line cut by a
     crash is skipped). A measurement is keyed by its row, seed, task count and the LM's dtype in
     evaluation (``dtypes``: training -> dtype, as ``load_run`` resolves it on this machine), so
     float32 and bfloat16 measurements are never compared with each other."""
@@ -241,6 +293,11 @@ class Store:
         self.results[key] = record
 
 
+def measurements_path(results: Path) -> Path:
+    """Where the measurements behind report ``results`` are kept."""
+    return results.parent / "results" / "measurements.jsonl"
+
+
 def eval_dtypes(overrides: Sequence[str] = (), device: str | None = None) -> dict[str, str]:
     """Each training's LM dtype when its runs are loaded to be scored here (``device.lm_dtype``:
     bfloat16 where native unless the training pins float32, as the paper's recipes do)."""
@@ -255,7 +312,7 @@ def eval_dtypes(overrides: Sequence[str] = (), device: str | None = None) -> dic
 
 
 def tasks_for(row: Row, tasks: int, slow_tasks: int) -> int:
-    return slow_tasks if row.slow else tasks
+    return row.tasks or (slow_tasks if row.slow else tasks)
 
 
 def _paired(store: Store, a: Row, b: Row, seeds: int, tasks: int, slow_tasks: int) -> list[float]:
@@ -364,9 +421,26 @@ def plot_claim(claim: Claim, store: Store, path: Path, *, seeds: int, tasks: int
     return True
 
 
+def _sections(text: str) -> dict[str, str]:
+    """``"## title"`` -> that section of a Markdown report (up to the next ``## ``)."""
+    out: dict[str, str] = {}
+    for part in ("\n" + text).split("\n## ")[1:]:
+        out["## " + part.split("\n", 1)[0]] = "## " + part.rstrip("\n") + "\n"
+    return out
+
+
+def _measured(claim: Claim, store: Store, seeds: int, tasks: int, slow_tasks: int) -> bool:
+    return any(store.get(row, s, tasks_for(row, tasks, slow_tasks)) for row in claim.rows for s in range(seeds))
+
+
 def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_tasks: int) -> Path:
-    """``results`` (Markdown) with every claim, plots in ``results``' folder under ``results/``."""
+    """``results`` (Markdown) with every claim, plots in ``results``' folder under ``results/``.
+
+    A claim of which ``store`` holds no measurement keeps its section of the existing report, if
+    it has one (measured from another store: the study's folder is local to a machine)."""
     from metamapper.data.sources import TEST_SEED
+
+    old = _sections(results.read_text()) if results.is_file() else {}
 
     parts = ["# Results", "",
              "Written by `metamapper study` (src/metamapper/study.py) from its measurements; rerun a claim "
@@ -379,6 +453,10 @@ def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_ta
              "resolves to on the scoring machine (`train.lm_dtype`; here: "
              + ", ".join(f"{k} {v}" for k, v in store.dtypes.items()) + ").", ""]
     for name, claim in CLAIMS.items():
+        kept = old.get(f"## {claim.title}")
+        if kept and not _measured(claim, store, seeds, tasks, slow_tasks):
+            parts.append(kept)
+            continue
         png = results.parent / "results" / f"{name}.png"
         have = plot_claim(claim, store, png, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)
         parts.append(claim_section(name, claim, store, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks,
@@ -407,8 +485,9 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
         claims: names in ``CLAIMS``.
         seeds: training seeds 0 .. seeds-1.
         tasks, slow_tasks: test tasks per row (``slow_tasks`` for rows that adapt at test time).
-        out: the study's folder (trainings and ``results.jsonl``).
-        results: the Markdown report to (re)write.
+        out: the study's folder (the trainings).
+        results: the Markdown report to (re)write; the measurements are kept beside it, in
+            ``results/measurements.jsonl``.
         device: where to compute (default: ``runtime.device``'s auto).
         overrides: extra config overrides for every training (e.g. tiny backbones in tests).
         only: the trainings this call may run (default: all the claims need); rows of the others
@@ -428,7 +507,7 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
     if bad:
         raise ValueError(f"unknown training {', '.join(bad)}; choose from {', '.join(TRAININGS)}")
     out, results = Path(out), Path(results)
-    store = Store.open(out / "results.jsonl", eval_dtypes(overrides, device))
+    store = Store.open(measurements_path(results), eval_dtypes(overrides, device))
     on = (*overrides, *((f"runtime.device={device}",) if device else ()))
     specs = trainings(config_from_dict({}, list(overrides)))
     rows = [row for name in claims for row in CLAIMS[name].rows

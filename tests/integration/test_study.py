@@ -77,7 +77,8 @@ def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.Mon
     for name in ("default", "non-episodic"):
         assert sorted(p.name for p in (out / name).iterdir()) == ["seed0", "seed1"]
     assert load_config(out / "default" / "seed1" / "config.yaml").train.seed == 1
-    lines = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in study.measurements_path(report).read_text().splitlines()]
+    assert study.measurements_path(report) == tmp_path / "docs" / "results" / "measurements.jsonl"
     assert len(lines) == 4 * 2 and {x["n_tasks"] for x in lines} == {3}
     assert sorted(x["split"] for x in lines) == ["test"] * 6 + ["val"] * 2  # recorded with each result
     text = report.read_text()
@@ -98,3 +99,19 @@ def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.Mon
     assert main(["study", "--report-only", "--seeds", "2", "--tasks", "3", "--slow-tasks", "2",
                  "--out", str(out), "--results", str(report)]) == 0
     assert report.read_text() == text
+
+
+def test_a_claim_measured_elsewhere_keeps_its_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    a = study.Claim("A measured here", (study.Row("row a", "default"),))
+    b = study.Claim("B measured elsewhere", (study.Row("row b", "mlp"),))
+    monkeypatch.setattr(study, "CLAIMS", {"a": a, "b": b})
+    report = tmp_path / "RESULTS.md"
+    report.write_text("# Results\n\nold header\n\n## A measured here\n\nold a: 50.0\n\n"
+                      "## B measured elsewhere\n\n| row b | 71.2 |\n")
+    store = study.Store.open(tmp_path / "results.jsonl", {"default": "bfloat16", "mlp": "bfloat16"})
+    store.add(store.key(a.rows[0], 0, 10), {"accuracy": 0.8, "ci95": [0.7, 0.9]})
+    text = study.write_report(store, report, seeds=1, tasks=10, slow_tasks=5).read_text()
+    assert "old a" not in text and "| row a | " in text and "80.0 (70.0–90.0)" in text
+    assert "## B measured elsewhere\n\n| row b | 71.2 |\n" in text and "old header" not in text
+    report.unlink()  # without a report to keep from, an unmeasured claim says so
+    assert "not yet measured" in study.write_report(store, report, seeds=1, tasks=10, slow_tasks=5).read_text()
