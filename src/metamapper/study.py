@@ -64,6 +64,7 @@ def _maml_recipe(main: Config) -> tuple[str, ...]:
 # Broad meta-training (issue #19): Fashion-MNIST's six classes beside the rendered corpora
 # (docs/DATA.md), and the same corpora without Fashion-MNIST, so that Fashion-MNIST is a domain
 # the mapper never saw. More updates of fewer tasks: the corpora take off late (docs/EXPERIMENTS.md).
+FASHION = ("data.source=fashion-mnist", "data.mixture={}", "train.updates=150", "train.meta_batch=32")
 BROAD_SCHEDULE = ("train.updates=300", "train.meta_batch=16")
 BROAD = ("data.source=mixture", "data.mixture={fashion-mnist: 2, icons: 1, emoji: 1}", *BROAD_SCHEDULE)
 BROAD_NO_FASHION = ("data.source=mixture", "data.mixture={icons: 1, emoji: 1}", *BROAD_SCHEDULE)
@@ -91,7 +92,7 @@ def trainings(main: Config | None = None) -> dict[str, Training]:
         "non-episodic-paper": Training((*PAPER_MAPPER, *equal_compute_standard(main)),
                                        f"{t.updates} updates x the pairs of {t.meta_batch} tasks, paper mapper"),
         "mlp": Training(("mapper.kind=mlp",), f"{same}, MLP mapper"),
-        "fashion": Training(("data.source=fashion-mnist",), "150 updates x 32 tasks, Fashion-MNIST's 6 classes"),
+        "fashion": Training(FASHION, "150 updates x 32 tasks, Fashion-MNIST's 6 classes"),
         "broad": Training(BROAD, "300 updates x 16 tasks: Fashion-MNIST 1/2, icons 1/4, emoji 1/4"),
         "broad-no-fashion": Training(BROAD_NO_FASHION, "300 updates x 16 tasks: icons 1/2, emoji 1/2"),
     }
