@@ -156,3 +156,22 @@ def test_report_to_tensorboard_without_the_package_is_one_line(
     assert code == 2 and err.count("\n") == 1
     assert "pip install 'metamapper-fewshot[tensorboard]'" in err
     assert not (out / "checkpoints").exists()  # refused before any training
+
+
+def test_fashion_all_on_a_fashion_trained_run_says_it_is_not_an_unseen_domain(
+        cli: Callable[..., str], in_process: Path) -> None:
+    import contextlib
+    import io
+
+    from metamapper.data.fashion import find_fashion_root
+
+    if find_fashion_root() is None:
+        pytest.skip("Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
+    out = in_process / "fashion-run"
+    cli("train", "--config", SMOKE, "--out", out, "train.updates=1", "train.meta_batch=2",
+        "train.val_every=0", "data.source=fashion-mnist", "data.images_per_class=8")
+    for dataset, noted in (("fashion-all-open-ended", True), ("fashion-open-ended", False)):
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+            assert main(["evaluate", "--checkpoint", str(out), "--dataset", dataset, "--tasks", "2"]) == 0
+        assert ("not a domain the run has not seen" in err.getvalue()) == noted
