@@ -259,10 +259,11 @@ def _key(row: Row, seed: int, n_tasks: int, lm_dtype: str) -> str:
 
 @dataclass
 class Store:
-    """The measurements so far: ``results/measurements.jsonl`` beside the report, one JSON object per line (a line cut by a
-    crash is skipped). A measurement is keyed by its row, seed, task count and the LM's dtype in
-    evaluation (``dtypes``: training -> dtype, as ``load_run`` resolves it on this machine), so
-    float32 and bfloat16 measurements are never compared with each other."""
+    """The measurements so far: ``results/measurements.jsonl`` beside the report, one JSON
+    object per line (a line cut by a crash is skipped). A measurement is keyed by its row, seed,
+    task count and the LM's dtype in evaluation (``dtypes``: training -> dtype, as ``load_run``
+    resolves it on this machine), so float32 and bfloat16 measurements are never compared with
+    each other."""
 
     path: Path
     dtypes: dict[str, str]
