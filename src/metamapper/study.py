@@ -351,11 +351,33 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+KEPT = " †"  # marks a line kept from the report's earlier text (measured from another store)
+
+
+def _old_lines(section: str | None) -> dict[str, str]:
+    """A section's measured table lines by their first cell (a row's label, a comparison), the
+    mark of a kept line dropped; lines that say nothing was measured are left out."""
+    out: dict[str, str] = {}
+    for line in (section or "").splitlines():
+        cells = line.split(" | ")
+        if (line.startswith("| ") and len(cells) > 2 and "not yet measured" not in line
+                and "too few seeds" not in line):
+            out[cells[0][2:].removesuffix(KEPT)] = line
+    return out
+
+
+def _kept(line: str, key: str) -> str:
+    return line.replace(f"| {key}{KEPT} |", f"| {key} |", 1).replace(f"| {key} |", f"| {key}{KEPT} |", 1)
+
+
 def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: int, slow_tasks: int,
-                  plot: str | None) -> str:
+                  plot: str | None, old: str | None = None) -> str:
     """One claim's Markdown: the command, its rows (mean +- sd over seeds, each run's Wilson
-    interval) and the paired comparisons."""
+    interval) and the paired comparisons. A row or comparison that ``store`` cannot give keeps its
+    measured line from ``old`` (the claim's section of the existing report), marked ``†``."""
     runs = trainings()
+    before = _old_lines(old)
+    kept = False
     cmd = f"metamapper study --claim {name} --seeds {seeds}"
     if any(row.tasks is None for row in claim.rows):  # (rows with their own count ignore the flags)
         cmd += f" --tasks {tasks} --slow-tasks {slow_tasks}"
@@ -375,6 +397,10 @@ def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: i
                                                                if len(got) < seeds else "")
             per = ", ".join(f"{_pct(r['accuracy'])} ({_pct(r['ci95'][0])}–{_pct(r['ci95'][1])})"
                             if r else "—" for r in recs)
+        elif row.label in before:
+            lines.append(_kept(before[row.label], row.label))
+            kept = True
+            continue
         else:
             summary, per = "not yet measured", "—"
         lines.append(f"| {row.label} | {runs[row.training].compute} | {row.evaluation()} | {n} | "
@@ -386,9 +412,18 @@ def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: i
         for c in claim.comparisons:
             diffs = _paired(store, by_label[c.better], by_label[c.worse], seeds, tasks, slow_tasks)
             sign = ">" if c.kind == "better" else ">="
+            what = f"{c.better} {sign} {c.worse}"
+            if len(diffs) < 2 and what in before:
+                lines.append(_kept(before[what], what))
+                kept = True
+                continue
             diff = (f"{100 * statistics.mean(diffs):+.1f}"
                     + (f" ± {100 * statistics.stdev(diffs):.1f}" if len(diffs) > 1 else "")) if diffs else "—"
-            lines.append(f"| {c.better} {sign} {c.worse} | {diff} | {len(diffs)} | {verdict(diffs, c.kind)} |")
+            lines.append(f"| {what} | {diff} | {len(diffs)} | {verdict(diffs, c.kind)} |")
+    if kept:
+        lines += ["", f"{KEPT.strip()} Measured by an earlier run of this command, from runs whose "
+                  "measurements are not beside this report (`results/measurements.jsonl`); the plot shows the "
+                  "other rows."]
     if plot:
         lines += ["", f"![{name}]({plot})"]
     return "\n".join(lines) + "\n"
@@ -442,7 +477,8 @@ def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_ta
     """``results`` (Markdown) with every claim, plots in ``results``' folder under ``results/``.
 
     A claim of which ``store`` holds no measurement keeps its section of the existing report, if
-    it has one (measured from another store: the study's folder is local to a machine)."""
+    it has one (measured from another store: the study's folder is local to a machine); a claim
+    partly measured keeps the lines of the rows and comparisons that ``store`` lacks, marked."""
     from metamapper.data.sources import TEST_SEED
 
     old = _sections(results.read_text()) if results.is_file() else {}
@@ -466,7 +502,7 @@ def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_ta
         png = results.parent / "results" / f"{name}.png"
         have = plot_claim(claim, store, png, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)
         parts.append(claim_section(name, claim, store, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks,
-                                   plot=f"results/{name}.png" if have else None))
+                                   plot=f"results/{name}.png" if have else None, old=kept))
     results.parent.mkdir(parents=True, exist_ok=True)
     results.write_text("\n".join(parts))
     return results

@@ -115,3 +115,29 @@ def test_a_claim_measured_elsewhere_keeps_its_section(tmp_path: Path, monkeypatc
     assert "## B measured elsewhere\n\n| row b | 71.2 |\n" in text and "old header" not in text
     report.unlink()  # without a report to keep from, an unmeasured claim says so
     assert "not yet measured" in study.write_report(store, report, seeds=1, tasks=10, slow_tasks=5).read_text()
+
+
+def test_a_claim_partly_measured_here_keeps_the_other_lines_marked(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = (study.Row("row a", "default"), study.Row("row b", "mlp"), study.Row("row c", "mlp", shots=3))
+    claim = study.Claim("C", rows, (study.Comparison("row a", "row b"), study.Comparison("row a", "row c")))
+    monkeypatch.setattr(study, "CLAIMS", {"c": claim})
+    report = tmp_path / "RESULTS.md"
+    report.write_text("# Results\n\n## C\n\n| row | training | evaluation | tasks | mean | per seed |\n"
+                      "| row a | x | y | 10 | 50.0 ± 1.0 | 49, 51 |\n| row b | x | y | 10 | 71.2 ± 2.0 | 70, 72 |\n"
+                      "| row c | x | y | 10 | not yet measured | — |\n\n| comparison | d | seeds | verdict |\n"
+                      "| row a > row b | -21.2 ± 1.0 | 2 | fails |\n| row a > row c | — | 0 | too few seeds |\n")
+    store = study.Store.open(tmp_path / "results.jsonl", {"default": "bfloat16", "mlp": "bfloat16"})
+    for seed, acc in enumerate((0.8, 0.82)):
+        store.add(store.key(rows[0], seed, 10), {"accuracy": acc, "ci95": [0.7, 0.9]})
+    text = study.write_report(store, report, seeds=2, tasks=10, slow_tasks=5).read_text()
+    assert "| row a | " in text and "81.0 ± 1.4" in text and "50.0" not in text  # measured here: new
+    assert "| row b † | x | y | 10 | 71.2 ± 2.0 | 70, 72 |" in text  # not here: the old line, marked
+    assert "| row a > row b † | -21.2 ± 1.0 | 2 | fails |" in text
+    assert "| row c | " in text and "not yet measured" in text  # nothing to keep
+    assert "| row a > row c | — | 0 | too few seeds |" in text and "† Measured by an earlier run" in text
+    assert study.write_report(store, report, seeds=2, tasks=10, slow_tasks=5).read_text() == text  # stable
+    store.add(store.key(rows[1], 0, 10), {"accuracy": 0.5, "ci95": [0.4, 0.6]})  # one seed here:
+    text = study.write_report(store, report, seeds=2, tasks=10, slow_tasks=5).read_text()
+    assert "| row b | " in text and "70, 72" not in text  # the row is the store's now,
+    assert "| row a > row b † | -21.2 ± 1.0 | 2 | fails |" in text  # the comparison not yet (1 seed)
