@@ -477,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*(args.overrides or []), *extra]
     try:
         args.fn(args)
+        if "metamapper.distributed" in sys.modules:  # (commands that never touch torch stay light)
+            sys.modules["metamapper.distributed"].shutdown()  # under torchrun: leave together
     except KeyboardInterrupt:
         print("metamapper: interrupted", file=sys.stderr)
         return 130

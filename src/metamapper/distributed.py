@@ -128,6 +128,15 @@ def barrier() -> None:
             dist.barrier()
 
 
+def shutdown() -> None:
+    """Leave the process group once every rank is done (a no-op outside one). A rank that exits
+    with its group alive can take a peer down with it: Gloo's connections close under the
+    peer's feet and it aborts (exit -6), even after the last collective."""
+    if dist.is_available() and dist.is_initialized():
+        barrier()
+        dist.destroy_process_group()
+
+
 def any_flag(flag: bool) -> bool:
     """Whether ``flag`` holds on at least one rank (e.g. a stop signal)."""
     return not all_true(not flag)
