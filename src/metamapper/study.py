@@ -421,9 +421,9 @@ def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: i
                     + (f" ± {100 * statistics.stdev(diffs):.1f}" if len(diffs) > 1 else "")) if diffs else "—"
             lines.append(f"| {what} | {diff} | {len(diffs)} | {verdict(diffs, c.kind)} |")
     if kept:
-        lines += ["", f"{KEPT.strip()} Measured by an earlier run of this command, from runs whose "
-                  "measurements are not beside this report (`results/measurements.jsonl`); the plot shows the "
-                  "other rows."]
+        lines += ["", f"{KEPT.strip()} Kept from an earlier run of this command: measured on that run's "
+                  "trainings, whose measurements are not beside this report (`results/measurements.jsonl`); "
+                  "the other rows may come from newer trainings of the same seeds. The plot shows the other rows."]
     if plot:
         lines += ["", f"![{name}]({plot})"]
     return "\n".join(lines) + "\n"

@@ -135,7 +135,7 @@ def test_a_claim_partly_measured_here_keeps_the_other_lines_marked(tmp_path: Pat
     assert "| row b † | x | y | 10 | 71.2 ± 2.0 | 70, 72 |" in text  # not here: the old line, marked
     assert "| row a > row b † | -21.2 ± 1.0 | 2 | fails |" in text
     assert "| row c | " in text and "not yet measured" in text  # nothing to keep
-    assert "| row a > row c | — | 0 | too few seeds |" in text and "† Measured by an earlier run" in text
+    assert "| row a > row c | — | 0 | too few seeds |" in text and "† Kept from an earlier run" in text
     assert study.write_report(store, report, seeds=2, tasks=10, slow_tasks=5).read_text() == text  # stable
     store.add(store.key(rows[1], 0, 10), {"accuracy": 0.5, "ci95": [0.4, 0.6]})  # one seed here:
     text = study.write_report(store, report, seeds=2, tasks=10, slow_tasks=5).read_text()
