@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from metamapper import distributed
 from metamapper.checkpoint import (
@@ -376,6 +378,38 @@ class Bookkeeping:
             why = "a stop signal" if stopping else f"train.max_minutes={t.max_minutes}"
             self.say(f"stopped after {done} updates ({why}); checkpoint saved, resume with --resume")
         return out_of_time or stopping
+
+
+@contextlib.contextmanager
+def update_loop(run_dir: Path, cfg: Config, model: MetaMapper, opt: torch.optim.Optimizer, sched: Any,
+                lrs: nn.Module | None, *, start: int, state: dict[str, Any], resume: bool, main: bool,
+                progress: bool, desc: str) -> Iterator[tuple[Any, Bookkeeping]]:
+    """What every recipe's updates run inside: a progress bar over the updates left (iterate it
+    for the step numbers), the metrics log, the stop signal, and the ``Bookkeeping`` to call
+    after each update (its ``skipped`` / ``bad_in_row`` from a resumed ``state``). On leaving,
+    every rank waits until the last checkpoint is on disk.
+
+    Example::
+
+        with common.update_loop(run_dir, cfg, model, opt, sched, None, start=0, state={},
+                                resume=False, main=True, progress=True, desc="train") as (bar, books):
+            for step in bar:
+                ...  # one update
+                if books.after_update(step + 1, loss, gnorm, t0=t0):
+                    break
+    """
+    t = cfg.train
+    bar = tqdm(range(start, t.updates), initial=start, total=t.updates, desc=desc, disable=not progress)
+    model.train()
+    with StopSignal() as stop, MetricsLog(run_dir, enabled=main, resume_step=start if resume else None,
+                                          report_to=t.report_to) as log:
+        yield bar, Bookkeeping(
+            run_dir=run_dir, cfg=cfg, model=model, opt=opt, sched=sched, lrs=lrs, stop=stop,
+            say=bar.write if main else (lambda *_a, **_k: None), main=main, log=log,
+            skipped=state.get("skipped", 0), bad_in_row=state.get("bad_in_row", 0),
+            deadline=time.time() + 60 * t.max_minutes if t.max_minutes else math.inf)
+    bar.close()
+    distributed.barrier()
 
 
 class TrainingDiverged(RuntimeError):

@@ -13,14 +13,12 @@ Example::
 from __future__ import annotations
 
 import functools
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from metamapper import distributed, runs
 from metamapper.config import Config
@@ -71,19 +69,10 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
                         steps=t.inner.steps, loop=t.inner, lrs=lrs, support_fit=t.method == "maml",
                         progress=False, distributed=True)
 
-    bar = tqdm(range(start, t.updates), initial=start, total=t.updates, desc=f"meta-train ({t.method})",
-               disable=not progress)
-    say = bar.write if main else (lambda *_a, **_k: None)
     if t.updates == 0 and main:  # an untrained (initialised) mapper, e.g. as a baseline
         common.save(run_dir, 0, model, cfg, opt, sched, lrs)
-    model.train()
-    with common.StopSignal() as stop, common.MetricsLog(
-            run_dir, enabled=main, resume_step=start if resume else None, report_to=t.report_to) as log:
-        books = common.Bookkeeping(
-            run_dir=run_dir, cfg=cfg, model=model, opt=opt, sched=sched, lrs=lrs, stop=stop, say=say,
-            main=main, log=log,
-            skipped=state.get("skipped", 0), bad_in_row=state.get("bad_in_row", 0),
-            deadline=time.time() + 60 * t.max_minutes if t.max_minutes else math.inf)
+    with common.update_loop(run_dir, cfg, model, opt, sched, lrs, start=start, state=state, resume=resume,
+                            main=main, progress=progress, desc=f"meta-train ({t.method})") as (bar, books):
         for step in bar:
             t0 = time.time()
             # sample: this rank's share of the meta-batch's tasks, as episodes over cached features
@@ -107,6 +96,4 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
             if books.after_update(step + 1, loss, gnorm, t0=t0, validate=validate,
                                   **{k: v.item() for k, v in extra.items()}):
                 break
-    bar.close()
-    distributed.barrier()  # the last checkpoint is on disk before any rank returns
     return run_dir

@@ -12,14 +12,12 @@ Example::
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from metamapper import distributed, runs
 from metamapper.config import Config
@@ -68,17 +66,8 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
         return evaluate(model, run.val_tasks[: t.val_tasks], run.val_table, method="no-adapt", steps=0,
                         progress=False, distributed=True)
 
-    bar = tqdm(range(start, t.updates), initial=start, total=t.updates, desc="train (standard)",
-               disable=not progress)
-    say = bar.write if main else (lambda *_a, **_k: None)
-    model.train()
-    with common.StopSignal() as stop, common.MetricsLog(
-            run_dir, enabled=main, resume_step=start if resume else None, report_to=t.report_to) as log:
-        books = common.Bookkeeping(
-            run_dir=run_dir, cfg=cfg, model=model, opt=opt, sched=sched, lrs=None, stop=stop, say=say,
-            main=main, log=log,
-            skipped=state.get("skipped", 0), bad_in_row=state.get("bad_in_row", 0),
-            deadline=time.time() + 60 * t.max_minutes if t.max_minutes else math.inf)
+    with common.update_loop(run_dir, cfg, model, opt, sched, None, start=start, state=state, resume=resume,
+                            main=main, progress=progress, desc="train (standard)") as (bar, books):
         for step in bar:
             t0 = time.time()
             idx = [int(order[(step * t.meta_batch + i) % len(pairs)]) for i in range(t.meta_batch)]
@@ -91,6 +80,4 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
             bar.set_postfix(loss=f"{loss.item():.3f}")
             if books.after_update(step + 1, loss, gnorm, t0=t0, validate=validate):
                 break
-    bar.close()
-    distributed.barrier()
     return run_dir
