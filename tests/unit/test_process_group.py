@@ -1,4 +1,5 @@
-"""``metamapper.distributed`` on a one-rank Gloo group made in this process."""
+"""``metamapper.distributed`` on a one-rank Gloo group made in this process (the two-rank runs:
+tests/integration/test_distributed.py)."""
 
 from __future__ import annotations
 
