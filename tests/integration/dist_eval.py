@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from metamapper import MetaMapper
+from metamapper import MetaMapper, distributed
 from metamapper.data.synthetic import build_synthetic_tasks
 from metamapper.eval.fewshot import evaluate
 
@@ -53,8 +53,7 @@ def main(run: str, out: str) -> None:
     del model.generate
     if not dist.is_initialized() or dist.get_rank() == 0:
         Path(out).write_text(json.dumps(results, indent=1))
-    if dist.is_initialized():
-        dist.destroy_process_group()
+    distributed.shutdown()  # as the CLI leaves its group
 
 
 if __name__ == "__main__":
