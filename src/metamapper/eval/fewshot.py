@@ -147,7 +147,8 @@ def _answer(model: MetaMapper, episodes: Sequence[Episode], params: Sequence[dic
     with torch.no_grad():
         batch = model.pack(eb.rows)
         prefixes = task_prefixes(model, eb.features, batch, eb.row_task, params)
-        texts = model.generate(eb.features, eb.rows, prefixes=prefixes, max_new_tokens=max_new_tokens)
+        texts = model.generate(eb.features, eb.rows, prefixes=prefixes, max_new_tokens=max_new_tokens,
+                               groups=eb.row_task)
     out: list[list[str]] = [[] for _ in episodes]
     for t, text in zip(eb.row_task, texts, strict=True):
         out[t].append(text)

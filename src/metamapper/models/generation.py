@@ -11,7 +11,11 @@ mask, one forward pass per step). Around it:
 - each row stops at its first stop token (EOS, or any token whose text holds a newline or a
   period: the answer ends there when scored), handed to ``transformers`` as ``eos_token_id``, or
   after ``max_new_tokens``; decoding ends as soon as every row is done;
-- greedy only (no caller samples).
+- greedy only (no caller samples);
+- rows that open with the same positions (``SharedContext``: in-context evaluation repeats a task's
+  whole support set before each of its queries) can share that context: it goes through the LM
+  once per group, and its KV cache is copied to the group's rows, which then only prefill their
+  own ends. The answers are those of the unshared computation (up to float rounding).
 
 Until issue #22 this module held its own KV-cached loop; ``benchmarks/generation.py`` found it no
 faster than ``transformers``' ``generate`` on the same prompts, with the same tokens
@@ -27,7 +31,9 @@ Example::
 
 from __future__ import annotations
 
+import inspect
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +42,7 @@ from torch import Tensor
 
 from metamapper.models.backbones import LanguageModel
 
-__all__ = ["GenerationOutput", "generate", "stop_token_ids", "cut_answer"]
+__all__ = ["GenerationOutput", "SharedContext", "generate", "stop_token_ids", "cut_answer"]
 
 # tokenizer -> {eos id -> stop ids}; weak so that a dropped tokenizer frees its entry
 _STOP_CACHE: weakref.WeakKeyDictionary[Any, dict[int, frozenset[int]]] = (
@@ -60,6 +66,24 @@ class GenerationOutput:
 
     token_ids: list[list[int]]
     texts: list[str]
+
+
+@dataclass(frozen=True)
+class SharedContext:
+    """Rows of a batch that open with the same positions.
+
+    Row ``r``'s first ``length[r]`` real positions equal those of row ``leader[r]`` (the first row
+    of its group; ``leader[leader[r]] == leader[r]``, and a group's rows have one length), and
+    every row has at least one position after them. ``length[r] >= 1``: a row that shares nothing
+    is its own leader with its first position (BOS) as its context.
+    """
+
+    leader: Sequence[int]
+    length: Sequence[int]
+
+    def useful(self) -> bool:
+        """Whether any context longer than one position serves several rows."""
+        return any(n > 1 and lead != r for r, (lead, n) in enumerate(zip(self.leader, self.length, strict=True)))
 
 
 def cut_answer(text: str) -> str:
@@ -156,6 +180,7 @@ def generate(
     *,
     max_new_tokens: int = 10,
     stop_ids: frozenset[int] | None = None,
+    shared: SharedContext | None = None,
 ) -> GenerationOutput:
     """Decode a batch of prompts given as embeddings, greedily.
 
@@ -168,6 +193,7 @@ def generate(
         stop_ids: a row stops at the first of these tokens (not included in the output).
             Default ``stop_token_ids(lm.tokenizer, lm.eos_token_id)``; ``frozenset()`` never
             stops early.
+        shared: rows that open with the same context (see ``SharedContext``), computed once.
 
     Returns:
         A ``GenerationOutput`` with the new token ids and the cut answer text of each row.
@@ -190,12 +216,16 @@ def generate(
     if max_new_tokens == 0:
         return GenerationOutput(token_ids=[[] for _ in range(batch)], texts=[""] * batch)
 
-    embeds, real = _left_align(inputs_embeds, mask)  # (B, L, d), (B, L)
+    cache: dict[str, Any] = {}
+    if shared is not None and shared.useful():
+        embeds, real, cache = _prefill_shared(lm, inputs_embeds, mask, shared)
+    else:
+        embeds, real = _left_align(inputs_embeds, mask)  # (B, L, d), (B, L)
     # with only inputs_embeds, transformers returns the new tokens alone: (B, steps); a finished
     # row is filled with pad_token_id after its stop token (any id: it is cut below)
     new_tokens = model.generate(
         inputs_embeds=embeds, attention_mask=real.long(), max_new_tokens=max_new_tokens,
-        eos_token_id=sorted(stop_ids), pad_token_id=int(lm.eos_token_id), **_GREEDY,
+        eos_token_id=sorted(stop_ids), pad_token_id=int(lm.eos_token_id), **cache, **_GREEDY,
     )
     token_ids, stops_hit = [], []
     for row in new_tokens.tolist():
@@ -204,6 +234,48 @@ def generate(
         stops_hit.append(row[cut] if cut < len(row) else -1)  # -1: ran to max_new_tokens
     texts = [_answer_text(lm, ids, s) for ids, s in zip(token_ids, stops_hit, strict=True)]
     return GenerationOutput(token_ids=token_ids, texts=texts)
+
+
+def _prefill_shared(lm: LanguageModel, embeds: Tensor, mask: Tensor,
+                    shared: SharedContext) -> tuple[Tensor, Tensor, dict[str, Any]]:
+    """Run each group's context through the LM once; return every row's ``[context; end]`` as
+    generation's input (zeros where the cache holds the context), its mask, and the cache (as
+    ``generate``'s keyword argument), copied to every row of each group.
+
+    Contexts are left-padded to one width, the rows' ends after them likewise, so a row's mask may
+    have a gap between the two; positions follow the mask (its cumulative sum), as in
+    ``transformers``' generation, so they are those of the unshared row.
+    """
+    n_rows = embeds.shape[0]
+    if len(shared.leader) != n_rows or len(shared.length) != n_rows:
+        raise ValueError(f"shared context given for {len(shared.leader)} rows, the batch has {n_rows}")
+    leaders = sorted(set(shared.leader))
+    group = torch.tensor([leaders.index(lead) for lead in shared.leader], device=embeds.device)
+    length = torch.tensor(list(shared.length), device=embeds.device)
+    lengths = mask.sum(1)
+    if bool((length < 1).any()) or bool((length >= lengths).any()):
+        raise ValueError("a shared context must leave every row at least one position of its own")
+    col = torch.arange(embeds.shape[1], device=embeds.device)[None]
+    start = mask.float().argmax(1)[:, None]  # first real position per row (any padding side)
+    in_context = (col >= start) & (col < start + length[:, None])  # (B, T)
+    ctx, ctx_real = _left_align(embeds[leaders], in_context[leaders])  # (groups, width, d)
+    width = ctx.shape[1]
+    backbone = lm.backbone
+    out = backbone(inputs_embeds=ctx, attention_mask=ctx_real.long(),
+                   position_ids=(ctx_real.long().cumsum(1) - 1).clamp(min=0), use_cache=True)
+    name = _cache_keyword(backbone)
+    cache = getattr(out, name)
+    cache.batch_select_indices(group)  # each group's context, once per row of the group
+    end, end_real = _left_align(embeds, mask & ~in_context & (col >= start))
+    full = torch.cat([end.new_zeros(n_rows, width, end.shape[-1]), end], 1)
+    return full, torch.cat([ctx_real[group], end_real], 1), {name: cache}
+
+
+def _cache_keyword(module: torch.nn.Module) -> str:
+    """The name under which this ``transformers`` version passes and returns a KV cache
+    (``past_key_values``, ``cache`` since 5.x)."""
+    params = inspect.signature(module.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 def _answer_text(lm: LanguageModel, ids: list[int], stop: int) -> str:

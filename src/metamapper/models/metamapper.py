@@ -18,6 +18,7 @@ Example::
 from __future__ import annotations
 
 import warnings
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -29,7 +30,7 @@ from torch import nn
 from torch.func import functional_call
 
 from metamapper.models.backbones import LanguageModel, VisionEncoder
-from metamapper.models.generation import generate
+from metamapper.models.generation import SharedContext, generate
 from metamapper.models.mapper import Mapper
 
 IGNORE = -100
@@ -262,14 +263,42 @@ class MetaMapper(nn.Module):
         *,
         prefixes: torch.Tensor | None = None,
         max_new_tokens: int = 10,
+        groups: Sequence[int] | None = None,
         **kwargs: Any,
     ) -> list[str]:
         """Greedy continuation of each prompt row, stopped at EOS, newline or '.' (``kwargs``: see
-        ``models.generation.generate``)."""
+        ``models.generation.generate``).
+
+        ``groups[r]``: rows of one group (consecutive, e.g. one task's queries, whose image
+        prefixes come from the same parameters) that open with the same items share that context's
+        LM computation (``SharedContext``); default: every row alone.
+        """
         batch = self.pack(rows)
         emb = self.embed(features, batch, params, prefixes)
-        out = generate(self.lm, emb, batch.attention_mask, max_new_tokens=max_new_tokens, **kwargs)
+        shared = self.shared_context(rows, groups) if groups is not None else None
+        out = generate(self.lm, emb, batch.attention_mask, max_new_tokens=max_new_tokens, shared=shared,
+                       **kwargs)
         return out.texts
+
+    def shared_context(self, rows: Sequence[Sequence[Item]], groups: Sequence[int]) -> SharedContext:
+        """The context each row shares with the first row of its group: the items that all the
+        group's rows open with, short of each row's last item, in positions (BOS included)."""
+        if len(groups) != len(rows):
+            raise ValueError(f"{len(groups)} groups for {len(rows)} rows")
+        first: dict[int, int] = {}
+        common: dict[int, int] = {}  # group -> items its rows all open with
+        for r, (row, g) in enumerate(zip(rows, groups, strict=True)):
+            lead = first.setdefault(g, r)
+            ref = rows[lead]
+            n = min(common.get(g, len(row) - 1), len(row) - 1, len(ref) - 1)
+            n = next((i for i in range(n) if row[i] != ref[i]), n)
+            common[g] = n
+        length = {g: 1 + sum(self.prefix_len if not isinstance(item, Text) else len(self._tokenize(item.text))
+                             for item in rows[first[g]][:n]) for g, n in common.items()}
+        # a group of one row shares nothing: its context is its BOS
+        size = Counter(groups)
+        return SharedContext(leader=[first[g] for g in groups],
+                             length=[length[g] if size[g] > 1 else 1 for g in groups])
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[object]) -> torch.Tensor:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from metamapper.models.backbones import LanguageModel, build_language_model
-from metamapper.models.generation import cut_answer, generate, stop_token_ids
+from metamapper.models.generation import SharedContext, cut_answer, generate, stop_token_ids
 
 ARCHS = ("llama", "gpt2")
 NEVER_STOP = frozenset()
@@ -236,3 +236,60 @@ def test_invalid_masks_are_rejected() -> None:
         generate(lm, embeds, torch.tensor([[0, 0, 0, 0], [1, 1, 1, 1]]))
     with pytest.raises(ValueError, match="does not match"):
         generate(lm, embeds, torch.ones(2, 3))
+
+
+# --------------------------------------------------------------------------- shared context
+
+
+def _shared_batch(lm: LanguageModel, side: str) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor],
+                                                            SharedContext]:
+    """Three groups: rows 0-2 open with the same 6 positions (ends of 3, 1 and 4), row 3 alone,
+    rows 4-5 open with the same 2 positions (ends of 5 and 2)."""
+    g = torch.Generator().manual_seed(5)
+    scale = lm.model.get_input_embeddings().weight.std()
+    ctx = {0: torch.randn(6, lm.embed_dim, generator=g) * scale,
+           4: torch.randn(2, lm.embed_dim, generator=g) * scale}
+    leader, ends = [0, 0, 0, 3, 4, 4], [3, 1, 4, 7, 5, 2]
+    prompts = [torch.cat([ctx.get(lead, torch.empty(0, lm.embed_dim)),
+                          torch.randn(n, lm.embed_dim, generator=g) * scale])
+               for lead, n in zip(leader, ends, strict=True)]
+    embeds, mask, _ = _batch(lm, [len(p) for p in prompts], side=side, seed=6)
+    for b, p in enumerate(prompts):
+        embeds[b, mask[b].bool()] = p
+    length = [6, 6, 6, 1, 2, 2]
+    return embeds, mask, prompts, SharedContext(leader=leader, length=length)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_shared_context_equals_unshared(lm: LanguageModel, side: str) -> None:
+    embeds, mask, prompts, shared = _shared_batch(lm, side)
+    assert shared.useful()
+    kw = dict(max_new_tokens=6, stop_ids=NEVER_STOP)
+    out = generate(lm, embeds, mask, shared=shared, **kw)
+    assert out.token_ids == generate(lm, embeds, mask, **kw).token_ids
+    assert out.token_ids == [_greedy_reference(lm, p, 6) for p in prompts]
+    # the rows of a group do not all continue alike (the comparison is not vacuous)
+    assert len({tuple(ids) for ids in out.token_ids[:3]}) > 1
+
+
+def test_shared_context_is_computed_once_per_group(lm: LanguageModel) -> None:
+    embeds, mask, _, shared = _shared_batch(lm, "right")
+    seen: list[tuple[int, int]] = []
+    hook = lm.backbone.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.append(tuple(kwargs["inputs_embeds"].shape[:2])), with_kwargs=True)
+    try:
+        generate(lm, embeds, mask, shared=shared, max_new_tokens=1, stop_ids=NEVER_STOP)
+    finally:
+        hook.remove()
+    # the three contexts (widest 6), then the six rows' ends only (widest 6: row 3's 7 less its
+    # first position, its context)
+    assert seen[:2] == [(3, 6), (6, 6)]
+
+
+def test_a_shared_context_must_leave_each_row_a_position() -> None:
+    lm = build_language_model("tiny-lm", arch="llama")
+    embeds, mask = torch.zeros(2, 4, lm.embed_dim), torch.ones(2, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match="at least one position of its own"):
+        generate(lm, embeds, mask, shared=SharedContext(leader=[0, 0], length=[4, 4]))
+    with pytest.raises(ValueError, match="for 3 rows, the batch has 2"):
+        generate(lm, embeds, mask, shared=SharedContext(leader=[0, 0, 0], length=[2, 2, 2]))

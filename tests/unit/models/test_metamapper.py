@@ -306,3 +306,39 @@ def test_patch_features_through_the_model(tiny_vision_patch, tiny_lm, images):
         torch.testing.assert_close(
             model.loss(feats, batch, per_row=True), ref_rows, rtol=1e-5, atol=1e-5
         )
+
+
+# ------------------------------------------------------------------ shared context
+
+
+def test_shared_context_is_the_items_a_groups_rows_open_with(model):
+    ctx = [Text(" Answer."), 0, Text(" This is a dax."), 1, Text(" This is a wug.")]
+    n_ctx = 1 + len(model.lm.tokenize(" Answer.")) + 2 * L + len(model.lm.tokenize(" This is a dax.")) \
+        + len(model.lm.tokenize(" This is a wug."))
+    rows = [[*ctx, 2, Text(" Q:")], [*ctx, 3, Text(" Q: what?")],  # task 0: its context
+            [4, Text(" Q:")],  # task 1: one row, nothing shared
+            [Text(" Answer."), 5, Text(" Q:")], [Text(" Answer."), 6]]  # task 2: the instruction
+    shared = model.shared_context(rows, [0, 0, 1, 2, 2])
+    assert list(shared.leader) == [0, 0, 2, 3, 3]
+    assert list(shared.length) == [n_ctx, n_ctx, 1, 1 + len(model.lm.tokenize(" Answer.")),
+                                   1 + len(model.lm.tokenize(" Answer."))]
+    # a row that is all context keeps its last item for itself
+    whole = model.shared_context([ctx, [*ctx, 2]], [0, 0])
+    assert whole.length[0] == whole.length[1] == n_ctx - len(model.lm.tokenize(" This is a wug."))
+
+
+def test_grouped_generation_equals_ungrouped(model):
+    torch.manual_seed(3)
+    with torch.no_grad():  # a mapper whose prefixes matter against the tiny LM's embeddings
+        for p in model.mapper.parameters():
+            p.mul_(5.0)
+    feats = torch.randn(7, 1, 16)
+    ctx = [0, Text(" This is a dax."), 1, Text(" This is a wug.")]
+    rows = [[*ctx, 2, Text(" Q: What is this? A:")], [*ctx, 3, Text(" Q: What is this? A:")],
+            [*ctx, 4, Text(" Q: And this?")], [5, Text(" Q: What is this? A:")],
+            [6, Text(" This is a blicket."), 0, Text(" Q:")]]
+    groups = [0, 0, 0, 1, 2]
+    assert model.shared_context(rows, groups).useful()
+    grouped = model.generate(feats, rows, max_new_tokens=6, groups=groups, stop_ids=frozenset())
+    assert grouped == model.generate(feats, rows, max_new_tokens=6, stop_ids=frozenset())
+    assert len(set(grouped[:3])) > 1  # the queries of the group get different answers
