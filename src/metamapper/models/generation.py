@@ -250,7 +250,8 @@ def _prefill_shared(lm: LanguageModel, embeds: Tensor, mask: Tensor,
     if len(shared.leader) != n_rows or len(shared.length) != n_rows:
         raise ValueError(f"shared context given for {len(shared.leader)} rows, the batch has {n_rows}")
     leaders = sorted(set(shared.leader))
-    group = torch.tensor([leaders.index(lead) for lead in shared.leader], device=embeds.device)
+    index = {lead: i for i, lead in enumerate(leaders)}
+    group = torch.tensor([index[lead] for lead in shared.leader], device=embeds.device)
     length = torch.tensor(list(shared.length), device=embeds.device)
     lengths = mask.sum(1)
     if bool((length < 1).any()) or bool((length >= lengths).any()):
@@ -266,7 +267,7 @@ def _prefill_shared(lm: LanguageModel, embeds: Tensor, mask: Tensor,
     name = _cache_keyword(backbone)
     cache = getattr(out, name)
     cache.batch_select_indices(group)  # each group's context, once per row of the group
-    end, end_real = _left_align(embeds, mask & ~in_context & (col >= start))
+    end, end_real = _left_align(embeds, mask & ~in_context)
     full = torch.cat([end.new_zeros(n_rows, width, end.shape[-1]), end], 1)
     return full, torch.cat([ctx_real[group], end_real], 1), {name: cache}
 
