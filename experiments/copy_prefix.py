@@ -1,0 +1,127 @@
+"""Probe (issue #19): matching in feature space, copying in the LM. (in context, N-way 1-shot)
+
+`experiments/diagnose.py` found that the features tell held-out classes apart (1-NN) far better
+than the LM's answers do: the frozen LM's matching of a query to its support is where accuracy is
+lost. Here the mapper matches instead: in every in-context row, each query's prefix becomes a
+mixture of the row's support prefixes, weighted by ``softmax(cos / tau)`` of the standardised
+visual features (the mapper's own statistics) of the query and each support. At a small ``tau``
+the LM sees a near-exact repeat of one support prefix and only has to copy the word that followed
+it. Rows without a query (captions, MAML's support rows) are unchanged.
+
+``eval`` scores a run with this head (``--tau 0``: the run's own prefixes, as the library answers)
+and prints the 1-NN accuracy of the same features beside it; ``train`` trains the default recipe
+with the head from the start, so that the mapper learns prefixes the LM copies. Not a library
+option: it stays here unless it wins on validation tasks over several seeds.
+
+    python experiments/copy_prefix.py train RUN_DIR [--seed S] [--tau 0.05] [overrides ...]
+    python experiments/copy_prefix.py eval RUN_DIR [--dataset fashion-open-ended] [--split val]
+                                      [--tasks 300] [--ways 2] [--tau 0.05 0]   # a JSON line per tau
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+import metamapper.eval.fewshot
+import metamapper.meta.maml
+from metamapper.models.metamapper import MetaMapper, PackedBatch
+
+ORIGINAL = metamapper.meta.maml.task_prefixes
+
+
+def matching_prefixes(n_support: int, tau: float):  # noqa: ANN201
+    """``task_prefixes`` in which every row's slots after its first ``n_support`` (its queries)
+    get the softmax(cos / tau)-weighted mixture of the row's first ``n_support`` prefixes."""
+
+    def task_prefixes(model: MetaMapper, features: torch.Tensor, batch: PackedBatch,
+                      row_task: Sequence[int] | torch.Tensor, params: Sequence[Mapping[str, torch.Tensor]]
+                      ) -> torch.Tensor:
+        out = ORIGINAL(model, features, batch, row_task, params)
+        if tau <= 0:
+            return out
+        feats = model.mapper.standardized(features[batch.image_index].float())  # slot order
+        z = F.normalize(feats.reshape(len(feats), -1), dim=-1)
+        rows: dict[int, list[int]] = {}
+        for slot, r in enumerate(batch.slot_rows):
+            rows.setdefault(r, []).append(slot)
+        new = list(out.unbind(0))
+        for slots in rows.values():
+            if len(slots) <= n_support:
+                continue
+            sup, qry = slots[:n_support], slots[n_support:]
+            w = (z[qry] @ z[sup].T / tau).softmax(-1)  # (queries, supports)
+            mixed = torch.einsum("qs,sld->qld", w.to(out.dtype), out[sup])
+            for i, s in enumerate(qry):
+                new[s] = mixed[i]
+        return torch.stack(new)
+
+    return task_prefixes
+
+
+def patch(n_support: int, tau: float) -> None:
+    fn = matching_prefixes(n_support, tau)
+    metamapper.meta.maml.task_prefixes = fn  # training's query loss (task_losses)
+    metamapper.eval.fewshot.task_prefixes = fn  # answering
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("command", choices=["train", "eval"])
+    p.add_argument("run_dir")
+    p.add_argument("overrides", nargs="*", help="train: config overrides")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tau", type=float, nargs="+", default=[0.05])
+    p.add_argument("--dataset", default="fashion-open-ended")
+    p.add_argument("--split", default="val")
+    p.add_argument("--tasks", type=int, default=300)
+    p.add_argument("--ways", type=int, default=2)
+    a = p.parse_args()
+    if a.command == "train":
+        from metamapper.config import config_from_dict
+        from metamapper.runs import has_run
+        from metamapper.train import episodic
+
+        cfg = config_from_dict({}, [*a.overrides, f"train.seed={a.seed}"])
+        patch(cfg.data.ways * cfg.data.shots, a.tau[0])
+        episodic.train(cfg, a.run_dir, resume=has_run(a.run_dir))
+        return
+    from metamapper.data.feature_table import FeatureTable
+    from metamapper.data.sources import evaluation_tasks
+    from metamapper.eval.metrics import exact_match
+    from metamapper.meta.episode import episode_from_task
+    from metamapper.meta.maml import InnerLoop
+    from metamapper.pretrained import load_run
+
+    run = load_run(a.run_dir, with_vision=True)
+    model = run.model.eval()
+    ts = evaluation_tasks(a.dataset, data=None, ways=a.ways, shots=1, n_tasks=a.tasks, split=a.split)
+    keys = [k for t in ts.tasks for k in t.image_keys()]
+    table = FeatureTable.from_cache(model.vision, ts.images, keys, progress=False)
+    for tau in a.tau:
+        patch(a.ways, tau)
+        hits = n = nn_hits = 0
+        for i in range(0, len(ts.tasks), 32):
+            chunk = ts.tasks[i:i + 32]
+            eps = [episode_from_task(t, table) for t in chunk]
+            with torch.no_grad():
+                answers, _ = metamapper.eval.fewshot.answer_episodes(model, eps, query_format="in_context",
+                                                                      loop=InnerLoop(steps=0))
+            for t, ep, preds in zip(chunk, eps, answers, strict=True):
+                words = [s.caption[len(t.queries[0].question):] for s in t.support]
+                z = F.normalize(model.mapper.standardized(ep.features.float()).reshape(len(ep.features), -1), dim=-1)
+                for qi, (pred, answer) in enumerate(zip(preds, ep.answers, strict=True)):
+                    n += 1
+                    hits += exact_match(pred, answer)
+                    nn_hits += exact_match(words[int((z[:len(words)] @ z[len(words) + qi]).argmax())], answer)
+        print(json.dumps({"run": a.run_dir, "dataset": a.dataset, "split": a.split, "ways": a.ways,
+                          "tasks": len(ts.tasks), "tau": tau, "queries": n, "accuracy": round(hits / n, 4),
+                          "nn_features": round(nn_hits / n, 4)}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
