@@ -16,6 +16,7 @@ option: it stays here unless it wins on validation tasks over several seeds.
     python experiments/copy_prefix.py train RUN_DIR [--seed S] [--tau 0.05] [overrides ...]
     python experiments/copy_prefix.py eval RUN_DIR [--dataset fashion-open-ended] [--split val]
                                       [--tasks 300] [--ways 2] [--tau 0.05 0]   # a JSON line per tau
+                                      [--stats mapper|tasks]
 """
 
 from __future__ import annotations
@@ -34,9 +35,10 @@ from metamapper.models.metamapper import MetaMapper, PackedBatch
 ORIGINAL = metamapper.meta.maml.task_prefixes
 
 
-def matching_prefixes(n_support: int, tau: float):  # noqa: ANN201
+def matching_prefixes(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None):  # noqa: ANN201
     """``task_prefixes`` in which every row's slots after its first ``n_support`` (its queries)
-    get the softmax(cos / tau)-weighted mixture of the row's first ``n_support`` prefixes."""
+    get the softmax(cos / tau)-weighted mixture of the row's first ``n_support`` prefixes; the
+    features standardised with the mapper's statistics or with ``stats`` (flat mean, std)."""
 
     def task_prefixes(model: MetaMapper, features: torch.Tensor, batch: PackedBatch,
                       row_task: Sequence[int] | torch.Tensor, params: Sequence[Mapping[str, torch.Tensor]]
@@ -44,8 +46,7 @@ def matching_prefixes(n_support: int, tau: float):  # noqa: ANN201
         out = ORIGINAL(model, features, batch, row_task, params)
         if tau <= 0:
             return out
-        feats = model.mapper.standardized(features[batch.image_index].float())  # slot order
-        z = F.normalize(feats.reshape(len(feats), -1), dim=-1)
+        z = _unit(model, features[batch.image_index], stats)  # slot order
         rows: dict[int, list[int]] = {}
         for slot, r in enumerate(batch.slot_rows):
             rows.setdefault(r, []).append(slot)
@@ -63,8 +64,17 @@ def matching_prefixes(n_support: int, tau: float):  # noqa: ANN201
     return task_prefixes
 
 
-def patch(n_support: int, tau: float) -> None:
-    fn = matching_prefixes(n_support, tau)
+def _unit(model: MetaMapper, features: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Unit vectors of the standardised, flattened features (what the matching compares)."""
+    if stats is None:
+        flat = model.mapper.standardized(features.float()).reshape(len(features), -1)
+    else:
+        flat = (features.float().reshape(len(features), -1) - stats[0]) / stats[1]
+    return F.normalize(flat, dim=-1)
+
+
+def patch(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    fn = matching_prefixes(n_support, tau, stats)
     metamapper.meta.maml.task_prefixes = fn  # training's query loss (task_losses)
     metamapper.eval.fewshot.task_prefixes = fn  # answering
 
@@ -80,6 +90,9 @@ def main() -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--tasks", type=int, default=300)
     p.add_argument("--ways", type=int, default=2)
+    p.add_argument("--stats", choices=["mapper", "tasks"], default="mapper",
+                   help="eval: standardise with the mapper's statistics or, as diagnose.py, with the "
+                        "evaluated tasks' own features")
     a = p.parse_args()
     if a.command == "train":
         from metamapper.config import config_from_dict
@@ -102,8 +115,12 @@ def main() -> None:
     ts = evaluation_tasks(a.dataset, data=None, ways=a.ways, shots=1, n_tasks=a.tasks, split=a.split)
     keys = [k for t in ts.tasks for k in t.image_keys()]
     table = FeatureTable.from_cache(model.vision, ts.images, keys, progress=False)
+    stats = None
+    if a.stats == "tasks":
+        flat = table.features.float().reshape(len(table.features), -1)
+        stats = flat.mean(0), flat.std(0) + 1e-6
     for tau in a.tau:
-        patch(a.ways, tau)
+        patch(a.ways, tau, stats)
         hits = n = nn_hits = 0
         for i in range(0, len(ts.tasks), 32):
             chunk = ts.tasks[i:i + 32]
@@ -113,7 +130,7 @@ def main() -> None:
                                                                       loop=InnerLoop(steps=0))
             for t, ep, preds in zip(chunk, eps, answers, strict=True):
                 words = [s.caption[len(t.queries[0].question):] for s in t.support]
-                z = F.normalize(model.mapper.standardized(ep.features.float()).reshape(len(ep.features), -1), dim=-1)
+                z = _unit(model, ep.features, stats)
                 for qi, (pred, answer) in enumerate(zip(preds, ep.answers, strict=True)):
                     n += 1
                     hits += exact_match(pred, answer)
