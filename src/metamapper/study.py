@@ -246,7 +246,10 @@ CLAIMS: dict[str, Claim] = {
         "The Frozen grid for the default",
         tuple(Row(f"{'Open-Ended' if ds == OE else 'Real-Name'} {w}-way {k}-shot", "default", dataset=ds,
                   ways=w, shots=k) for ds in (OE, RN) for w in (2, 4) for k in (1, 3, 5)),
-        note="Fashion-MNIST holds out 4 classes, so 4-way is its widest task (the paper's 5-way needs 5)."),
+        note="Fashion-MNIST holds out 4 classes, so 4-way is its widest task (the paper's 5-way needs 5). "
+             "The 4-way rows were answered with each task's support context computed once for its queries "
+             "(`SharedContext`, docs/PERFORMANCE.md), the 2-way rows before that existed: the same answers "
+             "in float32, about one query in 100 flipped by bfloat16 rounding at 4-way 5-shot."),
 }
 
 
