@@ -19,12 +19,10 @@ import json
 from collections.abc import Mapping, Sequence
 
 import torch
+from copy_prefix import ORIGINAL, slots_by_row
 
 import metamapper.eval.fewshot
-import metamapper.meta.maml
 from metamapper.models.metamapper import MetaMapper, PackedBatch
-
-ORIGINAL = metamapper.meta.maml.task_prefixes
 
 
 def contrasted_prefixes(gamma: float):  # noqa: ANN201
@@ -36,11 +34,8 @@ def contrasted_prefixes(gamma: float):  # noqa: ANN201
         out = ORIGINAL(model, features, batch, row_task, params)
         if gamma == 1:
             return out
-        rows: dict[int, list[int]] = {}
-        for slot, r in enumerate(batch.slot_rows):
-            rows.setdefault(r, []).append(slot)
         new = out.clone()
-        for slots in rows.values():
+        for slots in slots_by_row(batch):
             if len(slots) < 2:
                 continue
             p = out[slots].float()  # (k, l, D)

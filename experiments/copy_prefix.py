@@ -35,6 +35,14 @@ from metamapper.models.metamapper import MetaMapper, PackedBatch
 ORIGINAL = metamapper.meta.maml.task_prefixes
 
 
+def slots_by_row(batch: PackedBatch) -> list[list[int]]:
+    """The image slots of each row that has any, in slot order (slots are in row order)."""
+    rows: dict[int, list[int]] = {}
+    for slot, r in enumerate(batch.slot_rows):
+        rows.setdefault(r, []).append(slot)
+    return list(rows.values())
+
+
 def matching_prefixes(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None):  # noqa: ANN201
     """``task_prefixes`` in which every row's slots after its first ``n_support`` (its queries)
     get the softmax(cos / tau)-weighted mixture of the row's first ``n_support`` prefixes; the
@@ -47,11 +55,8 @@ def matching_prefixes(n_support: int, tau: float, stats: tuple[torch.Tensor, tor
         if tau <= 0:
             return out
         z = _unit(model, features[batch.image_index], stats)  # slot order
-        rows: dict[int, list[int]] = {}
-        for slot, r in enumerate(batch.slot_rows):
-            rows.setdefault(r, []).append(slot)
         new = list(out.unbind(0))
-        for slots in rows.values():
+        for slots in slots_by_row(batch):
             if len(slots) <= n_support:
                 continue
             sup, qry = slots[:n_support], slots[n_support:]
