@@ -567,6 +567,10 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
                 say(f"== training {name}, seed {seed}: {specs[name].compute}")
                 train_fn = standard.train if cfg.train.method == "standard" else episodic.train
                 train_fn(cfg, run_dir, resume=has_run(run_dir))
+                if not _finished(run_dir, cfg.train.updates):  # a stop signal or train.max_minutes
+                    say(f"== {name}, seed {seed} stopped before update {cfg.train.updates}; nothing "
+                        "scored from it: rerun the same command to resume")
+                    return write_report(store, results, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)
             run = None
             for row in (r for r in rows if r.training == name):
                 n = tasks_for(row, tasks, slow_tasks)

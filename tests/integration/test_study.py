@@ -101,6 +101,21 @@ def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.Mon
     assert report.read_text() == text
 
 
+def test_a_training_stopped_early_is_not_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    claim = study.Claim("tiny", (study.Row("in context", "default"),))
+    monkeypatch.setattr(study, "CLAIMS", {"tiny": claim})
+    stopped = []  # a training that returns on a stop signal, before its last update's checkpoint
+    monkeypatch.setattr(metamapper.train.episodic, "train", lambda cfg, run_dir, **k: stopped.append(run_dir))
+    monkeypatch.setattr(metamapper.eval.run, "evaluate_run",
+                        lambda *a, **k: pytest.fail("a training stopped early was scored"))
+    said: list[str] = []
+    report = study.run_study(["tiny"], seeds=2, tasks=3, slow_tasks=2, out=tmp_path / "study",
+                             results=tmp_path / "RESULTS.md", overrides=TINY, say=said.append)
+    assert stopped == [tmp_path / "study" / "default" / "seed0"]  # and seed 1 is not started
+    assert "stopped before update 2" in said[-1] and "not yet measured" in report.read_text()
+    assert not study.measurements_path(report).exists() or not study.measurements_path(report).read_text()
+
+
 def test_a_claim_measured_elsewhere_keeps_its_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     a = study.Claim("A measured here", (study.Row("row a", "default"),))
     b = study.Claim("B measured elsewhere", (study.Row("row b", "mlp"),))
