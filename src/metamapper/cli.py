@@ -243,7 +243,8 @@ def _cmd_study(a: argparse.Namespace) -> None:
 
     claims = [] if a.report_only else a.claim or list(CLAIMS)
     path = run_study(claims, seeds=a.seeds, tasks=a.tasks, slow_tasks=a.slow_tasks, out=a.out,
-                     results=a.results, device=a.device, overrides=a.overrides or (), only=a.trainings)
+                     results=a.results, device=a.device, overrides=a.overrides or (), only=a.trainings,
+                     only_seeds=a.only_seeds)
     print(f"wrote {path}")
 
 
@@ -431,6 +432,9 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--trainings", nargs="+", choices=list(TRAININGS), metavar="NAME",
                     help=f"run only these trainings ({', '.join(TRAININGS)}); rows of the others "
                          "stay unmeasured (default: all the claims need)")
+    st.add_argument("--only-seeds", type=int, nargs="+", metavar="SEED",
+                    help="train and score only these seeds of 0..N-1, e.g. one process per seed "
+                         "(default: all)")
     st.add_argument("--report-only", action="store_true",
                     help="rewrite the report from the measurements so far; train and score nothing")
     st.add_argument("--out", default="runs/study", help="the trainings (resumable; the measurements are kept beside --results)")

@@ -525,7 +525,8 @@ def _finished(run_dir: Path, updates: int) -> bool:
 def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_tasks: int = 300,
               out: str | Path = "runs/study", results: str | Path = "docs/RESULTS.md",
               device: str | None = None, overrides: Sequence[str] = (),
-              only: Sequence[str] | None = None, say: Callable[[str], None] = print) -> Path:
+              only: Sequence[str] | None = None, only_seeds: Sequence[int] | None = None,
+              say: Callable[[str], None] = print) -> Path:
     """Train what ``claims`` need (once per seed), score their rows, rewrite the report.
 
     Args:
@@ -539,6 +540,8 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
         overrides: extra config overrides for every training (e.g. tiny backbones in tests).
         only: the trainings this call may run (default: all the claims need); rows of the others
             stay unmeasured (e.g. the paper's MAML, hours on a CPU, left for a GPU).
+        only_seeds: the seeds (of 0 .. seeds-1) this call may train and score (default: all), so
+            that seeds can run in parallel, one process each; the report still counts ``seeds``.
     """
     # the claims and the report load no torch (the CLI's parser reads CLAIMS); the runner does
     from metamapper.data.sources import evaluation_tasks
@@ -553,13 +556,16 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
     bad = [t for t in only or () if t not in TRAININGS]
     if bad:
         raise ValueError(f"unknown training {', '.join(bad)}; choose from {', '.join(TRAININGS)}")
+    off = [s for s in only_seeds or () if not 0 <= s < seeds]
+    if off:
+        raise ValueError(f"seed {', '.join(map(str, off))} is not among the study's seeds 0..{seeds - 1}")
     out, results = Path(out), Path(results)
     store = Store.open(measurements_path(results), eval_dtypes(overrides, device))
     on = (*overrides, *((f"runtime.device={device}",) if device else ()))
     specs = trainings(config_from_dict({}, list(overrides)))
     rows = [row for name in claims for row in CLAIMS[name].rows
             if only is None or row.training in only]
-    for seed in range(seeds):
+    for seed in (s for s in range(seeds) if only_seeds is None or s in only_seeds):
         for name in dict.fromkeys(row.training for row in rows):
             cfg = config_from_dict({}, [*overrides, *specs[name].overrides, f"train.seed={seed}", *on])
             run_dir = out / name / f"seed{seed}"

@@ -114,6 +114,13 @@ def test_a_training_stopped_early_is_not_scored(tmp_path: Path, monkeypatch: pyt
     assert stopped == [tmp_path / "study" / "default" / "seed0"]  # and seed 1 is not started
     assert "stopped before update 2" in said[-1] and "not yet measured" in report.read_text()
     assert not study.measurements_path(report).exists() or not study.measurements_path(report).read_text()
+    stopped.clear()  # one seed of the study alone, as one of several processes would
+    study.run_study(["tiny"], seeds=2, tasks=3, slow_tasks=2, out=tmp_path / "study",
+                    results=tmp_path / "RESULTS.md", overrides=TINY, only_seeds=[1], say=said.append)
+    assert stopped == [tmp_path / "study" / "default" / "seed1"]
+    with pytest.raises(ValueError, match="seed 2 is not among the study's seeds 0..1"):
+        study.run_study(["tiny"], seeds=2, out=tmp_path / "study", results=tmp_path / "RESULTS.md",
+                        overrides=TINY, only_seeds=[2])
 
 
 def test_a_claim_measured_elsewhere_keeps_its_section(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
