@@ -569,6 +569,10 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
         for name in dict.fromkeys(row.training for row in rows):
             cfg = config_from_dict({}, [*overrides, *specs[name].overrides, f"train.seed={seed}", *on])
             run_dir = out / name / f"seed{seed}"
+            todo = {key: r for r in rows if r.training == name  # rows that two claims share: once
+                    if (key := store.key(r, seed, tasks_for(r, tasks, slow_tasks))) not in store.results}
+            if not todo:  # measured already (perhaps on a run that is not kept): nothing to train
+                continue
             if not _finished(run_dir, cfg.train.updates):
                 say(f"== training {name}, seed {seed}: {specs[name].compute}")
                 train_fn = standard.train if cfg.train.method == "standard" else episodic.train
@@ -577,13 +581,9 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
                     say(f"== {name}, seed {seed} stopped before update {cfg.train.updates}; nothing "
                         "scored from it: rerun the same command to resume")
                     return write_report(store, results, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)
-            run = None
-            for row in (r for r in rows if r.training == name):
+            run = load_run(run_dir, device=device)
+            for key, row in todo.items():
                 n = tasks_for(row, tasks, slow_tasks)
-                key = store.key(row, seed, n)
-                if key in store.results:
-                    continue
-                run = run or load_run(run_dir, device=device)
                 say(f"== {row.label} (seed {seed}): {row.evaluation()}, {n} tasks")
                 ts = evaluation_tasks(row.dataset, data=None, ways=row.ways, shots=row.shots, n_tasks=n,
                                       split=row.split)  # the fixed TEST_SEED: the same tasks for every row

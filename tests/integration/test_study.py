@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,9 @@ def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.Mon
         monkeypatch.setattr(recipe, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     monkeypatch.setattr(metamapper.eval.run, "evaluate_run",
                         lambda *a, **k: pytest.fail("a finished row was scored again"))
+    study.run_study(["tiny"], seeds=2, tasks=3, slow_tasks=2, out=out, results=report, overrides=TINY)
+    assert report.read_text() == text
+    shutil.rmtree(out / "default")  # nor trains again a run that is gone once its rows are measured
     study.run_study(["tiny"], seeds=2, tasks=3, slow_tasks=2, out=out, results=report, overrides=TINY)
     assert report.read_text() == text
     report.unlink()  # the CLI rewrites it from the measurements alone
