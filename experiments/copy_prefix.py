@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +79,21 @@ def _unit(model: MetaMapper, features: torch.Tensor, stats: tuple[torch.Tensor, 
     return F.normalize(flat, dim=-1)
 
 
+def answered(model: MetaMapper, tasks: Sequence[object], table: object) -> Iterator[tuple[Any, Any, list[str]]]:
+    """Each task, its episode and the LM's in-context answers to its queries (32 tasks a batch),
+    with whatever ``task_prefixes`` is patched in."""
+    from metamapper.meta.episode import episode_from_task
+    from metamapper.meta.maml import InnerLoop
+
+    for i in range(0, len(tasks), 32):
+        chunk = tasks[i:i + 32]
+        eps = [episode_from_task(t, table) for t in chunk]
+        with torch.no_grad():
+            answers, _ = metamapper.eval.fewshot.answer_episodes(model, eps, query_format="in_context",
+                                                                  loop=InnerLoop(steps=0))
+        yield from zip(chunk, eps, answers, strict=True)
+
+
 def patch(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
     fn = matching_prefixes(n_support, tau, stats)
     metamapper.meta.maml.task_prefixes = fn  # training's query loss (task_losses)
@@ -111,8 +127,6 @@ def main() -> None:
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.sources import evaluation_tasks
     from metamapper.eval.metrics import exact_match
-    from metamapper.meta.episode import episode_from_task
-    from metamapper.meta.maml import InnerLoop
     from metamapper.pretrained import load_run
 
     run = load_run(a.run_dir, with_vision=True)
@@ -127,19 +141,13 @@ def main() -> None:
     for tau in a.tau:
         patch(a.ways, tau, stats)
         hits = n = nn_hits = 0
-        for i in range(0, len(ts.tasks), 32):
-            chunk = ts.tasks[i:i + 32]
-            eps = [episode_from_task(t, table) for t in chunk]
-            with torch.no_grad():
-                answers, _ = metamapper.eval.fewshot.answer_episodes(model, eps, query_format="in_context",
-                                                                      loop=InnerLoop(steps=0))
-            for t, ep, preds in zip(chunk, eps, answers, strict=True):
-                words = [s.caption[len(t.queries[0].question):] for s in t.support]
-                z = _unit(model, ep.features, stats)
-                for qi, (pred, answer) in enumerate(zip(preds, ep.answers, strict=True)):
-                    n += 1
-                    hits += exact_match(pred, answer)
-                    nn_hits += exact_match(words[int((z[:len(words)] @ z[len(words) + qi]).argmax())], answer)
+        for t, ep, preds in answered(model, ts.tasks, table):
+            words = [s.caption[len(t.queries[0].question):] for s in t.support]
+            z = _unit(model, ep.features, stats)
+            for qi, (pred, answer) in enumerate(zip(preds, ep.answers, strict=True)):
+                n += 1
+                hits += exact_match(pred, answer)
+                nn_hits += exact_match(words[int((z[:len(words)] @ z[len(words) + qi]).argmax())], answer)
         print(json.dumps({"run": a.run_dir, "dataset": a.dataset, "split": a.split, "ways": a.ways,
                           "tasks": len(ts.tasks), "tau": tau, "queries": n, "accuracy": round(hits / n, 4),
                           "nn_features": round(nn_hits / n, 4)}), flush=True)

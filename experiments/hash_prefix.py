@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 
 import torch
-from copy_prefix import slots_by_row
+from copy_prefix import answered, slots_by_row
 
 import metamapper.eval.fewshot
 from metamapper.models.metamapper import MetaMapper, PackedBatch
@@ -65,8 +65,6 @@ def main() -> None:
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.sources import evaluation_tasks
     from metamapper.eval.metrics import exact_match
-    from metamapper.meta.episode import episode_from_task
-    from metamapper.meta.maml import InnerLoop
     from metamapper.pretrained import load_run
 
     run = load_run(a.run_dir, with_vision=True)
@@ -78,23 +76,17 @@ def main() -> None:
         fn, cache = hashed_prefixes(bits)
         metamapper.eval.fewshot.task_prefixes = fn
         hits = n = nn_hits = 0
-        for i in range(0, len(ts.tasks), 32):
-            chunk = ts.tasks[i:i + 32]
-            eps = [episode_from_task(t, table) for t in chunk]
-            with torch.no_grad():
-                answers, _ = metamapper.eval.fewshot.answer_episodes(model, eps, query_format="in_context",
-                                                                      loop=InnerLoop(steps=0))
-            for t, ep, preds in zip(chunk, eps, answers, strict=True):
-                words = [s.caption[len(t.queries[0].question):] for s in t.support]
-                flat = model.mapper.standardized(ep.features.float()).reshape(len(ep.features), -1)
-                k = len(words)
-                for qi, (pred, answer) in enumerate(zip(preds, ep.answers, strict=True)):
-                    rows = torch.cat([flat[:k], flat[k + qi:k + qi + 1]])
-                    code = ((rows - rows.mean(0)) @ cache["proj"] > 0).float()
-                    agree = (code[:k] == code[k]).float().sum(-1)  # the hash's nearest neighbour
-                    n += 1
-                    hits += exact_match(pred, answer)
-                    nn_hits += exact_match(words[int(agree.argmax())], answer)
+        for t, ep, preds in answered(model, ts.tasks, table):
+            words = [s.caption[len(t.queries[0].question):] for s in t.support]
+            flat = model.mapper.standardized(ep.features.float()).reshape(len(ep.features), -1)
+            k = len(words)
+            for qi, (pred, answer) in enumerate(zip(preds, ep.answers, strict=True)):
+                rows = torch.cat([flat[:k], flat[k + qi:k + qi + 1]])
+                code = ((rows - rows.mean(0)) @ cache["proj"] > 0).float()
+                agree = (code[:k] == code[k]).float().sum(-1)  # the hash's nearest neighbour
+                n += 1
+                hits += exact_match(pred, answer)
+                nn_hits += exact_match(words[int(agree.argmax())], answer)
         print(json.dumps({"run": a.run_dir, "dataset": a.dataset, "split": a.split, "ways": a.ways,
                           "tasks": len(ts.tasks), "bits": bits, "queries": n, "accuracy": round(hits / n, 4),
                           "nn_hash": round(nn_hits / n, 4)}), flush=True)
