@@ -86,13 +86,16 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
                    device=a.device)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
-                       progress=rank == 0, log_samples=a.log_samples)
+                       progress=rank == 0, log_samples=a.log_samples, support_fit=a.support_fit)
     # --checkpoint as given (a run folder or a Hub id); the checkpoint record has the resolved path
     res.update(trained_overlap=overlap, source=a.checkpoint,
                **({"revision": a.revision} if a.revision else {}))
     if rank != 0:
         return
     print(results_table([res]))
+    if res.get("support_fit") is not None:
+        print(f"support fit: {100 * res['support_fit']:.1f}% of the support images named with their own "
+              "word after adaptation")
     if a.out:
         Path(a.out).write_text(json.dumps(res, indent=2))
         print(f"results written to {a.out}")
@@ -349,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--log-samples", metavar="FILE.jsonl",
                    help="write one JSON line per query: task, support captions, question, "
                         "prediction, target, correct")
+    e.add_argument("--support-fit", action="store_true",
+                   help="also score whether the adapted model names its own support images (can the "
+                        "adaptation write the support words at all?)")
     add_device_arg(e)
     e.set_defaults(fn=_cmd_evaluate)
 

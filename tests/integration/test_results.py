@@ -88,6 +88,15 @@ def test_log_samples_writes_one_line_per_query(cli: Callable[..., str], trained:
     assert lines[0]["prediction"] == res["examples"][0]["prediction"]
 
 
+def test_support_fit_is_scored_when_asked(cli: Callable[..., str], trained: Path, tmp_path: Path) -> None:
+    args = ("--method", "in-context-maml", "--steps", 1)
+    assert evaluate(cli, trained, tmp_path / "plain.json", *args)["support_fit"] is None
+    out = cli("evaluate", "--checkpoint", trained, "--dataset", "synthetic", "--tasks", 4, "--out",
+              tmp_path / "fit.json", *args, "--support-fit")
+    fit = json.loads((tmp_path / "fit.json").read_text())["support_fit"]
+    assert 0.0 <= fit <= 1.0 and f"support fit: {100 * fit:.1f}% of the support images" in out
+
+
 def test_report_compares_results_files(cli: Callable[..., str], trained: Path,
                                        tmp_path: Path) -> None:
     evaluate(cli, trained, tmp_path / "a.json")

@@ -115,7 +115,7 @@ def provenance(run: LoadedRun) -> dict[str, Any]:
 def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None, steps: int | None = None,
                  repeats: int = 0, induction: bool = False, batch_tasks: int | None = None,
                  max_new_tokens: int | None = None, feature_cache: str | Path | None = None,
-                 progress: bool = True, with_zero_steps: bool = True,
+                 progress: bool = True, with_zero_steps: bool = True, support_fit: bool = False,
                  log_samples: str | Path | None = None) -> dict[str, Any]:
     """Evaluate a loaded run (``pretrained.load_run``) on a task set.
 
@@ -131,6 +131,9 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
         batch_tasks: tasks answered together (default: the run's ``eval.batch_tasks``).
         max_new_tokens: answer length limit (default: the run's ``eval.max_new_tokens``).
         with_zero_steps: for methods that adapt, also score the same tasks without adaptation.
+        support_fit: also score whether the adapted model names its own support images
+            (``support_fit`` in the result, a fraction; None when not asked): a check that the
+            adaptation can write the support words at all.
         log_samples: write one JSON line per query here (``fewshot.query_record``: task, support
             captions, question, prediction, target, correct).
 
@@ -161,7 +164,7 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
     loop = replace(cfg.train.inner, steps=n_steps)
     res = evaluate(model, tasks, table, method=method, steps=n_steps, loop=loop, lrs=run.lrs,
                    batch_tasks=batch_tasks, max_new_tokens=max_new_tokens, progress=progress,
-                   distributed=True, samples=log_samples is not None)
+                   distributed=True, samples=log_samples is not None, support_fit=support_fit)
     if log_samples is not None and res.samples is not None and dist_utils.is_main():
         write_samples(res.samples, log_samples)
     out = res.to_dict()
