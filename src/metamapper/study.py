@@ -210,7 +210,9 @@ CLAIMS: dict[str, Claim] = {
          Comparison("in-context + 5 steps", "in-context + 1 steps"),
          Comparison("in-context + 10 steps", "in-context + 5 steps")),
         "Every row on the study's smaller task count for rows that adapt (the 0-step rows too), so "
-        "that each comparison pairs the same tasks."),
+        "that each comparison pairs the same tasks. Whether an adapting training's steps can write "
+        "the support words at all: `metamapper evaluate ... --support-fit` (the support images "
+        "named after adaptation; docs/EXPERIMENTS.md)."),
     "mapper": Claim(
         "4. The attention mapper beats the MLP mapper",
         (Row("attention mapper (default)", "default"), Row("MLP mapper", "mlp")),
