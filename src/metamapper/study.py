@@ -265,28 +265,68 @@ def _key(row: Row, seed: int, n_tasks: int, lm_dtype: str) -> str:
     return json.dumps({**fields, "seed": seed, "n_tasks": n_tasks, "lm_dtype": lm_dtype}, sort_keys=True)
 
 
+# Config keys that do not change what a training learns (where it runs, how often it saves or
+# validates, its seed: the seed is part of a measurement's key)
+NOT_LEARNED = ("eval.", "runtime.", "train.seed", "train.val_every", "train.val_tasks", "train.checkpoint_every",
+               "train.keep_last", "train.keep_best", "train.max_minutes", "train.max_bad_updates",
+               "train.report_to", "data.root", "data.feature_cache", "data.mixture_roots")
+
+
+def learned_config(cfg: Config | dict[str, Any]) -> dict[str, Any]:
+    """``cfg`` (or its ``to_dict()``) flat (``"train.lr": 0.001``), less the keys that do not
+    change what is learned."""
+    flat: dict[str, Any] = {}
+
+    def walk(d: dict[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, dict) and k != "mixture":  # the mixture's shares are one value
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk(cfg if isinstance(cfg, dict) else cfg.to_dict(), "")
+    return {k: v for k, v in flat.items() if not k.startswith(NOT_LEARNED)}
+
+
+def same_training(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+    """Whether a measurement's recorded training config is today's: equal on every key both have
+    (keys added to the config since keep their default, so they do not count)."""
+    return all(json.dumps(recorded[k]) == json.dumps(current[k]) for k in recorded.keys() & current.keys())
+
+
 @dataclass
 class Store:
     """The measurements so far: ``results/measurements.jsonl`` beside the report, one JSON
     object per line (a line cut by a crash is skipped). A measurement is keyed by its row, seed,
     task count and the LM's dtype in evaluation (``dtypes``: training -> dtype, as ``load_run``
     resolves it on this machine), so float32 and bfloat16 measurements are never compared with
-    each other."""
+    each other. Each records the config of the run it scored (``checkpoint.config``); with
+    ``configs`` (training -> today's ``learned_config``), a measurement of a training whose
+    config has changed since is set aside (``stale``), so that it is measured again rather than
+    reported for the new one. A line without a config counts as today's."""
 
     path: Path
     dtypes: dict[str, str]
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    stale: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, path: Path, dtypes: dict[str, str]) -> Store:
-        store = cls(path, dtypes)
+    def open(cls, path: Path, dtypes: dict[str, str], configs: dict[str, dict[str, Any]] | None = None) -> Store:
+        store = cls(path, dtypes, configs or {})
         if path.is_file():
             for line in path.read_text().splitlines():
                 try:
                     rec = json.loads(line)
-                    store.results[rec["key"]] = rec
+                    key = rec["key"]
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
+                now = store.configs.get(rec.get("training", ""))
+                was = (rec.get("checkpoint") or {}).get("config")
+                if now is not None and isinstance(was, dict) and not same_training(learned_config(was), now):
+                    store.stale.append(rec)
+                else:
+                    store.results[key] = rec
         return store
 
     def key(self, row: Row, seed: int, n_tasks: int) -> str:
@@ -319,6 +359,27 @@ def eval_dtypes(overrides: Sequence[str] = (), device: str | None = None) -> dic
         cfg = config_from_dict({}, [*overrides, *spec.overrides])
         out[name] = lm_dtype(cfg.train.lm_dtype, where, cfg.runtime.precision)
     return out
+
+
+def training_configs(overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
+    """Each training's ``learned_config`` (with the study's ``overrides``)."""
+    return {name: learned_config(config_from_dict({}, [*overrides, *spec.overrides]))
+            for name, spec in trainings(config_from_dict({}, list(overrides))).items()}
+
+
+def check_run_config(run_dir: Path, now: dict[str, Any]) -> None:
+    """Refuse a run folder whose recorded config is not the study's training any more."""
+    from metamapper.config import load_config
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return
+    was = learned_config(load_config(path))
+    diff = sorted(k for k in was.keys() & now.keys() if json.dumps(was[k]) != json.dumps(now[k]))
+    if diff:
+        shown = ", ".join(f"{k}={was[k]!r} (now {now[k]!r})" for k in diff[:3])
+        raise ValueError(f"{path}: trained as another training than the study's now ({shown}"
+                         f"{', ...' if len(diff) > 3 else ''}); move the run folder away to train it again")
 
 
 def tasks_for(row: Row, tasks: int, slow_tasks: int) -> int:
@@ -562,8 +623,10 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
     if off:
         raise ValueError(f"seed {', '.join(map(str, off))} is not among the study's seeds 0..{seeds - 1}")
     out, results = Path(out), Path(results)
-    store = Store.open(measurements_path(results), eval_dtypes(overrides, device))
-    on = (*overrides, *((f"runtime.device={device}",) if device else ()))
+    store = Store.open(measurements_path(results), eval_dtypes(overrides, device), training_configs(overrides))
+    if store.stale:
+        say(f"== {len(store.stale)} measurements of trainings whose config has changed since are set aside")
+    on = (f"runtime.device={device}",) if device else ()  # after each training's own overrides
     specs = trainings(config_from_dict({}, list(overrides)))
     rows = [row for name in claims for row in CLAIMS[name].rows
             if only is None or row.training in only]
@@ -575,6 +638,7 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
                     if (key := store.key(r, seed, tasks_for(r, tasks, slow_tasks))) not in store.results}
             if not todo:  # measured already (perhaps on a run that is not kept): nothing to train
                 continue
+            check_run_config(run_dir, store.configs[name])
             if not _finished(run_dir, cfg.train.updates):
                 say(f"== training {name}, seed {seed}: {specs[name].compute}")
                 train_fn = standard.train if cfg.train.method == "standard" else episodic.train

@@ -14,7 +14,7 @@ import metamapper.study as study
 import metamapper.train.episodic
 import metamapper.train.standard
 from metamapper.cli import main
-from metamapper.config import Config, config_from_dict, load_config
+from metamapper.config import Config, config_from_dict, dump_config, load_config
 from metamapper.data.fashion import find_fashion_root
 
 TINY = ("backbones.vision=tiny-clip", "backbones.vision_mode=pooled", "backbones.lm=tiny-lm",
@@ -47,6 +47,32 @@ def test_measurements_are_kept_apart_by_the_lms_dtype(tmp_path: Path) -> None:
     # the paper's recipes pin float32; the default follows the machine (CPU here)
     dtypes = study.eval_dtypes(device="cpu")
     assert dtypes["maml"] == "float32" and dtypes["default"] in ("float32", "bfloat16")
+
+
+def test_measurements_of_a_changed_training_are_set_aside(tmp_path: Path) -> None:
+    row = study.CLAIMS["induction"].rows[0]
+    now = study.learned_config(config_from_dict({}))
+    assert "train.lr" in now and "train.seed" not in now and not any(k.startswith("runtime.") for k in now)
+    path = tmp_path / "results.jsonl"
+    store = study.Store.open(path, {row.training: "bfloat16"}, {row.training: now})
+    # a measurement records the config of the run it scored (evaluate_run's provenance)
+    store.add(store.key(row, 0, 10), {"accuracy": 0.5, "training": row.training,
+                                      "checkpoint": {"config": config_from_dict({}, ["train.seed=0"]).to_dict()}})
+    store.add(store.key(row, 1, 10), {"accuracy": 0.6, "training": row.training})  # none: taken as today's
+    grown = {**now, "train.new_option": 3}  # a key added to the config since: not a change
+    assert len(study.Store.open(path, {row.training: "bfloat16"}, {row.training: grown}).results) == 2
+    changed = study.learned_config(config_from_dict({}, ["train.updates=300"]))
+    moved = study.Store.open(path, {row.training: "bfloat16"}, {row.training: changed})
+    assert moved.get(row, 0, 10) is None and [r["accuracy"] for r in moved.stale] == [0.5]
+
+
+def test_a_run_folder_of_another_training_is_refused(tmp_path: Path) -> None:
+    run = tmp_path / "default" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(dump_config(config_from_dict({}, ["train.seed=0", "runtime.device=cpu"])))
+    study.check_run_config(run, study.learned_config(config_from_dict({}, ["train.seed=1"])))  # seed, runtime: same
+    with pytest.raises(ValueError, match=r"config.yaml: trained as another training .*train.updates=150 \(now 300\)"):
+        study.check_run_config(run, study.learned_config(config_from_dict({}, ["train.updates=300"])))
 
 
 def test_verdict() -> None:
@@ -101,7 +127,7 @@ def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.Mon
     assert report.read_text() == text
     report.unlink()  # the CLI rewrites it from the measurements alone
     assert main(["study", "--report-only", "--seeds", "2", "--tasks", "3", "--slow-tasks", "2",
-                 "--out", str(out), "--results", str(report)]) == 0
+                 "--out", str(out), "--results", str(report), *TINY]) == 0
     assert report.read_text() == text
 
 
