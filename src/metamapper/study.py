@@ -291,7 +291,8 @@ def learned_config(cfg: Config | dict[str, Any]) -> dict[str, Any]:
 def same_training(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
     """Whether a measurement's recorded training config is today's: equal on every key both have
     (keys added to the config since keep their default, so they do not count)."""
-    return all(json.dumps(recorded[k]) == json.dumps(current[k]) for k in recorded.keys() & current.keys())
+    return all(json.dumps(recorded[k], sort_keys=True) == json.dumps(current[k], sort_keys=True)
+               for k in recorded.keys() & current.keys())
 
 
 @dataclass
@@ -375,7 +376,7 @@ def check_run_config(run_dir: Path, now: dict[str, Any]) -> None:
     if not path.is_file():
         return
     was = learned_config(load_config(path))
-    diff = sorted(k for k in was.keys() & now.keys() if json.dumps(was[k]) != json.dumps(now[k]))
+    diff = sorted(k for k in was.keys() & now.keys() if not same_training({k: was[k]}, {k: now[k]}))
     if diff:
         shown = ", ".join(f"{k}={was[k]!r} (now {now[k]!r})" for k in diff[:3])
         raise ValueError(f"{path}: trained as another training than the study's now ({shown}"
