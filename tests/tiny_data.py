@@ -9,6 +9,9 @@ shape, so a benchmark's attribute questions have true answers.
   and its images, for all four benchmarks (the VQA ones with real questions and colour answers);
 * ``write_coco``: COCO 2017 ``annotations/{captions,instances}_{split}2017.json`` + images;
 * ``write_fashion``: the four Fashion-MNIST IDX files (a few 28x28 pictures per class);
+* ``write_theme`` / ``draw_icon``: a freedesktop icon theme of drawn shapes, and
+  ``write_corpus``: a rendered concept corpus built from three of them (the icons / emoji /
+  glyphs sources all read this format);
 * ``write_lively_lm``: the tiny backbones of ``make_tiny_backbones`` with the LM's weights drawn
   wider, so that its greedy answers depend on its input (the default initialisation answers
   "a a a a" to everything, which makes any comparison of answers vacuous).
@@ -21,6 +24,7 @@ import struct
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageDraw
 
 from metamapper.data.synthetic import CLASSES, class_name, draw
 
@@ -181,3 +185,43 @@ def write_lively_lm(directory: Path, *, arch: str = "llama", std: float = 0.3,
                 p.copy_(torch.randn(p.shape, generator=gen) * std)
     model.save_pretrained(dirs["lm"])
     return dirs
+
+
+def draw_icon(theme: int, concept: int, size: int = 24) -> Image.Image:
+    """A distinct RGBA drawing per (theme, concept): a shape in a colour on transparency."""
+    im = Image.new("RGBA", (size, size), (0, 0, 0, 0))
+    d = ImageDraw.Draw(im)
+    colour = (40 + 50 * theme, 200 - 15 * concept, 60 + 12 * concept, 255)
+    draw = d.ellipse if theme % 2 else d.rectangle
+    draw((2 + concept % 5, 2 + theme, size - 3, size - 3), fill=colour)
+    return im
+
+
+def write_theme(root: Path, theme: str, icons: dict[str, Image.Image | bytes]) -> Path:
+    """An icon theme folder ``root/theme`` (48x48 and 16x16 ``apps`` icons; bytes: written as is)."""
+    folder = root / theme
+    (folder / "48x48" / "apps").mkdir(parents=True)
+    (folder / "16x16" / "apps").mkdir(parents=True)
+    (folder / "index.theme").write_text(f"[Icon Theme]\nName={theme}\n")
+    for name, im in icons.items():
+        path = folder / "48x48" / "apps" / f"{name}.png"
+        if isinstance(im, bytes):
+            path.write_bytes(im)
+        else:
+            im.save(path)
+            im.resize((16, 16)).save(folder / "16x16" / "apps" / f"{name}.png")  # a smaller size
+    return folder
+
+
+CORPUS_CONCEPTS = ("alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet")
+
+
+def write_corpus(out: Path, themes_root: Path) -> Path:
+    """A rendered corpus in ``out``: ten concepts drawn by three themes (written in
+    ``themes_root``), split 6 / 2 / 2 into train / val / test concepts."""
+    from metamapper.data.icons import build_icons
+
+    for t, theme in enumerate(("Alpha", "Beta", "Gamma")):
+        write_theme(themes_root, theme, {n: draw_icon(t, i) for i, n in enumerate(CORPUS_CONCEPTS)})
+    build_icons(out, roots=[themes_root], packages={}, size=16)
+    return out

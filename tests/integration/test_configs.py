@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 import yaml
-from tiny_data import write_benchmark, write_coco, write_fashion
+from tiny_data import write_benchmark, write_coco, write_corpus, write_fashion
 
 from metamapper.checkpoint import list_checkpoints, read_checkpoint
 from metamapper.config import Config, config_from_dict, dump_config, load_config
@@ -72,10 +72,15 @@ def stand_ins(cfg: Config, tmp: Path, tiny: dict[str, dict[str, Path]]) -> list[
     if TINY_EMBED % cfg.mapper.num_heads:
         o.append("mapper.num_heads=4")
     if d.source == "fashion-mnist":
-        root = tmp / "fashion"
-        if not root.is_dir():
-            write_fashion(root, per_class=6)
-        o += [f"data.root={root}", "data.images_per_class=4"]
+        o += [f"data.root={_fashion(tmp)}", "data.images_per_class=4"]
+    elif d.source == "mixture":  # each source of the mixture on its own stand-in
+        for name in d.mixture:
+            if name == "fashion-mnist":
+                o.append(f"data.mixture_roots.fashion-mnist={_fashion(tmp)}")
+            else:
+                assert name in ("icons", "emoji", "glyphs"), f"no tiny stand-in for mixture source {name!r}"
+                o.append(f"data.mixture_roots.{name}={_corpus(tmp)}")
+        o.append("data.images_per_class=4")
     elif d.source == "coco":
         root = tmp / "coco"
         if not root.is_dir():
@@ -88,6 +93,18 @@ def stand_ins(cfg: Config, tmp: Path, tiny: dict[str, dict[str, Path]]) -> list[
     else:
         assert d.source == "synthetic", f"no tiny stand-in for data.source={d.source!r}"
     return [*o, "train.updates=1", "train.val_tasks=2", f"data.feature_cache={tmp / 'features'}"]
+
+
+def _fashion(tmp: Path) -> Path:
+    root = tmp / "fashion"
+    if not root.is_dir():
+        write_fashion(root, per_class=6)
+    return root
+
+
+def _corpus(tmp: Path) -> Path:  # one tiny rendered corpus serves as icons, emoji and glyphs
+    out = tmp / "corpus"
+    return out if (out / "index.json").is_file() else write_corpus(out, tmp / "corpus-themes")
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

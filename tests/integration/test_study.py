@@ -38,6 +38,11 @@ def test_trainings_are_at_the_defaults_compute() -> None:
         assert {x for c in claim.comparisons for x in (c.better, c.worse)} <= set(labels)
 
 
+def test_the_broad_config_is_the_studys_broad_training() -> None:
+    broad = Path(__file__).resolve().parents[2] / "configs" / "broad.yaml"
+    assert study.learned_config(load_config(broad)) == study.training_configs()["broad"]
+
+
 def test_measurements_are_kept_apart_by_the_lms_dtype(tmp_path: Path) -> None:
     row = study.CLAIMS["induction"].rows[0]
     bf16 = study.Store.open(tmp_path / "results.jsonl", {row.training: "bfloat16"})

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
+from tiny_data import draw_icon as _icon
+from tiny_data import write_corpus, write_theme
 
 from metamapper import cli
 from metamapper.config import ConfigError, DataConfig, config_from_dict
@@ -26,31 +28,6 @@ from metamapper.data.sources import evaluation_tasks, training_tasks
 DEJAVU = Path("/usr/share/fonts/truetype/dejavu")
 THEMES = ("Alpha", "Beta", "Gamma", "Delta")
 CONCEPTS = ("printer", "camera-photo", "user-trash", "weather-storm", "edit-copy")
-
-
-def _icon(theme: int, concept: int, size: int = 24) -> Image.Image:
-    """A distinct RGBA drawing per (theme, concept): a shape in a colour on transparency."""
-    im = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    d = ImageDraw.Draw(im)
-    colour = (40 + 50 * theme, 200 - 15 * concept, 60 + 12 * concept, 255)
-    draw = d.ellipse if theme % 2 else d.rectangle
-    draw((2 + concept % 5, 2 + theme, size - 3, size - 3), fill=colour)
-    return im
-
-
-def write_theme(root: Path, theme: str, icons: dict[str, Image.Image | bytes]) -> Path:
-    folder = root / theme
-    (folder / "48x48" / "apps").mkdir(parents=True)
-    (folder / "16x16" / "apps").mkdir(parents=True)
-    (folder / "index.theme").write_text(f"[Icon Theme]\nName={theme}\n")
-    for name, im in icons.items():
-        path = folder / "48x48" / "apps" / f"{name}.png"
-        if isinstance(im, bytes):
-            path.write_bytes(im)
-        else:
-            im.save(path)
-            im.resize((16, 16)).save(folder / "16x16" / "apps" / f"{name}.png")  # a smaller size
-    return folder
 
 
 @pytest.fixture
@@ -93,17 +70,10 @@ def icons(themes: Path, tmp_path: Path) -> Path:
     return out
 
 
-NAMES = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet"]
-
-
 @pytest.fixture
 def many(tmp_path: Path) -> Path:
     """An icon corpus of ten concepts drawn by three themes each: a 6 / 2 / 2 split."""
-    root = tmp_path / "many"
-    for t, theme in enumerate(THEMES[:3]):
-        write_theme(root, theme, {n: _icon(t, i) for i, n in enumerate(NAMES)})
-    build_icons(tmp_path / "many-corpus", roots=[root], packages={}, size=16)
-    return tmp_path / "many-corpus"
+    return write_corpus(tmp_path / "many-corpus", tmp_path / "many")
 
 
 def test_icon_names_become_concepts_and_captions() -> None:
