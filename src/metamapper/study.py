@@ -29,7 +29,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from metamapper.config import Config, config_from_dict
+from metamapper.config import (
+    RESUMABLE_CHANGES,
+    Config,
+    ConfigError,
+    config_changes,
+    config_from_dict,
+    load_config,
+)
 
 # The paper's mapper block and schedule (post-LN, raw features, raw output, a constant rate, no
 # regularisers, the LM in float32), as configs/fashion_maml.yaml.
@@ -265,34 +272,17 @@ def _key(row: Row, seed: int, n_tasks: int, lm_dtype: str) -> str:
     return json.dumps({**fields, "seed": seed, "n_tasks": n_tasks, "lm_dtype": lm_dtype}, sort_keys=True)
 
 
-# Config keys that do not change what a training learns (where it runs, how often it saves or
-# validates, its seed: the seed is part of a measurement's key)
-NOT_LEARNED = ("eval.", "runtime.", "train.seed", "train.val_every", "train.val_tasks", "train.checkpoint_every",
-               "train.keep_last", "train.keep_best", "train.max_minutes", "train.max_bad_updates",
-               "train.report_to", "data.root", "data.feature_cache", "data.mixture_roots")
+# What may differ between a study's run and its training without making it another training: what
+# a resumed run may change (config.RESUMABLE_CHANGES) except its length, and the seed (part of a
+# measurement's key and of the run folder's name)
+NOT_THE_TRAINING = (*(k for k in RESUMABLE_CHANGES if k != "train.updates"), "train.seed")
 
 
-def learned_config(cfg: Config | dict[str, Any]) -> dict[str, Any]:
-    """``cfg`` (or its ``to_dict()``) flat (``"train.lr": 0.001``), less the keys that do not
-    change what is learned."""
-    flat: dict[str, Any] = {}
-
-    def walk(d: dict[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, dict) and k != "mixture":  # the mixture's shares are one value
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    walk(cfg if isinstance(cfg, dict) else cfg.to_dict(), "")
-    return {k: v for k, v in flat.items() if not k.startswith(NOT_LEARNED)}
-
-
-def same_training(recorded: dict[str, Any], current: dict[str, Any]) -> bool:
-    """Whether a measurement's recorded training config is today's: equal on every key both have
-    (keys added to the config since keep their default, so they do not count)."""
-    return all(json.dumps(recorded[k], sort_keys=True) == json.dumps(current[k], sort_keys=True)
-               for k in recorded.keys() & current.keys())
+def training_changes(was: Config, now: Config) -> list[str]:
+    """``"key: old -> new"`` for each setting in which run config ``was`` is another training
+    than ``now`` (``config.config_changes``, less ``NOT_THE_TRAINING``). Keys added to the config
+    since ``was`` was written read as their defaults there."""
+    return [c for c in config_changes(was, now) if not c.startswith(NOT_THE_TRAINING)]
 
 
 @dataclass
@@ -302,18 +292,19 @@ class Store:
     task count and the LM's dtype in evaluation (``dtypes``: training -> dtype, as ``load_run``
     resolves it on this machine), so float32 and bfloat16 measurements are never compared with
     each other. Each records the config of the run it scored (``checkpoint.config``); with
-    ``configs`` (training -> today's ``learned_config``), a measurement of a training whose
-    config has changed since is set aside (``stale``), so that it is measured again rather than
-    reported for the new one. A line without a config counts as today's."""
+    ``configs`` (training -> today's config), a measurement of a training whose config has
+    changed since (``training_changes``; or that no longer reads as a config) is set aside
+    (``stale``), so that it is measured again rather than reported for the new one. A line
+    without a config counts as today's."""
 
     path: Path
     dtypes: dict[str, str]
-    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    configs: dict[str, Config] = field(default_factory=dict)
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     stale: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, path: Path, dtypes: dict[str, str], configs: dict[str, dict[str, Any]] | None = None) -> Store:
+    def open(cls, path: Path, dtypes: dict[str, str], configs: dict[str, Config] | None = None) -> Store:
         store = cls(path, dtypes, configs or {})
         if path.is_file():
             for line in path.read_text().splitlines():
@@ -324,7 +315,7 @@ class Store:
                     continue
                 now = store.configs.get(rec.get("training", ""))
                 was = (rec.get("checkpoint") or {}).get("config")
-                if now is not None and isinstance(was, dict) and not same_training(learned_config(was), now):
+                if now is not None and isinstance(was, dict) and _another_training(was, now):
                     store.stale.append(rec)
                 else:
                     store.results[key] = rec
@@ -355,32 +346,32 @@ def eval_dtypes(overrides: Sequence[str] = (), device: str | None = None) -> dic
     from metamapper.device import lm_dtype, resolve_device
 
     where = resolve_device(device)  # where run_study's load_run(run_dir, device=device) scores
-    out = {}
-    for name, spec in trainings(config_from_dict({}, list(overrides))).items():
-        cfg = config_from_dict({}, [*overrides, *spec.overrides])
-        out[name] = lm_dtype(cfg.train.lm_dtype, where, cfg.runtime.precision)
-    return out
+    return {name: lm_dtype(cfg.train.lm_dtype, where, cfg.runtime.precision)
+            for name, cfg in training_configs(overrides).items()}
 
 
-def training_configs(overrides: Sequence[str] = ()) -> dict[str, dict[str, Any]]:
-    """Each training's ``learned_config`` (with the study's ``overrides``)."""
-    return {name: learned_config(config_from_dict({}, [*overrides, *spec.overrides]))
+def training_configs(overrides: Sequence[str] = ()) -> dict[str, Config]:
+    """Each training's config (with the study's ``overrides``; seed 0, the default runtime)."""
+    return {name: config_from_dict({}, [*overrides, *spec.overrides])
             for name, spec in trainings(config_from_dict({}, list(overrides))).items()}
 
 
-def check_run_config(run_dir: Path, now: dict[str, Any]) -> None:
-    """Refuse a run folder whose recorded config is not the study's training any more."""
-    from metamapper.config import load_config
+def _another_training(was: dict[str, Any], now: Config) -> bool:
+    try:
+        return bool(training_changes(config_from_dict(was), now))
+    except ConfigError:  # not a config of this version at all
+        return True
 
+
+def check_run_config(run_dir: Path, now: Config) -> None:
+    """Refuse a run folder whose recorded config is not the study's training any more."""
     path = run_dir / "config.yaml"
     if not path.is_file():
         return
-    was = learned_config(load_config(path))
-    diff = sorted(k for k in was.keys() & now.keys() if not same_training({k: was[k]}, {k: now[k]}))
-    if diff:
-        shown = ", ".join(f"{k}={was[k]!r} (now {now[k]!r})" for k in diff[:3])
-        raise ValueError(f"{path}: trained as another training than the study's now ({shown}"
-                         f"{', ...' if len(diff) > 3 else ''}); move the run folder away to train it again")
+    changes = training_changes(load_config(path), now)
+    if changes:
+        raise ValueError(f"{path}: trained as another training than the study's now ({'; '.join(changes[:3])}"
+                         f"{'; ...' if len(changes) > 3 else ''}); move the run folder away to train it again")
 
 
 def tasks_for(row: Row, tasks: int, slow_tasks: int) -> int:
@@ -639,7 +630,7 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
                     if (key := store.key(r, seed, tasks_for(r, tasks, slow_tasks))) not in store.results}
             if not todo:  # measured already (perhaps on a run that is not kept): nothing to train
                 continue
-            check_run_config(run_dir, store.configs[name])
+            check_run_config(run_dir, cfg)
             if not _finished(run_dir, cfg.train.updates):
                 say(f"== training {name}, seed {seed}: {specs[name].compute}")
                 train_fn = standard.train if cfg.train.method == "standard" else episodic.train

@@ -40,7 +40,7 @@ def test_trainings_are_at_the_defaults_compute() -> None:
 
 def test_the_broad_config_is_the_studys_broad_training() -> None:
     broad = Path(__file__).resolve().parents[2] / "configs" / "broad.yaml"
-    assert study.learned_config(load_config(broad)) == study.training_configs()["broad"]
+    assert study.training_changes(load_config(broad), study.training_configs()["broad"]) == []
 
 
 def test_measurements_are_kept_apart_by_the_lms_dtype(tmp_path: Path) -> None:
@@ -56,28 +56,32 @@ def test_measurements_are_kept_apart_by_the_lms_dtype(tmp_path: Path) -> None:
 
 def test_measurements_of_a_changed_training_are_set_aside(tmp_path: Path) -> None:
     row = study.CLAIMS["induction"].rows[0]
-    now = study.learned_config(config_from_dict({}))
-    assert "train.lr" in now and "train.seed" not in now and not any(k.startswith("runtime.") for k in now)
+    now = config_from_dict({})
+    assert study.training_changes(config_from_dict({}, ["train.seed=3", "runtime.device=cpu"]), now) == []
+    assert study.training_changes(config_from_dict({}, ["train.lr=0.01"]), now) == ["train.lr: 0.01 -> 0.001"]
     path = tmp_path / "results.jsonl"
     store = study.Store.open(path, {row.training: "bfloat16"}, {row.training: now})
     # a measurement records the config of the run it scored (evaluate_run's provenance)
     store.add(store.key(row, 0, 10), {"accuracy": 0.5, "training": row.training,
                                       "checkpoint": {"config": config_from_dict({}, ["train.seed=0"]).to_dict()}})
     store.add(store.key(row, 1, 10), {"accuracy": 0.6, "training": row.training})  # none: taken as today's
-    grown = {**now, "train.new_option": 3}  # a key added to the config since: not a change
-    assert len(study.Store.open(path, {row.training: "bfloat16"}, {row.training: grown}).results) == 2
-    changed = study.learned_config(config_from_dict({}, ["train.updates=300"]))
+    older = now.to_dict()  # written before a key was added to the config: not a change
+    del older["train"]["queries_per_row"]
+    store.add(store.key(row, 2, 10), {"accuracy": 0.7, "training": row.training, "checkpoint": {"config": older}})
+    assert len(study.Store.open(path, {row.training: "bfloat16"}, {row.training: now}).results) == 3
+    changed = config_from_dict({}, ["train.updates=300"])
     moved = study.Store.open(path, {row.training: "bfloat16"}, {row.training: changed})
-    assert moved.get(row, 0, 10) is None and [r["accuracy"] for r in moved.stale] == [0.5]
+    assert moved.get(row, 0, 10) is None and [r["accuracy"] for r in moved.stale] == [0.5, 0.7]
+    assert moved.get(row, 1, 10) is not None
 
 
 def test_a_run_folder_of_another_training_is_refused(tmp_path: Path) -> None:
     run = tmp_path / "default" / "seed0"
     run.mkdir(parents=True)
     (run / "config.yaml").write_text(dump_config(config_from_dict({}, ["train.seed=0", "runtime.device=cpu"])))
-    study.check_run_config(run, study.learned_config(config_from_dict({}, ["train.seed=1"])))  # seed, runtime: same
-    with pytest.raises(ValueError, match=r"config.yaml: trained as another training .*train.updates=150 \(now 300\)"):
-        study.check_run_config(run, study.learned_config(config_from_dict({}, ["train.updates=300"])))
+    study.check_run_config(run, config_from_dict({}, ["train.seed=1"]))  # seed, runtime: same
+    with pytest.raises(ValueError, match=r"config.yaml: trained as another training .*train.updates: 150 -> 300"):
+        study.check_run_config(run, config_from_dict({}, ["train.updates=300"]))
 
 
 def test_verdict() -> None:
