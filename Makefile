@@ -7,7 +7,7 @@ FASHION_DIR := /usr/share/datasets/fashion-mnist
 DATA := $(VENV)/share/metamapper
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup fashion test test-random demo lint bench clean corpora
+.PHONY: setup fashion test test-random demo lint bench clean corpora default-corpora
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
@@ -63,6 +63,18 @@ corpora: $(BIN)/.installed
 		"from metamapper.data import emoji, glyphs, icons; print(icons.INSTALL, emoji.INSTALL, glyphs.INSTALL)")
 	for n in icons emoji glyphs; do $(BIN)/metamapper corpus $$n; done
 
+# The Debian packages the default's corpora (icons, emoji) are rendered from, installed as root
+# when a corpus is not rendered yet; without root, `metamapper demo` stops naming what to install
+# (or run it on configs/fashion.yaml). The demo renders the corpora itself (minutes, once).
+default-corpora: $(BIN)/.installed
+	@if $(BIN)/python -c "import sys; from metamapper.data.corpora import corpus_dir; \
+		sys.exit(all((corpus_dir(n) / 'index.json').is_file() for n in ('icons', 'emoji')))"; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && apt-get install -y -qq --no-install-recommends $$($(BIN)/python -c \
+				"from metamapper.data import emoji, icons; print(icons.INSTALL, emoji.INSTALL)"); \
+		fi; \
+	fi
+
 test: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
@@ -73,7 +85,7 @@ test: setup
 test-random: setup
 	$(BIN)/pytest -q -p no:cacheprovider --random-order
 
-demo: $(BIN)/.installed fashion
+demo: $(BIN)/.installed fashion default-corpora
 	$(BIN)/metamapper demo $(if $(QUICK),--quick,)
 
 bench: setup

@@ -10,7 +10,7 @@
     metamapper datasets
     metamapper corpus icons [--root DIR] [--rebuild]
     metamapper export-fashion DIR --variant open_ended --ways 2 --shots 1 --tasks 500
-    metamapper demo [--quick]
+    metamapper demo [--quick] [--config configs/fashion.yaml]
     metamapper download [smollm2] [fashion-mnist] [--dir DIR]
     metamapper serve [--checkpoint runs/demo] [--host 127.0.0.1] [--port 7860]
     metamapper config show [--config configs/paper_coco.yaml] [train.updates=100 ...]
@@ -238,7 +238,8 @@ DOWNLOADS = ("smollm2", "fashion-mnist")
 def _cmd_demo(a: argparse.Namespace) -> None:
     from metamapper.demo import run_demo
 
-    run_demo(quick=a.quick, out=a.out or ("runs/demo-quick" if a.quick else "runs/demo"), device=a.device)
+    run_demo(quick=a.quick, out=a.out or ("runs/demo-quick" if a.quick else "runs/demo"), device=a.device,
+             config=a.config)
 
 
 def _cmd_study(a: argparse.Namespace) -> None:
@@ -423,12 +424,14 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the main job on the embedded default: train, evaluate, report")
     d.add_argument("--quick", action="store_true", help="a smaller run (about 5 minutes)")
     d.add_argument("--out", help="run folder (default: runs/demo, with --quick runs/demo-quick)")
+    d.add_argument("--config", help="the same job on this YAML config instead of the default (e.g. "
+                   "configs/fashion.yaml: Fashion-MNIST only, without the Debian-rendered corpora)")
     add_device_arg(d)
     d.set_defaults(fn=_cmd_demo)
 
     from metamapper.study import CLAIMS, TRAININGS
 
-    st = sub.add_parser("study", help="the paper's claims on the embedded default (docs/RESULTS.md)")
+    st = sub.add_parser("study", help="the paper's claims on the Fashion-MNIST recipe, and the choice of the default's data (docs/RESULTS.md)")
     st.add_argument("--claim", action="extend", nargs="+", choices=list(CLAIMS), metavar="CLAIM",
                     help=f"claims to measure ({', '.join(CLAIMS)}; default: all)")
     st.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 (default: 3)")

@@ -1,12 +1,16 @@
 """``metamapper demo``: the main job on the embedded default, end to end.
 
-On the offline pretrained backbones (EfficientNet-Lite0 + SmolLM2-135M) and Fashion-MNIST:
-fill the feature cache, meta-train the default method on the six meta-training classes, train the
-baselines at the same compute (the non-episodic mapper; the untrained mapper), evaluate all of
-them the same way on the same tasks of the four held-out classes (Open-Ended and Real-Name,
-2-way 1- and 5-shot), print the table, and write ``results.json``, ``results.md`` and the plots
-into the run folder. The paper's MAML recipe is compared at equal compute by ``metamapper study``
-(docs/RESULTS.md): at the default's compute it trains for over an hour on a CPU.
+On the offline pretrained backbones (EfficientNet-Lite0 + SmolLM2-135M): render the icons and
+emoji corpora from their Debian packages if they are not rendered yet (docs/DATA.md), fill the
+feature cache, meta-train the default (``Config()``, configs/broad.yaml: Fashion-MNIST's six
+training classes, icons and emoji), train the baselines at the same compute (the non-episodic
+mapper; the untrained mapper), evaluate all of them the same way on the same test tasks
+(Fashion-MNIST's four held-out classes, Open-Ended and Real-Name, 2-way 1- and 5-shot; the
+corpora's held-out concepts, Open-Ended 2-way 1-shot), print the table, and write
+``results.json``, ``results.md`` and the plots into the run folder. ``config`` runs the same job
+on another config (``configs/fashion.yaml``: Fashion-MNIST only, no corpora needed). The paper's
+MAML recipe is compared at equal compute by ``metamapper study`` (docs/RESULTS.md): it trains for
+hours on a CPU.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from metamapper.config import Config, config_from_dict
+from metamapper.config import Config, load_config
+from metamapper.data.corpora import CorpusBuildError, ensure_corpus
 from metamapper.data.sources import evaluation_tasks
 from metamapper.eval.report import (
     plot_accuracy_vs_shots,
@@ -36,19 +41,23 @@ class DemoPlan:
     main_overrides: tuple[str, ...]
     tasks: int  # evaluation tasks per 1-shot setting, the same for every method
     tasks_5shot: int  # ... per 5-shot setting (a 5-shot task costs ~3x a 1-shot one)
+    tasks_corpora: int  # ... per held-out-concepts set of a rendered corpus the config trains on
 
 
 FULL = DemoPlan(  # the default config as it is (a fixed number of updates: the same model on any machine)
     main_overrides=("train.val_tasks=50",),
     tasks=1000,
     tasks_5shot=150,
+    tasks_corpora=300,
 )
 QUICK = DemoPlan(  # a few minutes: shows the whole job; so short a run is at the edge of taking off
     main_overrides=("train.cosine=false", "train.lr=0.002", "train.updates=40", "train.meta_batch=16",
                     "data.images_per_class=150", "train.val_every=0"),
     tasks=60,
     tasks_5shot=12,
+    tasks_corpora=30,
 )
+CORPORA = ("icons", "emoji", "glyphs")  # rendered corpora: their held-out concepts are scored too
 
 def _finished_rows(path: Path) -> dict[tuple[object, ...], dict[str, object]]:
     if not path.is_file():
@@ -74,48 +83,75 @@ def training_compute(cfg: Config, run_dir: Path) -> str:
     return text
 
 
-def demo_config(*overrides: str) -> Config:
-    """The embedded default config (``Config()``) with overrides."""
-    return config_from_dict({}, list(overrides))
+def demo_config(*overrides: str, config: str | Path | None = None) -> Config:
+    """The embedded default config (``Config()``), or the YAML file ``config``, with overrides."""
+    return load_config(config, list(overrides))
 
 
-def run_demo(*, quick: bool = False, out: str | Path = "runs/demo",
-             device: str | None = None) -> list[dict[str, object]]:
-    """Train and evaluate everything (on ``device``, default ``auto``); returns the result rows
-    (also written to ``out``)."""
+def sources(cfg: Config) -> list[str]:
+    """The task sources ``cfg`` meta-trains on (a mixture's parts)."""
+    return sorted(cfg.data.mixture) if cfg.data.source == "mixture" else [cfg.data.source]
+
+
+def _root(cfg: Config, name: str) -> str | None:
+    """Source ``name``'s data folder in ``cfg`` (None: the source's default)."""
+    return cfg.data.mixture_roots.get(name) if cfg.data.source == "mixture" else cfg.data.root
+
+
+def demo_settings(cfg: Config, plan: DemoPlan) -> list[tuple[str, int, int, str | None]]:
+    """``(dataset, shots, tasks, data folder)`` the demo scores every method on: Fashion-MNIST's
+    held-out classes (Open-Ended and Real-Name, 1 and 5 shots), and the held-out concepts of each
+    rendered corpus ``cfg`` meta-trains on (Open-Ended, 1 shot)."""
+    fashion = [(ds, shots, plan.tasks if shots == 1 else plan.tasks_5shot, None)
+               for ds in ("fashion-open-ended", "fashion-real-name") for shots in (1, 5)]
+    return fashion + [(f"{name}-open-ended", 1, plan.tasks_corpora, _root(cfg, name))
+                      for name in sources(cfg) if name in CORPORA]
+
+
+def run_demo(*, quick: bool = False, out: str | Path = "runs/demo", device: str | None = None,
+             config: str | Path | None = None) -> list[dict[str, object]]:
+    """Train and evaluate everything (on ``device``, default ``auto``) for the default, or for
+    the YAML config ``config``; returns the result rows (also written to ``out``)."""
     plan = QUICK if quick else FULL
     out = Path(out)
     on = (f"runtime.device={device}",) if device else ()  # every run computes there
     t0 = time.time()
-    print(f"metamapper demo ({'quick' if quick else 'full'}): EfficientNet-Lite0 + SmolLM2-135M on "
-          f"Fashion-MNIST; meta-train on 6 classes, test on 4 held-out classes. Output: {out}/")
-    main = demo_config(*plan.main_overrides, *on)
+    main = demo_config(*plan.main_overrides, *on, config=config)
+    corpora = [name for name in sources(main) if name in CORPORA]
+    print(f"metamapper demo ({'quick' if quick else 'full'}): {main.backbones.vision} + {main.backbones.lm}, "
+          f"{config or 'the default'}: meta-train on {', '.join(sources(main))}; test on Fashion-MNIST's "
+          f"4 held-out classes{' and held-out concepts' if corpora else ''}. Output: {out}/")
+    for name in corpora:  # rendered once (minutes), before anything trains
+        try:
+            ensure_corpus(name, _root(main, name))
+        except CorpusBuildError as e:
+            raise CorpusBuildError(f"{e} (`sudo make corpora` installs and renders them; or run the demo "
+                                   "without them: metamapper demo --config configs/fashion.yaml)") from None
     runs = {  # the baselines at the default's compute (equal_compute_standard) or none (untrained)
         "in-context (ours, default)": (out, main, episodic.train),
         "non-episodic": (out / "baselines" / "standard",
-                         demo_config(*plan.main_overrides, *equal_compute_standard(main), *on), standard.train),
+                         demo_config(*plan.main_overrides, *equal_compute_standard(main), *on, config=config),
+                         standard.train),
         "untrained mapper": (out / "baselines" / "untrained",  # the main config, 0 updates
-                             demo_config(*plan.main_overrides, "train.updates=0", "train.val_every=0", *on),
+                             demo_config(*plan.main_overrides, "train.updates=0", "train.val_every=0", *on,
+                                         config=config),
                              episodic.train),
     }
     for label, (run_dir, cfg, train_fn) in runs.items():
         print(f"\n== training: {label}")
         train_fn(cfg, run_dir, resume=has_run(run_dir))  # a rerun continues what is there
     rows: list[dict[str, object]] = []
-    settings = [(ds, shots) for ds in ("fashion-open-ended", "fashion-real-name") for shots in (1, 5)]
-    tasks_per_shots = {1: plan.tasks, 5: plan.tasks_5shot}  # the same tasks for every method
     done = _finished_rows(out / "results.json")  # a rerun keeps what an earlier run measured
     for label, (run_dir, _, _) in runs.items():  # one protocol for all: the support in context
         run = None
-        for ds, shots in settings:
-            n_tasks = tasks_per_shots[shots]
+        for ds, shots, n_tasks, data in demo_settings(main, plan):  # the same tasks for every method
             key = (label, ds, shots, n_tasks)
             if key in done:
                 rows.append(done[key])
                 continue
             run = run or load_run(run_dir, device=device)
             print(f"== evaluating: {label} on {ds} 2-way {shots}-shot ({n_tasks} tasks)")
-            ts = evaluation_tasks(ds, data=None, ways=2, shots=shots, n_tasks=n_tasks)  # the test tasks
+            ts = evaluation_tasks(ds, data=data, ways=2, shots=shots, n_tasks=n_tasks)  # the test tasks
             res = evaluate_run(run, ts, method="in-context", with_zero_steps=False)
             res.update(label=label, run=str(run_dir))
             rows.append(res)

@@ -72,6 +72,9 @@ def _backbone_row(role: str, kind: str, path: str | None, identity: str | None) 
 def _training_data(cfg: Config) -> str:
     d, t = cfg.data, cfg.train
     src = f"`{d.source}`" + (f" (`{d.benchmark}`)" if d.source == "frozen-benchmark" else "")
+    if d.source == "mixture":
+        total = sum(d.mixture.values())
+        src = "a mixture of " + ", ".join(f"`{n}` ({share / total:.0%})" for n, share in sorted(d.mixture.items()))
     words = "a fresh made-up word per class per task" if d.naming == "made_up" else "the class names"
     per_class = "all images" if d.images_per_class is None else f"up to {d.images_per_class} images"
     return (f"Meta-trained on {src} tasks: {d.ways}-way {d.shots}-shot, {d.queries_per_class} "

@@ -1,7 +1,8 @@
-"""``metamapper study``: the paper's comparative claims, measured on the embedded default.
+"""``metamapper study``: the paper's comparative claims, measured on the Fashion-MNIST recipe
+(``configs/fashion.yaml``), and the choice of the default's meta-training data (issue #19).
 
-Each claim is a set of rows; a row is one training (``TRAININGS``, a config that overrides the
-default, trained once per seed) evaluated one way on the held-out Fashion-MNIST test tasks (the
+Each claim is a set of rows; a row is one training (``TRAININGS``, a recipe and its overrides,
+trained once per seed) evaluated one way on the held-out Fashion-MNIST test tasks (the
 fixed test seed: every row of every seed scores the same tasks, so rows compare pairwise). Rows
 report the mean +- sd over the training seeds and each run's Wilson interval; each claim's
 comparisons are paired by seed and called *holds* / *fails* / *not separated* at two standard
@@ -68,9 +69,13 @@ def _maml_recipe(main: Config) -> tuple[str, ...]:
             "data.queries_per_class=1", "train.val_every=0")
 
 
-# Broad meta-training (issue #19): Fashion-MNIST's six classes beside the rendered corpora
-# (docs/DATA.md), and the same corpora without Fashion-MNIST, so that Fashion-MNIST is a domain
-# the mapper never saw. More updates of fewer tasks: the corpora take off late (docs/EXPERIMENTS.md).
+# The recipes the trainings start from. The paper's claims are measured on the Fashion-MNIST recipe
+# (configs/fashion.yaml: the embedded default until the broad mixture was chosen by the
+# broad-selection claim), the baselines at its compute. Broad meta-training (issue #19):
+# Fashion-MNIST's six classes beside the rendered corpora (docs/DATA.md: the default,
+# configs/broad.yaml), and the same corpora without Fashion-MNIST, so that Fashion-MNIST is a
+# domain the mapper never saw. More updates of fewer tasks: the corpora take off late
+# (docs/EXPERIMENTS.md).
 FASHION = ("data.source=fashion-mnist", "data.mixture={}", "train.updates=150", "train.meta_batch=32")
 BROAD_SCHEDULE = ("train.updates=300", "train.meta_batch=16")
 BROAD = ("data.source=mixture", "data.mixture={fashion-mnist: 2, icons: 1, emoji: 1}", *BROAD_SCHEDULE)
@@ -79,29 +84,35 @@ BROAD_NO_FASHION = ("data.source=mixture", "data.mixture={icons: 1, emoji: 1}", 
 
 @dataclass(frozen=True)
 class Training:
-    """A training of the study: ``overrides`` of the default (``Config()``) and what its compute
-    equals."""
+    """A training of the study: its config is ``Config()`` with ``base`` (the recipe it starts
+    from), then the study's overrides (e.g. tiny backbones in tests), then its own ``overrides``;
+    ``compute`` says what its compute equals."""
 
+    base: tuple[str, ...]
     overrides: tuple[str, ...]
     compute: str
 
+    def config(self, study_overrides: Sequence[str] = (), *more: str) -> Config:
+        return config_from_dict({}, [*self.base, *study_overrides, *self.overrides, *more])
 
-def trainings(main: Config | None = None) -> dict[str, Training]:
-    """The study's trainings, each at ``main``'s compute (default: ``Config()``)."""
-    main = main or Config()
+
+def trainings(overrides: Sequence[str] = ()) -> dict[str, Training]:
+    """The study's trainings; the baselines at the compute of the Fashion-MNIST recipe (with the
+    study's ``overrides``)."""
+    main = config_from_dict({}, [*FASHION, *overrides])
     t = main.train
     same = f"{t.updates} updates x {t.meta_batch} tasks"
     return {
-        "default": Training((), f"{same} (the embedded default)"),
-        "non-episodic": Training(equal_compute_standard(main),
-                                 f"{t.updates} updates x the pairs of {t.meta_batch} tasks, default mapper"),
-        "maml": Training(_maml_recipe(main), f"{t.updates * t.meta_batch // 4} updates x 4 tasks, paper mapper"),
-        "non-episodic-paper": Training((*PAPER_MAPPER, *equal_compute_standard(main)),
+        "fashion": Training(FASHION, (), f"{same}, Fashion-MNIST's 6 classes"),
+        "non-episodic": Training(FASHION, equal_compute_standard(main),
+                                 f"{t.updates} updates x the pairs of {t.meta_batch} tasks, our mapper"),
+        "maml": Training(FASHION, _maml_recipe(main),
+                         f"{t.updates * t.meta_batch // 4} updates x 4 tasks, paper mapper"),
+        "non-episodic-paper": Training(FASHION, (*PAPER_MAPPER, *equal_compute_standard(main)),
                                        f"{t.updates} updates x the pairs of {t.meta_batch} tasks, paper mapper"),
-        "mlp": Training(("mapper.kind=mlp",), f"{same}, MLP mapper"),
-        "fashion": Training(FASHION, "150 updates x 32 tasks, Fashion-MNIST's 6 classes"),
-        "broad": Training(BROAD, "300 updates x 16 tasks: Fashion-MNIST 1/2, icons 1/4, emoji 1/4"),
-        "broad-no-fashion": Training(BROAD_NO_FASHION, "300 updates x 16 tasks: icons 1/2, emoji 1/2"),
+        "mlp": Training(FASHION, ("mapper.kind=mlp",), f"{same}, MLP mapper"),
+        "broad": Training(BROAD, (), "300 updates x 16 tasks: Fashion-MNIST 1/2, icons 1/4, emoji 1/4"),
+        "broad-no-fashion": Training(BROAD_NO_FASHION, (), "300 updates x 16 tasks: icons 1/2, emoji 1/2"),
     }
 
 
@@ -180,36 +191,36 @@ def _general_rows(split: str) -> tuple[Row, ...]:
 
 CLAIMS: dict[str, Claim] = {
     "selection": Claim(
-        "0. Choosing the default on validation tasks",
-        (Row("in-context, attention mapper (default)", "default", split="val"),
+        "0. Choosing the method on validation tasks",
+        (Row("in-context, attention mapper (ours)", "fashion", split="val"),
          Row("in-context, MLP mapper", "mlp", split="val"),
-         Row("non-episodic, default mapper", "non-episodic", split="val")),
-        (Comparison("in-context, attention mapper (default)", "in-context, MLP mapper"),
-         Comparison("in-context, attention mapper (default)", "non-episodic, default mapper")),
+         Row("non-episodic, our mapper", "non-episodic", split="val")),
+        (Comparison("in-context, attention mapper (ours)", "in-context, MLP mapper"),
+         Comparison("in-context, attention mapper (ours)", "non-episodic, our mapper")),
         "The validation stream: tasks of the four held-out classes drawn with their own seed, never "
-        "the test tasks (`metamapper evaluate --split val`). The default stays the default only if "
-        "it scores best here (the comparisons say whether it does); the claims below score it once "
-        "on the test tasks."),
+        "the test tasks (`metamapper evaluate --split val`). The method (the support in context, the "
+        "attention mapper) stays ours only if it scores best here (the comparisons say whether it "
+        "does); the claims below score it once on the test tasks."),
     "episodic": Claim(
         "1. Episodic meta-training beats non-episodic training (equal compute)",
-        (Row("in-context, episodic (default)", "default"),
+        (Row("in-context, episodic (ours)", "fashion"),
          Row("in-context, non-episodic", "non-episodic"),
          Row("MAML, episodic (paper)", "maml", method="maml", steps=5, slow=True),
          Row("MAML at test, non-episodic", "non-episodic-paper", method="maml", steps=5, slow=True)),
-        (Comparison("in-context, episodic (default)", "in-context, non-episodic"),
+        (Comparison("in-context, episodic (ours)", "in-context, non-episodic"),
          Comparison("MAML, episodic (paper)", "MAML at test, non-episodic"))),
     "shots": Claim(
         "2. More distinct shots help more than repeating one",
-        (Row("1 shot", "default"),
-         Row("3 shots", "default", shots=3), Row("5 shots", "default", shots=5),
-         Row("1 shot shown 3x", "default", repeats=2), Row("1 shot shown 5x", "default", repeats=4)),
+        (Row("1 shot", "fashion"),
+         Row("3 shots", "fashion", shots=3), Row("5 shots", "fashion", shots=5),
+         Row("1 shot shown 3x", "fashion", repeats=2), Row("1 shot shown 5x", "fashion", repeats=4)),
         (Comparison("3 shots", "1 shot shown 3x"), Comparison("5 shots", "1 shot shown 5x")),
         "Repeats under MAML change nothing (the support loss is a mean over duplicated rows), so the "
         "claim is measured in context, where a repeat is a longer context."),
     "steps": Claim(
         "3. More inner steps help",
         (*(Row(f"MAML, {s} steps", "maml", method="maml", steps=s, slow=True) for s in STEPS),
-         *(Row(f"in-context + {s} steps", "default", method="in-context-maml", steps=s, slow=True)
+         *(Row(f"in-context + {s} steps", "fashion", method="in-context-maml", steps=s, slow=True)
            for s in STEPS)),
         (Comparison("MAML, 1 steps", "MAML, 0 steps"), Comparison("MAML, 5 steps", "MAML, 1 steps"),
          Comparison("MAML, 10 steps", "MAML, 5 steps"),
@@ -222,18 +233,18 @@ CLAIMS: dict[str, Claim] = {
         "named after adaptation; docs/EXPERIMENTS.md)."),
     "mapper": Claim(
         "4. The attention mapper beats the MLP mapper",
-        (Row("attention mapper (default)", "default"), Row("MLP mapper", "mlp")),
-        (Comparison("attention mapper (default)", "MLP mapper"),)),
+        (Row("attention mapper (ours)", "fashion"), Row("MLP mapper", "mlp")),
+        (Comparison("attention mapper (ours)", "MLP mapper"),)),
     "induction": Claim(
         "5. Task induction is not needed",
-        (Row("Open-Ended, no induction", "default"), Row("Open-Ended, induction", "default", induction=True),
-         Row("Real-Name, no induction", "default", dataset=RN),
-         Row("Real-Name, induction", "default", dataset=RN, induction=True)),
+        (Row("Open-Ended, no induction", "fashion"), Row("Open-Ended, induction", "fashion", induction=True),
+         Row("Real-Name, no induction", "fashion", dataset=RN),
+         Row("Real-Name, induction", "fashion", dataset=RN, induction=True)),
         (Comparison("Open-Ended, no induction", "Open-Ended, induction", "not_worse"),
          Comparison("Real-Name, no induction", "Real-Name, induction", "not_worse")),
         "The instruction opens the whole sequence, before the support, as in Frozen (`Answer with "
         "dax or blicket. [p(x_1)] This is a dax. [p(x_2)] This is a blicket. [p(x_q)] This is a`; "
-        "`data.tasks.with_task_induction`); the default never saw such text in training."),
+        "`data.tasks.with_task_induction`); the mapper never saw such text in training."),
     "broad-selection": Claim(
         "Choosing the meta-training data on validation tasks (issue #19)",
         _general_rows("val"),
@@ -252,8 +263,8 @@ CLAIMS: dict[str, Claim] = {
         "all ten classes of Fashion-MNIST's test split, a domain that `broad-no-fashion` never saw "
         "(for `fashion` and `broad`, six of the ten classes are meta-training classes)."),
     "grid": Claim(
-        "The Frozen grid for the default",
-        tuple(Row(f"{'Open-Ended' if ds == OE else 'Real-Name'} {w}-way {k}-shot", "default", dataset=ds,
+        "The Frozen grid for the Fashion-MNIST recipe",
+        tuple(Row(f"{'Open-Ended' if ds == OE else 'Real-Name'} {w}-way {k}-shot", "fashion", dataset=ds,
                   ways=w, shots=k) for ds in (OE, RN) for w in (2, 4) for k in (1, 3, 5)),
         note="Fashion-MNIST holds out 4 classes, so 4-way is its widest task (the paper's 5-way needs 5). "
              "The 4-way rows were answered with each task's support context computed once for its queries "
@@ -352,8 +363,7 @@ def eval_dtypes(overrides: Sequence[str] = (), device: str | None = None) -> dic
 
 def training_configs(overrides: Sequence[str] = ()) -> dict[str, Config]:
     """Each training's config (with the study's ``overrides``; seed 0, the default runtime)."""
-    return {name: config_from_dict({}, [*overrides, *spec.overrides])
-            for name, spec in trainings(config_from_dict({}, list(overrides))).items()}
+    return {name: spec.config(overrides) for name, spec in trainings(overrides).items()}
 
 
 def _another_training(was: dict[str, Any], now: Config) -> bool:
@@ -545,8 +555,10 @@ def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_ta
 
     parts = ["# Results", "",
              "Written by `metamapper study` (src/metamapper/study.py) from its measurements; rerun a claim "
-             "to update its section. The embedded default (EfficientNet-Lite0 + SmolLM2-135M, "
-             "meta-trained on six Fashion-MNIST classes) and the trainings it is compared with, each "
+             "to update its section. The paper's claims are measured on the Fashion-MNIST recipe "
+             "(`configs/fashion.yaml`: EfficientNet-Lite0 + SmolLM2-135M meta-trained in context on six "
+             "Fashion-MNIST classes; the embedded default until the broad mixture, `configs/broad.yaml`, "
+             "was chosen by the last claims) and the trainings it is compared with at its compute, each "
              "trained once per seed (`train.seed` = 0, 1, ...), scored on the same test tasks of the four "
              f"held-out classes (the fixed test seed {TEST_SEED}; the broad meta-training claims also "
              "score other sets, named in their rows). Rows: mean ± sd over the seeds, each run's "
@@ -619,12 +631,12 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
     if store.stale:
         say(f"== {len(store.stale)} measurements of trainings whose config has changed since are set aside")
     on = (f"runtime.device={device}",) if device else ()  # after each training's own overrides
-    specs = trainings(config_from_dict({}, list(overrides)))
+    specs = trainings(overrides)
     rows = [row for name in claims for row in CLAIMS[name].rows
             if only is None or row.training in only]
     for seed in (s for s in range(seeds) if only_seeds is None or s in only_seeds):
         for name in dict.fromkeys(row.training for row in rows):
-            cfg = config_from_dict({}, [*overrides, *specs[name].overrides, f"train.seed={seed}", *on])
+            cfg = specs[name].config(overrides, f"train.seed={seed}", *on)
             run_dir = out / name / f"seed{seed}"
             todo = {key: r for r in rows if r.training == name  # rows that two claims share: once
                     if (key := store.key(r, seed, tasks_for(r, tasks, slow_tasks))) not in store.results}

@@ -1,4 +1,5 @@
-"""``run_demo`` end to end on tiny random backbones and the real Fashion-MNIST split.
+"""``run_demo`` end to end on tiny random backbones, the real Fashion-MNIST split and tiny
+rendered corpora standing in for icons and emoji.
 
 The demo's plan is swapped for one with tiny backbones and a handful of updates and tasks; the
 orchestration (three trainings at equal compute, each evaluated the same way on the same tasks,
@@ -11,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+from tiny_data import write_corpus
 
 import metamapper.demo as demo
 from metamapper.config import load_config
@@ -27,7 +29,7 @@ def tiny_plan(monkeypatch: pytest.MonkeyPatch) -> demo.DemoPlan:
                     "metamapper download fashion-mnist)")
     plan = demo.DemoPlan(
         main_overrides=(*TINY, "train.updates=2", "train.meta_batch=2", "train.val_every=0"),
-        tasks=3, tasks_5shot=2,
+        tasks=3, tasks_5shot=2, tasks_corpora=2,
     )
     monkeypatch.setattr(demo, "QUICK", plan)
     return plan
@@ -36,15 +38,17 @@ def tiny_plan(monkeypatch: pytest.MonkeyPatch) -> demo.DemoPlan:
 def test_demo_trains_evaluates_and_reports(tiny_plan: demo.DemoPlan, tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("METAMAPPER_CACHE", str(tmp_path / "cache"))
+    for name in ("icons", "emoji"):  # the default's corpora, rendered (the demo renders them if not)
+        write_corpus(tmp_path / "cache" / "corpora" / name, tmp_path / f"themes-{name}")
     out = tmp_path / "demo"
     rows = demo.run_demo(quick=True, out=out)
 
     main = [r for r in rows if r["label"] == "in-context (ours, default)"]
     assert sorted((r["dataset"], r["shots"], r["n_tasks"]) for r in main) == [
-        ("fashion-open-ended", 1, 3), ("fashion-open-ended", 5, 2),
-        ("fashion-real-name", 1, 3), ("fashion-real-name", 5, 2)]
+        ("emoji-open-ended", 1, 2), ("fashion-open-ended", 1, 3), ("fashion-open-ended", 5, 2),
+        ("fashion-real-name", 1, 3), ("fashion-real-name", 5, 2), ("icons-open-ended", 1, 2)]
     baselines = [r for r in rows if r not in main]
-    assert len(baselines) == 2 * 4  # two baselines, evaluated on the same settings and tasks
+    assert len(baselines) == 2 * 6  # two baselines, evaluated on the same settings and tasks
     assert sorted((r["dataset"], r["shots"], r["n_tasks"]) for r in baselines) == sorted(
         [(r["dataset"], r["shots"], r["n_tasks"]) for r in main] * 2)
     for sub in ("standard", "untrained"):
@@ -67,12 +71,31 @@ def test_demo_trains_evaluates_and_reports(tiny_plan: demo.DemoPlan, tmp_path: P
     assert [r["accuracy"] for r in again] == [r["accuracy"] for r in rows]
 
 
-def test_the_default_is_configs_fashion_yaml() -> None:
+def test_the_default_is_configs_broad_yaml() -> None:
     """One default: ``Config()`` (what ``metamapper train`` without ``--config`` and the demo
-    train) is the shipped ``configs/fashion.yaml``, and the demo's plan adds no method setting."""
+    train) is the shipped ``configs/broad.yaml``, and the demo's plan adds no method setting."""
     from metamapper.config import Config, load_config
 
-    shipped = load_config(Path(__file__).resolve().parents[2] / "configs" / "fashion.yaml")
+    shipped = load_config(Path(__file__).resolve().parents[2] / "configs" / "broad.yaml")
     assert Config().to_dict() == shipped.to_dict()
     assert demo.demo_config(*demo.FULL.main_overrides).to_dict() == {
         **shipped.to_dict(), "train": {**shipped.to_dict()["train"], "val_tasks": 50}}
+
+
+def test_the_demo_scores_the_corpora_a_config_trains_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default's corpora are scored beside Fashion-MNIST; ``--config configs/fashion.yaml``
+    needs none, and a corpus that cannot be rendered stops the demo, naming the way out."""
+    from metamapper.data.corpora import CorpusBuildError
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    default = [ds for ds, *_ in demo.demo_settings(demo.demo_config(), demo.FULL)]
+    assert default[4:] == ["emoji-open-ended", "icons-open-ended"]
+    fashion = demo.demo_config(config=configs / "fashion.yaml")
+    assert [ds for ds, *_ in demo.demo_settings(fashion, demo.FULL)] == default[:4]
+
+    def no_themes(name: str, root: object = None) -> None:
+        raise CorpusBuildError("no icon concept is drawn by 3 themes; install icon themes")
+
+    monkeypatch.setattr(demo, "ensure_corpus", no_themes)
+    with pytest.raises(CorpusBuildError, match=r"install icon themes .*demo --config configs/fashion.yaml"):
+        demo.run_demo(quick=True, out="never-written")

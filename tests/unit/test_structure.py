@@ -139,11 +139,11 @@ def test_the_front_door_names_resolve() -> None:
 
 def test_config_show_prints_the_one_default() -> None:
     """``Config()`` is the documented default: ``config show`` with and without the shipped
-    ``configs/fashion.yaml`` prints the same YAML (and loads no torch to do it)."""
+    ``configs/broad.yaml`` prints the same YAML (and loads no torch to do it)."""
     cli = [sys.executable, "-m", "metamapper.cli", "config", "show"]
     plain = subprocess.run(cli, check=True, capture_output=True, text=True).stdout
-    shipped = subprocess.run([*cli, "--config", str(SRC.parent / "configs" / "fashion.yaml")],
+    shipped = subprocess.run([*cli, "--config", str(SRC.parent / "configs" / "broad.yaml")],
                              check=True, capture_output=True, text=True).stdout
     assert plain == shipped and "method: in_context" in plain and "cosine: true" in plain
     changed = subprocess.run([*cli, "train.updates=7"], check=True, capture_output=True, text=True).stdout
-    assert "updates: 7" in changed and changed.replace("updates: 7", "updates: 150") == plain
+    assert "updates: 7" in changed and changed.replace("updates: 7", "updates: 300") == plain

@@ -16,7 +16,7 @@ from tiny_data import draw_icon as _icon
 from tiny_data import write_corpus, write_theme
 
 from metamapper import cli
-from metamapper.config import ConfigError, DataConfig, config_from_dict
+from metamapper.config import Config, ConfigError, DataConfig, config_from_dict
 from metamapper.data.corpora import has_digit, load_corpus
 from metamapper.data.emoji import build_emoji, list_emoji
 from metamapper.data.fonts import font_faces, render_char
@@ -249,7 +249,10 @@ def test_mixture_config_is_typed_and_checked() -> None:
                                 "data.mixture_roots.icons=/data/icons"])
     assert cfg.data.mixture == {"icons": 3.0, "synthetic": 1.0}
     assert cfg.data.mixture_roots == {"icons": "/data/icons"}
-    for bad in (["data.source=mixture"], ["data.mixture={icons: 1}"],
+    # the default's mixture belongs to source=mixture: another source has none unless it is set
+    assert config_from_dict({}, ["data.source=icons"]).data.mixture == {}
+    assert config_from_dict({}, ["data.source=mixture"]).data.mixture == Config().data.mixture
+    for bad in (["data.source=mixture", "data.mixture={}"], ["data.source=icons", "data.mixture={icons: 1}"],
                 ["data.source=mixture", "data.mixture={icons: 0}"],
                 ["data.source=mixture", "data.mixture={icons: many}"],
                 ["data.source=mixture", "data.mixture={icons: 1}", "data.mixture_roots.coco=/x"]):
