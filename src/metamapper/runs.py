@@ -60,6 +60,17 @@ def has_run(run_dir: str | os.PathLike[str]) -> bool:
     return any((d / name).exists() for name in RUN_FILES)
 
 
+def is_finished(run_dir: str | os.PathLike[str], updates: int) -> bool:
+    """Whether ``run_dir``'s newest valid checkpoint has reached update ``updates`` (False for no
+    run, or one that a stop signal or ``train.max_minutes`` ended early: resume it)."""
+    from metamapper.checkpoint import CheckpointError, latest_checkpoint
+
+    try:
+        return latest_checkpoint(Path(run_dir), fallback=False).step >= updates
+    except CheckpointError:
+        return False
+
+
 def _describe(run_dir: Path) -> str:
     steps = [int(p.name[5:]) for p in list_checkpoints(run_dir)]
     return f"checkpoints up to step {max(steps)}" if steps else "no checkpoint yet"

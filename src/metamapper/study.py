@@ -580,15 +580,6 @@ def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_ta
     return results
 
 
-def _finished(run_dir: Path, updates: int) -> bool:
-    from metamapper.checkpoint import CheckpointError, latest_checkpoint
-
-    try:
-        return latest_checkpoint(run_dir, fallback=False).step >= updates
-    except CheckpointError:  # no run, or no valid newest checkpoint: train (resuming what is there)
-        return False
-
-
 def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_tasks: int = 300,
               out: str | Path = "runs/study", results: str | Path = "docs/RESULTS.md",
               device: str | None = None, overrides: Sequence[str] = (),
@@ -614,7 +605,7 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
     from metamapper.data.sources import evaluation_tasks
     from metamapper.eval.run import evaluate_run
     from metamapper.pretrained import load_run
-    from metamapper.runs import has_run
+    from metamapper.runs import has_run, is_finished
     from metamapper.train import episodic, standard
 
     unknown = [c for c in claims if c not in CLAIMS]
@@ -643,11 +634,11 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
             if not todo:  # measured already (perhaps on a run that is not kept): nothing to train
                 continue
             check_run_config(run_dir, cfg)
-            if not _finished(run_dir, cfg.train.updates):
+            if not is_finished(run_dir, cfg.train.updates):
                 say(f"== training {name}, seed {seed}: {specs[name].compute}")
                 train_fn = standard.train if cfg.train.method == "standard" else episodic.train
                 train_fn(cfg, run_dir, resume=has_run(run_dir))
-                if not _finished(run_dir, cfg.train.updates):  # a stop signal or train.max_minutes
+                if not is_finished(run_dir, cfg.train.updates):  # a stop signal or train.max_minutes
                     say(f"== {name}, seed {seed} stopped before update {cfg.train.updates}; nothing "
                         "scored from it: rerun the same command to resume")
                     return write_report(store, results, seeds=seeds, tasks=tasks, slow_tasks=slow_tasks)
