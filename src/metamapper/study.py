@@ -169,24 +169,33 @@ STEPS = (0, 1, 5, 10)
 DATASET_NAMES = {OE: "Open-Ended", RN: "Real-Name",
                  "fashion-all-open-ended": "Fashion-MNIST, all 10 classes, Open-Ended",
                  "fashion-all-real-name": "Fashion-MNIST, all 10 classes, Real-Name",
-                 "icons-open-ended": "icons, Open-Ended", "emoji-open-ended": "emoji, Open-Ended"}
+                 "icons-open-ended": "icons, Open-Ended", "emoji-open-ended": "emoji, Open-Ended",
+                 "icons-real-name": "icons, Real-Name", "emoji-real-name": "emoji, Real-Name"}
 GENERAL = 500  # test tasks per row of the generalisation claims (3 trainings x 3 seeds x many sets)
-SLOW_GENERAL = 200  # ... per 5-way row
+SLOW_GENERAL = 200  # ... per 5-way or 5-shot row
 VAL_GENERAL = 300  # validation tasks per row of the broad-selection claim
 
 
 def _general_rows(split: str) -> tuple[Row, ...]:
-    sets = [("Fashion held-out classes, OE", OE, 2), ("Fashion held-out classes, RN", RN, 2),
-            ("Fashion all 10 classes, OE", "fashion-all-open-ended", 2),
-            ("Fashion all 10 classes, RN", "fashion-all-real-name", 2),
-            ("Fashion all 10 classes, OE 5-way", "fashion-all-open-ended", 5),
-            ("icons test concepts, OE", "icons-open-ended", 2), ("emoji test concepts, OE", "emoji-open-ended", 2)]
+    sets = [("Fashion held-out classes, OE", OE, 2, 1), ("Fashion held-out classes, RN", RN, 2, 1),
+            ("Fashion all 10 classes, OE", "fashion-all-open-ended", 2, 1),
+            ("Fashion all 10 classes, RN", "fashion-all-real-name", 2, 1),
+            ("Fashion all 10 classes, OE 5-way", "fashion-all-open-ended", 5, 1),
+            ("icons test concepts, OE", "icons-open-ended", 2, 1), ("emoji test concepts, OE", "emoji-open-ended", 2, 1),
+            # the other shapes: 5 shots (Fashion-MNIST only: most corpus concepts have 3-5
+            # drawings), Real-Name and 5-way on the corpora
+            ("Fashion held-out classes, OE 5-shot", OE, 2, 5),
+            ("Fashion all 10 classes, OE 5-way 5-shot", "fashion-all-open-ended", 5, 5),
+            ("Fashion all 10 classes, RN 5-way", "fashion-all-real-name", 5, 1),
+            ("icons test concepts, RN", "icons-real-name", 2, 1), ("emoji test concepts, RN", "emoji-real-name", 2, 1),
+            ("icons test concepts, OE 5-way", "icons-open-ended", 5, 1),
+            ("emoji test concepts, OE 5-way", "emoji-open-ended", 5, 1)]
     if split == "val":  # choosing: the validation stream of each source's held-out classes
-        sets = [("Fashion held-out classes, OE", OE, 2), ("icons val concepts, OE", "icons-open-ended", 2),
-                ("emoji val concepts, OE", "emoji-open-ended", 2)]
-    return tuple(Row(f"{training}: {name}", training, dataset=ds, ways=ways, split=split,
-                     tasks=(SLOW_GENERAL if ways > 2 else GENERAL) if split == "test" else VAL_GENERAL)
-                 for training in ("fashion", "broad", "broad-no-fashion") for name, ds, ways in sets)
+        sets = [("Fashion held-out classes, OE", OE, 2, 1), ("icons val concepts, OE", "icons-open-ended", 2, 1),
+                ("emoji val concepts, OE", "emoji-open-ended", 2, 1)]
+    return tuple(Row(f"{training}: {name}", training, dataset=ds, ways=ways, shots=shots, split=split,
+                     tasks=(SLOW_GENERAL if ways > 2 or shots > 1 else GENERAL) if split == "test" else VAL_GENERAL)
+                 for training in ("fashion", "broad", "broad-no-fashion") for name, ds, ways, shots in sets)
 
 
 CLAIMS: dict[str, Claim] = {
@@ -259,7 +268,7 @@ CLAIMS: dict[str, Claim] = {
         (Comparison("broad: Fashion held-out classes, OE", "fashion: Fashion held-out classes, OE", "not_worse"),
          Comparison("broad: icons test concepts, OE", "fashion: icons test concepts, OE"),
          Comparison("broad: emoji test concepts, OE", "fashion: emoji test concepts, OE")),
-        f"2-way rows: {GENERAL} test tasks, 5-way: {SLOW_GENERAL}; 1-shot, in context. `fashion-all-*`: "
+        f"2-way 1-shot rows: {GENERAL} test tasks, 5-way or 5-shot: {SLOW_GENERAL}; in context. `fashion-all-*`: "
         "all ten classes of Fashion-MNIST's test split, a domain that `broad-no-fashion` never saw "
         "(for `fashion` and `broad`, six of the ten classes are meta-training classes)."),
     "grid": Claim(
