@@ -266,7 +266,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     for o in overrides or []:
         _set_dotted(data, o)
     d = data.get("data")
-    if isinstance(d, dict) and d.get("source", "mixture") != "mixture" and "mixture" not in d:
+    if isinstance(d, dict) and d.get("source", DataConfig.source) != "mixture" and "mixture" not in d:
         data["data"] = {**d, "mixture": {}}  # the default mixture belongs to source=mixture only
     cfg = _from_dict(Config, data)
     validate(cfg)

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metamapper.config import Config, load_config
-from metamapper.data.corpora import CorpusBuildError, ensure_corpus
+from metamapper.data.corpora import BUILDERS, CorpusBuildError, ensure_corpus
+from metamapper.data.mixture import source_parts
 from metamapper.data.sources import evaluation_tasks
 from metamapper.eval.report import (
     plot_accuracy_vs_shots,
@@ -59,7 +60,6 @@ QUICK = DemoPlan(  # a few minutes: shows the whole job; so short a run is at th
     tasks_5shot=12,
     tasks_corpora=30,
 )
-CORPORA = ("icons", "emoji", "glyphs")  # rendered corpora: their held-out concepts are scored too
 
 def _finished_rows(path: Path) -> dict[tuple[object, ...], dict[str, object]]:
     if not path.is_file():
@@ -90,14 +90,10 @@ def demo_config(*overrides: str, config: str | Path | None = None) -> Config:
     return load_config(config, list(overrides))
 
 
-def sources(cfg: Config) -> list[str]:
-    """The task sources ``cfg`` meta-trains on (a mixture's parts)."""
-    return sorted(cfg.data.mixture) if cfg.data.source == "mixture" else [cfg.data.source]
-
-
-def _root(cfg: Config, name: str) -> str | None:
-    """Source ``name``'s data folder in ``cfg`` (None: the source's default)."""
-    return cfg.data.mixture_roots.get(name) if cfg.data.source == "mixture" else cfg.data.root
+def _corpora(cfg: Config) -> dict[str, str | None]:
+    """The rendered corpora (``corpora.BUILDERS``) ``cfg`` meta-trains on -> their folder (None:
+    the default)."""
+    return {name: part.root for name, part in source_parts(cfg.data).items() if name in BUILDERS}
 
 
 def demo_settings(cfg: Config, plan: DemoPlan) -> list[tuple[str, int, int, str | None]]:
@@ -106,8 +102,7 @@ def demo_settings(cfg: Config, plan: DemoPlan) -> list[tuple[str, int, int, str 
     each rendered corpus ``cfg`` meta-trains on (Open-Ended, 1 shot)."""
     fashion = [("fashion-open-ended", 1, plan.tasks, None), ("fashion-open-ended", 5, plan.tasks_5shot, None),
                ("fashion-real-name", 1, plan.tasks, None)]
-    return fashion + [(f"{name}-open-ended", 1, plan.tasks_corpora, _root(cfg, name))
-                      for name in sources(cfg) if name in CORPORA]
+    return fashion + [(f"{name}-open-ended", 1, plan.tasks_corpora, root) for name, root in _corpora(cfg).items()]
 
 
 def run_demo(*, quick: bool = False, out: str | Path = "runs/demo", device: str | None = None,
@@ -119,13 +114,13 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo", device: str 
     on = (f"runtime.device={device}",) if device else ()  # every run computes there
     t0 = time.time()
     main = demo_config(*plan.main_overrides, *on, config=config)
-    corpora = [name for name in sources(main) if name in CORPORA]
+    corpora = _corpora(main)
     print(f"metamapper demo ({'quick' if quick else 'full'}): {main.backbones.vision} + {main.backbones.lm}, "
-          f"{config or 'the default'}: meta-train on {', '.join(sources(main))}; test on Fashion-MNIST's "
+          f"{config or 'the default'}: meta-train on {', '.join(source_parts(main.data))}; test on Fashion-MNIST's "
           f"4 held-out classes{' and held-out concepts' if corpora else ''}. Output: {out}/")
-    for name in corpora:  # rendered once (minutes), before anything trains
+    for name, root in corpora.items():  # rendered once (minutes), before anything trains
         try:
-            ensure_corpus(name, _root(main, name))
+            ensure_corpus(name, root)
         except CorpusBuildError as e:
             raise CorpusBuildError(f"{e} (`sudo make corpora` installs and renders them; or run the demo "
                                    "without them: metamapper demo --config configs/fashion.yaml)") from None

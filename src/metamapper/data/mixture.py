@@ -82,6 +82,15 @@ def draw_sources(shares: dict[str, float], n: int, rng: np.random.Generator) -> 
     return [names[i] for i in rng.choice(len(names), size=n, p=p / p.sum())]
 
 
+def source_parts(d: DataConfig) -> dict[str, DataConfig]:
+    """The task sources ``d`` meta-trains on, each with its own data settings: a mixture's parts
+    (each on its folder, ``data.mixture_roots[name]`` or its default), else ``{d.source: d}``."""
+    if d.source != "mixture":
+        return {d.source: d}
+    return {name: replace(d, source=name, root=d.mixture_roots.get(name), mixture={}, mixture_roots={})
+            for name in sorted(d.mixture)}
+
+
 def mixture_tasks(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
     """``(train, validation)`` of ``data.source=mixture``: see the module's docstring."""
     rng = np.random.default_rng([seed, 0x6D6978])  # the draw of sources, apart from each source's
@@ -90,11 +99,10 @@ def mixture_tasks(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, Task
     parts: dict[str, ImageSource] = {}
     trains: dict[str, list[Task]] = {}
     vals: dict[str, list[Task]] = {}
-    for name in sorted(d.mixture):
+    for name, sub in source_parts(d).items():
         source = TASK_SOURCES.get(name)
         if source.train_val is None:
             raise ValueError(f"data.mixture: source {name!r} has no meta-training tasks (it only tests)")
-        sub = replace(d, source=name, root=d.mixture_roots.get(name), mixture={}, mixture_roots={})
         train, val = source.train_val(sub, max(1, counts[name]), seed)
         # a source may validate on other images than it trains on (Fashion-MNIST: its test split)
         val_part = name if val.images.identity == train.images.identity else f"{name}{SEP}val"
