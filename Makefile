@@ -60,19 +60,16 @@ setup: $(BIN)/.installed-dev fashion $(CHROMIUM) /usr/bin/rsvg-convert
 # the three corpora (minutes each, once; into $$METAMAPPER_CACHE/corpora). Needs root.
 corpora: $(BIN)/.installed
 	apt-get update -qq && apt-get install -y -qq --no-install-recommends $$($(BIN)/python -c \
-		"from metamapper.data import emoji, glyphs, icons; print(icons.INSTALL, emoji.INSTALL, glyphs.INSTALL)")
+		"import metamapper.data.sources; from metamapper.data.corpora import PACKAGES; print(*PACKAGES.values())")
 	for n in icons emoji glyphs; do $(BIN)/metamapper corpus $$n; done
 
 # The Debian packages the default's corpora (icons, emoji) are rendered from, installed as root
 # when a corpus is not rendered yet; without root, `metamapper demo` stops naming what to install
 # (or run it on configs/fashion.yaml). The demo renders the corpora itself (minutes, once).
 default-corpora: $(BIN)/.installed
-	@if $(BIN)/python -c "import sys; from metamapper.data.corpora import corpus_dir; \
-		sys.exit(all((corpus_dir(n) / 'index.json').is_file() for n in ('icons', 'emoji')))"; then \
-		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && apt-get install -y -qq --no-install-recommends $$($(BIN)/python -c \
-				"from metamapper.data import emoji, icons; print(icons.INSTALL, emoji.INSTALL)"); \
-		fi; \
+	@pkgs="$$($(BIN)/python -c 'from metamapper.demo import missing_packages; print(*missing_packages())')"; \
+	if [ -n "$$pkgs" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && apt-get install -y -qq --no-install-recommends $$pkgs; \
 	fi
 
 test: setup

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metamapper.config import Config, load_config
-from metamapper.data.corpora import BUILDERS, CorpusBuildError, ensure_corpus
+from metamapper.data.corpora import BUILDERS, PACKAGES, CorpusBuildError, corpus_dir, ensure_corpus
 from metamapper.data.mixture import source_parts
 from metamapper.data.sources import evaluation_tasks
 from metamapper.eval.report import (
@@ -94,6 +94,14 @@ def _corpora(cfg: Config) -> dict[str, str | None]:
     """The rendered corpora (``corpora.BUILDERS``) ``cfg`` meta-trains on -> their folder (None:
     the default)."""
     return {name: part.root for name, part in source_parts(cfg.data).items() if name in BUILDERS}
+
+
+def missing_packages(config: str | Path | None = None) -> list[str]:
+    """The Debian packages of the corpora ``config`` (None: the default) meta-trains on that are
+    not rendered yet (``make demo`` installs them as root before the demo renders them)."""
+    missing = [name for name, root in _corpora(demo_config(config=config)).items()
+               if not (corpus_dir(name, root) / "index.json").is_file()]
+    return [pkg for name in missing for pkg in PACKAGES[name].split()]
 
 
 def demo_settings(cfg: Config, plan: DemoPlan) -> list[tuple[str, int, int, str | None]]:

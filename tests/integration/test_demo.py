@@ -96,6 +96,21 @@ def test_the_demo_scores_the_corpora_a_config_trains_on(monkeypatch: pytest.Monk
         demo.run_demo(quick=True, out="never-written")
 
 
+def test_make_demo_installs_the_packages_of_the_corpora_not_yet_rendered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``make demo`` (target ``default-corpora``) installs what ``missing_packages`` names: the
+    Debian packages of the default's corpora that are not rendered yet, read from its mixture."""
+    from metamapper.data import emoji, icons
+    from metamapper.data.corpora import corpus_dir
+
+    monkeypatch.setenv("METAMAPPER_CACHE", str(tmp_path))
+    assert demo.missing_packages() == [*emoji.INSTALL.split(), *icons.INSTALL.split()]
+    assert demo.missing_packages(Path(__file__).resolve().parents[2] / "configs" / "fashion.yaml") == []
+    corpus_dir("emoji").mkdir(parents=True)
+    (corpus_dir("emoji") / "index.json").write_text("{}")
+    assert demo.missing_packages() == icons.INSTALL.split()
+
+
 def test_a_training_stopped_early_is_not_scored(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A stop signal ends a training with a checkpoint before its last update: the demo says so
     and stops (a rerun resumes it), rather than scoring a half-trained mapper as the result."""

@@ -449,6 +449,7 @@ def load_corpus(root: str | os.PathLike[str]) -> Corpus:
 CorpusBuilder = Callable[..., Corpus]
 """``(out, *, progress) -> Corpus``: renders a source's corpus into folder ``out``."""
 BUILDERS: dict[str, CorpusBuilder] = {}
+PACKAGES: dict[str, str] = {}  # corpus -> the Debian packages it is rendered from (apt-get install)
 
 
 def corpus_dir(name: str, root: str | os.PathLike[str] | None = None) -> Path:
@@ -537,12 +538,14 @@ def corpus_tasks(corpus: Corpus, part: str, *, ways: int, shots: int, queries_pe
     return TaskSet(tasks, corpus.images())
 
 
-def register_corpus_source(name: str, builder: CorpusBuilder) -> None:
-    """Register the corpus builder ``name`` and its task source: meta-training on the corpus's
+def register_corpus_source(name: str, builder: CorpusBuilder, packages: str) -> None:
+    """Register the corpus builder ``name`` (rendered from the Debian ``packages``, space-separated)
+    and its task source: meta-training on the corpus's
     ``train`` concepts, validation on its ``val`` concepts, and the evaluation datasets
     ``{name}-open-ended`` (Frozen's test words) and ``{name}-real-name`` (the concepts' names) on
     its ``test`` concepts (``--split val``: the ``val`` concepts)."""
     BUILDERS[name] = builder
+    PACKAGES[name] = packages
 
     def train_val(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:
         corpus = ensure_corpus(name, d.root)

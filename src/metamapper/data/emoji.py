@@ -122,4 +122,4 @@ def build_emoji(out: str | os.PathLike[str], *, emoji_test: str | os.PathLike[st
                         progress=progress, stats={"emoji_listed": len(emoji), "fonts": len(faces)})
 
 
-register_corpus_source("emoji", build_emoji)  # called as (out, progress=...)
+register_corpus_source("emoji", build_emoji, INSTALL)  # called as (out, progress=...)

@@ -154,4 +154,4 @@ def build_glyphs(out: str | os.PathLike[str], *, font_roots: Sequence[str | os.P
                         progress=progress, stats={"fonts": len(faces), "scripts": len(letters)})
 
 
-register_corpus_source("glyphs", build_glyphs)  # called as (out, progress=...)
+register_corpus_source("glyphs", build_glyphs, INSTALL)  # called as (out, progress=...)

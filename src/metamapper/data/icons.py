@@ -232,5 +232,5 @@ def build_icons(out: str | os.PathLike[str], *, roots: Sequence[str | os.PathLik
                                                   "concepts_before_render": len(keep)})
 
 
-register_corpus_source("icons", build_icons)  # called as (out, progress=...)
+register_corpus_source("icons", build_icons, INSTALL)  # called as (out, progress=...)
 
