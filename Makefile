@@ -63,8 +63,8 @@ corpora: $(BIN)/.installed
 		"import metamapper.data.sources; from metamapper.data.corpora import PACKAGES; print(*PACKAGES.values())")
 	for n in icons emoji glyphs; do $(BIN)/metamapper corpus $$n; done
 
-# The Debian packages the default's corpora (icons, emoji) are rendered from, installed as root
-# when a corpus is not rendered yet; without root, `metamapper demo` stops naming what to install
+# The Debian packages of the corpora the default's mixture trains on (icons, emoji) that are not
+# rendered yet (`metamapper.demo.missing_packages`), installed as root; without root, `metamapper demo` stops naming what to install
 # (or run it on configs/fashion.yaml). The demo renders the corpora itself (minutes, once).
 default-corpora: $(BIN)/.installed
 	@pkgs="$$($(BIN)/python -c 'from metamapper.demo import missing_packages; print(*missing_packages())')"; \
