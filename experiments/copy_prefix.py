@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -100,29 +100,43 @@ def patch(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] |
     metamapper.eval.fewshot.task_prefixes = fn  # answering
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["train", "eval"])
+def probe_parser(doc: str, commands: Sequence[str] = ("train", "eval"),
+                 dataset: str = "fashion-open-ended") -> argparse.ArgumentParser:
+    """The arguments of a probe that trains under a patch and evaluates: ``COMMAND RUN_DIR
+    [OVERRIDES...] [--seed] [--dataset] [--split] [--tasks] [--ways]``."""
+    p = argparse.ArgumentParser(description=doc.split("\n")[0])
+    p.add_argument("command", choices=list(commands))
     p.add_argument("run_dir")
     p.add_argument("overrides", nargs="*", help="train: config overrides")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--tau", type=float, nargs="+", default=[0.05])
-    p.add_argument("--dataset", default="fashion-open-ended")
+    p.add_argument("--dataset", default=dataset)
     p.add_argument("--split", default="val")
     p.add_argument("--tasks", type=int, default=300)
     p.add_argument("--ways", type=int, default=2)
+    return p
+
+
+def train_patched(a: argparse.Namespace, patch_for: Callable[[Any], None]) -> None:
+    """Train (or resume) ``a.run_dir`` on the default config with ``a.overrides`` and ``a.seed``,
+    after ``patch_for(config)``."""
+    from metamapper.config import config_from_dict
+    from metamapper.runs import has_run
+    from metamapper.train import episodic
+
+    cfg = config_from_dict({}, [*a.overrides, f"train.seed={a.seed}"])
+    patch_for(cfg)
+    episodic.train(cfg, a.run_dir, resume=has_run(a.run_dir))
+
+
+def main() -> None:
+    p = probe_parser(__doc__)
+    p.add_argument("--tau", type=float, nargs="+", default=[0.05])
     p.add_argument("--stats", choices=["mapper", "tasks"], default="mapper",
                    help="eval: standardise with the mapper's statistics or, as diagnose.py, with the "
                         "evaluated tasks' own features")
     a = p.parse_args()
     if a.command == "train":
-        from metamapper.config import config_from_dict
-        from metamapper.runs import has_run
-        from metamapper.train import episodic
-
-        cfg = config_from_dict({}, [*a.overrides, f"train.seed={a.seed}"])
-        patch(cfg.data.ways * cfg.data.shots, a.tau[0])
-        episodic.train(cfg, a.run_dir, resume=has_run(a.run_dir))
+        train_patched(a, lambda cfg: patch(cfg.data.ways * cfg.data.shots, a.tau[0]))
         return
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.sources import evaluation_tasks

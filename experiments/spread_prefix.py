@@ -17,12 +17,11 @@ are moved around the mean of the row's support prefixes so that the support's sp
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Mapping, Sequence
 
 import torch
-from copy_prefix import ORIGINAL, slots_by_row
+from copy_prefix import ORIGINAL, probe_parser, slots_by_row, train_patched
 
 import metamapper.eval.fewshot
 import metamapper.meta.maml
@@ -62,25 +61,11 @@ def patch(n_support: int, alpha: float) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["spread", "train", "eval"])
-    p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*", help="train: config overrides; spread: datasets")
-    p.add_argument("--seed", type=int, default=0)
+    p = probe_parser(__doc__, ("spread", "train", "eval"), dataset="fashion-all-open-ended")
     p.add_argument("--alpha", type=float, nargs="+", default=[0.0, 0.12])
-    p.add_argument("--dataset", default="fashion-all-open-ended")
-    p.add_argument("--split", default="val")
-    p.add_argument("--tasks", type=int, default=300)
-    p.add_argument("--ways", type=int, default=2)
-    a = p.parse_args()
+    a = p.parse_args()  # spread: the datasets are its OVERRIDES
     if a.command == "train":
-        from metamapper.config import config_from_dict
-        from metamapper.runs import has_run
-        from metamapper.train import episodic
-
-        cfg = config_from_dict({}, [*a.overrides, f"train.seed={a.seed}"])
-        patch(cfg.data.ways * cfg.data.shots, a.alpha[-1])
-        episodic.train(cfg, a.run_dir, resume=has_run(a.run_dir))
+        train_patched(a, lambda cfg: patch(cfg.data.ways * cfg.data.shots, a.alpha[-1]))
         return
     from copy_prefix import answered
 

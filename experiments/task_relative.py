@@ -22,11 +22,11 @@ what this probes.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable
 
 import torch
+from copy_prefix import probe_parser, train_patched
 
 import metamapper.eval.fewshot
 import metamapper.train.episodic
@@ -68,27 +68,14 @@ def patch() -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["train", "eval"])
-    p.add_argument("run_dir")
-    p.add_argument("overrides", nargs="*", help="train: config overrides")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dataset", default="fashion-all-open-ended")
-    p.add_argument("--split", default="val")
-    p.add_argument("--tasks", type=int, default=300)
-    p.add_argument("--ways", type=int, default=2)
+    p = probe_parser(__doc__, dataset="fashion-all-open-ended")
     p.add_argument("--plain", action="store_true", help="eval: the features as the library gives them "
                    "(a run trained without the probe)")
     a = p.parse_args()
     if not a.plain:
         patch()
     if a.command == "train":
-        from metamapper.config import config_from_dict
-        from metamapper.runs import has_run
-        from metamapper.train import episodic
-
-        cfg = config_from_dict({}, [*a.overrides, f"train.seed={a.seed}"])
-        episodic.train(cfg, a.run_dir, resume=has_run(a.run_dir))
+        train_patched(a, lambda cfg: None)
         return
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.sources import evaluation_tasks
