@@ -56,16 +56,20 @@ $(CHROMIUM):
 
 setup: $(BIN)/.installed-dev fashion $(CHROMIUM) /usr/bin/rsvg-convert
 
+# $(call CORPORA,): the registered corpora; $(call CORPORA,.values()): their Debian packages
+CORPORA = $(BIN)/python -c "import metamapper.data.sources; from metamapper.data.corpora import PACKAGES; \
+	print(*PACKAGES$(1))"
+
 # The Debian packages the icons / emoji / glyphs corpora are rendered from (docs/DATA.md), then
 # the three corpora (minutes each, once; into $$METAMAPPER_CACHE/corpora). Needs root.
 corpora: $(BIN)/.installed
-	apt-get update -qq && apt-get install -y -qq --no-install-recommends $$($(BIN)/python -c \
-		"import metamapper.data.sources; from metamapper.data.corpora import PACKAGES; print(*PACKAGES.values())")
-	for n in icons emoji glyphs; do $(BIN)/metamapper corpus $$n; done
+	apt-get update -qq && apt-get install -y -qq --no-install-recommends $$($(call CORPORA,.values()))
+	for n in $$($(call CORPORA,)); do $(BIN)/metamapper corpus $$n; done
 
 # The Debian packages of the corpora the default's mixture trains on (icons, emoji) that are not
-# rendered yet (`metamapper.demo.missing_packages`), installed as root; without root, `metamapper demo` stops naming what to install
-# (or run it on configs/fashion.yaml). The demo renders the corpora itself (minutes, once).
+# rendered yet (`metamapper.demo.missing_packages`), installed as root; without root, `metamapper
+# demo` stops naming what to install (or run it on configs/fashion.yaml). The demo renders the
+# corpora itself (minutes, once).
 default-corpora: $(BIN)/.installed
 	@pkgs="$$($(BIN)/python -c 'from metamapper.demo import missing_packages; print(*missing_packages())')"; \
 	if [ -n "$$pkgs" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
