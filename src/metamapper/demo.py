@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metamapper.config import Config, load_config
-from metamapper.data.corpora import BUILDERS, PACKAGES, CorpusBuildError, corpus_dir, ensure_corpus
+from metamapper.data.corpora import BUILDERS, PACKAGES, CorpusBuildError, ensure_corpus, is_built
 from metamapper.data.mixture import source_parts
 from metamapper.data.sources import evaluation_tasks
 from metamapper.eval.report import (
@@ -99,8 +99,7 @@ def _corpora(cfg: Config) -> dict[str, str | None]:
 def missing_packages(config: str | Path | None = None) -> list[str]:
     """The Debian packages of the corpora ``config`` (None: the default) meta-trains on that are
     not rendered yet (``make demo`` installs them as root before the demo renders them)."""
-    missing = [name for name, root in _corpora(demo_config(config=config)).items()
-               if not (corpus_dir(name, root) / "index.json").is_file()]
+    missing = [name for name, root in _corpora(demo_config(config=config)).items() if not is_built(name, root)]
     return [pkg for name in missing for pkg in PACKAGES[name].split()]
 
 

@@ -458,6 +458,12 @@ def corpus_dir(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     return Path(root).expanduser() if root else cache_dir() / "corpora" / name
 
 
+def is_built(name: str, root: str | os.PathLike[str] | None = None) -> bool:
+    """Whether the corpus of source ``name`` has been rendered into ``root`` (default:
+    ``corpus_dir(name)``): its ``index.json``, written last, is there."""
+    return (corpus_dir(name, root) / "index.json").is_file()
+
+
 def ensure_corpus(name: str, root: str | os.PathLike[str] | None = None, *, rebuild: bool = False,
                   progress: bool = True) -> Corpus:
     """The corpus of source ``name`` in ``root`` (default: ``corpus_dir(name)``), built first
@@ -473,7 +479,7 @@ def ensure_corpus(name: str, root: str | os.PathLike[str] | None = None, *, rebu
     if name not in BUILDERS:
         raise ValueError(f"unknown corpus {name!r}; choose from {', '.join(sorted(BUILDERS))}")
     folder = corpus_dir(name, root)
-    if not rebuild and (folder / "index.json").is_file():
+    if not rebuild and is_built(name, folder):
         return load_corpus(folder)
     if folder.is_dir():
         foreign = [p.name for p in folder.iterdir()
@@ -485,7 +491,7 @@ def ensure_corpus(name: str, root: str | os.PathLike[str] | None = None, *, rebu
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / ".lock", "w") as lock:  # processes started together build it once
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not rebuild and (folder / "index.json").is_file():
+        if not rebuild and is_built(name, folder):
             return load_corpus(folder)
         if progress:
             print(f"metamapper: building the {name} corpus in {folder} (once; later runs reuse it)",
@@ -577,7 +583,7 @@ def describe_corpus(name: str, root: str | os.PathLike[str] | None = None) -> st
     """One line on the corpus of source ``name``: its concepts per split and images, or how to
     build it."""
     folder = corpus_dir(name, root)
-    if not (folder / "index.json").is_file():
+    if not is_built(name, folder):
         return f"not built yet in {folder} (metamapper corpus {name}; or built when first used)"
     c = load_corpus(folder)
     n = {p: len(v) for p, v in c.split.items()}
