@@ -94,10 +94,36 @@ def answered(model: MetaMapper, tasks: Sequence[object], table: object) -> Itera
         yield from zip(chunk, eps, answers, strict=True)
 
 
-def patch(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-    fn = matching_prefixes(n_support, tau, stats)
+def install(fn: Callable[..., torch.Tensor]) -> None:
+    """Use ``fn`` as ``task_prefixes`` in training's query loss and in answering."""
     metamapper.meta.maml.task_prefixes = fn  # training's query loss (task_losses)
     metamapper.eval.fewshot.task_prefixes = fn  # answering
+
+
+def per_row(n_support: int, change: Callable[[MetaMapper, torch.Tensor, torch.Tensor], torch.Tensor]):  # noqa: ANN201
+    """``task_prefixes`` in which every in-context row's prefixes ``(k, l, D)`` (its ``n_support``
+    supports, then its queries) become ``change(model, prefixes, features)``, the features
+    ``(k, tokens, dim)`` of the same slots; rows without a query are unchanged."""
+
+    def task_prefixes(model: MetaMapper, features: torch.Tensor, batch: PackedBatch,
+                      row_task: Sequence[int] | torch.Tensor, params: Sequence[Mapping[str, torch.Tensor]]
+                      ) -> torch.Tensor:
+        out = ORIGINAL(model, features, batch, row_task, params)
+        feats = features[batch.image_index]  # (S, tokens, dim) in slot order
+        new = list(out.unbind(0))
+        for slots in slots_by_row(batch):
+            if len(slots) <= n_support:
+                continue
+            q = change(model, out[slots].float(), feats[slots])
+            for i, s in enumerate(slots):
+                new[s] = q[i].to(out.dtype)
+        return torch.stack(new)
+
+    return task_prefixes
+
+
+def patch(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+    install(matching_prefixes(n_support, tau, stats))
 
 
 def probe_parser(doc: str, commands: Sequence[str] = ("train", "eval"),
@@ -126,6 +152,53 @@ def train_patched(a: argparse.Namespace, patch_for: Callable[[Any], None]) -> No
     cfg = config_from_dict({}, [*a.overrides, f"train.seed={a.seed}"])
     patch_for(cfg)
     episodic.train(cfg, a.run_dir, resume=has_run(a.run_dir))
+
+
+def row_probe(doc: str, name: str, patch_for: Callable[[int, float], None],
+              support: Callable[[MetaMapper, torch.Tensor, float], torch.Tensor]) -> None:
+    """The command line of a probe that changes every in-context row's prefixes by one number
+    ``--NAME`` (0: unchanged): ``spread RUN DATASET...`` (the median spread of 100 validation
+    tasks' support prefixes, ``support(model, features, value)``), ``train RUN [OVERRIDES]`` (under
+    ``patch_for(n_support, value)``), ``eval RUN`` (a JSON line of accuracy per value)."""
+    p = probe_parser(doc, ("spread", "train", "eval"), dataset="fashion-all-open-ended")
+    p.add_argument(f"--{name}", type=float, nargs="+", default=[0.0, 0.12])
+    a = p.parse_args()  # spread: the datasets are its OVERRIDES
+    values = getattr(a, name)
+    if a.command == "train":
+        train_patched(a, lambda cfg: patch_for(cfg.data.ways * cfg.data.shots, values[-1]))
+        return
+    from metamapper.data.feature_table import FeatureTable
+    from metamapper.data.sources import evaluation_tasks
+    from metamapper.eval.metrics import exact_match
+    from metamapper.meta.episode import episode_from_task
+    from metamapper.pretrained import load_run
+
+    model = load_run(a.run_dir, with_vision=True).model.eval()
+    for ds in a.overrides if a.command == "spread" else [a.dataset]:
+        n_tasks, ways = (100, 2) if a.command == "spread" else (a.tasks, a.ways)
+        ts = evaluation_tasks(ds, data=None, ways=ways, shots=1, n_tasks=n_tasks, split=a.split)
+        table = FeatureTable.from_cache(model.vision, ts.images, [k for t in ts.tasks for k in t.image_keys()],
+                                        progress=False)
+        line = {"run": a.run_dir, "dataset": ds, "split": a.split, "ways": ways, "tasks": len(ts.tasks)}
+        if a.command == "spread":
+            ratios = []
+            with torch.no_grad():
+                for t in ts.tasks:
+                    ep = episode_from_task(t, table)
+                    sup = support(model, ep.features[:ep.n_support], values[-1]).float()  # (2, l, D)
+                    dev = sup - sup.mean(0, keepdim=True)
+                    ratios.append((dev.pow(2).sum(-1).mean() / sup.pow(2).sum(-1).mean()).sqrt().item())
+            print(json.dumps({**line, name: values[-1], "spread_median": round(float(torch.tensor(ratios).median()), 3)}),
+                  flush=True)
+            continue
+        for value in values:
+            patch_for(ways, value)
+            hits = n = 0
+            for _, ep, preds in answered(model, ts.tasks, table):
+                for pred, answer in zip(preds, ep.answers, strict=True):
+                    n += 1
+                    hits += exact_match(pred, answer)
+            print(json.dumps({**line, name: value, "queries": n, "accuracy": round(hits / n, 4)}), flush=True)
 
 
 def main() -> None:
