@@ -44,56 +44,6 @@ def slots_by_row(batch: PackedBatch) -> list[list[int]]:
     return list(rows.values())
 
 
-def matching_prefixes(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None):  # noqa: ANN201
-    """``task_prefixes`` in which every row's slots after its first ``n_support`` (its queries)
-    get the softmax(cos / tau)-weighted mixture of the row's first ``n_support`` prefixes; the
-    features standardised with the mapper's statistics or with ``stats`` (flat mean, std)."""
-
-    def task_prefixes(model: MetaMapper, features: torch.Tensor, batch: PackedBatch,
-                      row_task: Sequence[int] | torch.Tensor, params: Sequence[Mapping[str, torch.Tensor]]
-                      ) -> torch.Tensor:
-        out = ORIGINAL(model, features, batch, row_task, params)
-        if tau <= 0:
-            return out
-        z = _unit(model, features[batch.image_index], stats)  # slot order
-        new = list(out.unbind(0))
-        for slots in slots_by_row(batch):
-            if len(slots) <= n_support:
-                continue
-            sup, qry = slots[:n_support], slots[n_support:]
-            w = (z[qry] @ z[sup].T / tau).softmax(-1)  # (queries, supports)
-            mixed = torch.einsum("qs,sld->qld", w.to(out.dtype), out[sup])
-            for i, s in enumerate(qry):
-                new[s] = mixed[i]
-        return torch.stack(new)
-
-    return task_prefixes
-
-
-def _unit(model: MetaMapper, features: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
-    """Unit vectors of the standardised, flattened features (what the matching compares)."""
-    if stats is None:
-        flat = model.mapper.standardized(features.float()).reshape(len(features), -1)
-    else:
-        flat = (features.float().reshape(len(features), -1) - stats[0]) / stats[1]
-    return F.normalize(flat, dim=-1)
-
-
-def answered(model: MetaMapper, tasks: Sequence[object], table: object) -> Iterator[tuple[Any, Any, list[str]]]:
-    """Each task, its episode and the LM's in-context answers to its queries (32 tasks a batch),
-    with whatever ``task_prefixes`` is patched in."""
-    from metamapper.meta.episode import episode_from_task
-    from metamapper.meta.maml import InnerLoop
-
-    for i in range(0, len(tasks), 32):
-        chunk = tasks[i:i + 32]
-        eps = [episode_from_task(t, table) for t in chunk]
-        with torch.no_grad():
-            answers, _ = metamapper.eval.fewshot.answer_episodes(model, eps, query_format="in_context",
-                                                                  loop=InnerLoop(steps=0))
-        yield from zip(chunk, eps, answers, strict=True)
-
-
 def install(fn: Callable[..., torch.Tensor]) -> None:
     """Use ``fn`` as ``task_prefixes`` in training's query loss and in answering."""
     metamapper.meta.maml.task_prefixes = fn  # training's query loss (task_losses)
@@ -120,6 +70,45 @@ def per_row(n_support: int, change: Callable[[MetaMapper, torch.Tensor, torch.Te
         return torch.stack(new)
 
     return task_prefixes
+
+
+def matching_prefixes(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None):  # noqa: ANN201
+    """``task_prefixes`` in which every row's slots after its first ``n_support`` (its queries)
+    get the softmax(cos / tau)-weighted mixture of the row's first ``n_support`` prefixes; the
+    features standardised with the mapper's statistics or with ``stats`` (flat mean, std)."""
+    if tau <= 0:
+        return ORIGINAL
+
+    def matched(model: MetaMapper, p: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        z = _unit(model, features, stats)
+        w = (z[n_support:] @ z[:n_support].T / tau).softmax(-1)  # (queries, supports)
+        return torch.cat([p[:n_support], torch.einsum("qs,sld->qld", w.to(p.dtype), p[:n_support])])
+
+    return per_row(n_support, matched)
+
+
+def _unit(model: MetaMapper, features: torch.Tensor, stats: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """Unit vectors of the standardised, flattened features (what the matching compares)."""
+    if stats is None:
+        flat = model.mapper.standardized(features.float()).reshape(len(features), -1)
+    else:
+        flat = (features.float().reshape(len(features), -1) - stats[0]) / stats[1]
+    return F.normalize(flat, dim=-1)
+
+
+def answered(model: MetaMapper, tasks: Sequence[object], table: object) -> Iterator[tuple[Any, Any, list[str]]]:
+    """Each task, its episode and the LM's in-context answers to its queries (32 tasks a batch),
+    with whatever ``task_prefixes`` is patched in."""
+    from metamapper.meta.episode import episode_from_task
+    from metamapper.meta.maml import InnerLoop
+
+    for i in range(0, len(tasks), 32):
+        chunk = tasks[i:i + 32]
+        eps = [episode_from_task(t, table) for t in chunk]
+        with torch.no_grad():
+            answers, _ = metamapper.eval.fewshot.answer_episodes(model, eps, query_format="in_context",
+                                                                  loop=InnerLoop(steps=0))
+        yield from zip(chunk, eps, answers, strict=True)
 
 
 def patch(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:

@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from copy_prefix import ORIGINAL, install, per_row, row_probe
 
+from metamapper.models.metamapper import MetaMapper
+
 _PROJECTIONS: dict[tuple[int, int], torch.Tensor] = {}
 
 
@@ -33,10 +35,12 @@ def projection(d_in: int, d_out: int) -> torch.Tensor:
     return _PROJECTIONS[d_in, d_out]
 
 
-def with_part(p: torch.Tensor, z: torch.Tensor, n_support: int, beta: float) -> torch.Tensor:
-    """One row's prefixes ``p`` (k, l, D) plus the fixed part of its standardised, flattened
-    features ``z`` (k, n*dim) centred on its first ``n_support`` (the support)."""
+def with_part(model: MetaMapper, p: torch.Tensor, features: torch.Tensor, n_support: int, beta: float
+              ) -> torch.Tensor:
+    """One row's prefixes ``p`` (k, l, D) plus the fixed part of the mapper-standardised features
+    ``(k, tokens, dim)`` of its images, centred on its first ``n_support`` (the support)."""
     k, n_pre, d = p.shape
+    z = model.mapper.standardized(features.float()).reshape(k, -1)  # (k, tokens * dim)
     dz = z - z[:n_support].mean(0, keepdim=True)
     dz = dz / dz[:n_support].pow(2).sum(-1).mean().sqrt().clamp(min=1e-6)  # the support's at RMS 1
     part = (dz @ projection(z.shape[1], n_pre * d).to(z.device)).reshape(k, n_pre, d) * n_pre ** 0.5
@@ -45,14 +49,13 @@ def with_part(p: torch.Tensor, z: torch.Tensor, n_support: int, beta: float) -> 
 
 
 def patch(n_support: int, beta: float) -> None:
-    install(per_row(n_support, lambda model, p, features: with_part(
-        p, model.mapper.standardized(features.float()).reshape(len(p), -1), n_support, beta)) if beta > 0 else ORIGINAL)
+    install(per_row(n_support, lambda model, p, features: with_part(model, p, features, n_support, beta))
+            if beta > 0 else ORIGINAL)
 
 
 def main() -> None:
     row_probe(__doc__, "beta", patch, lambda model, features, beta: with_part(
-        model.prefixes(features).float(), model.mapper.standardized(features.float()).reshape(len(features), -1),
-        len(features), beta))
+        model, model.prefixes(features).float(), features, len(features), beta))
 
 
 if __name__ == "__main__":
