@@ -432,7 +432,8 @@ class _HasCheckpoint(Protocol):
 
 
 def checkpoint_record(ckpt: _HasCheckpoint) -> dict[str, Any]:
-    """Where a result comes from: run folder, checkpoint step and checksum, version, config.
+    """Where a result comes from: run folder, checkpoint step and checksum, version, the arithmetic
+    it was trained in, config.
 
     ``ckpt``: a ``Checkpoint`` or anything with its ``path`` and ``meta`` (``LoadedRun``).
 
@@ -445,7 +446,7 @@ def checkpoint_record(ckpt: _HasCheckpoint) -> dict[str, Any]:
     run = path.parent.parent if path.parent.name == CKPT_DIR else path
     return {"run": str(run), "checkpoint": str(path), "step": ckpt.meta.get("step"),
             "sha256": ckpt.meta.get("sha256"), "metamapper_version": __version__,
-            "config": ckpt.meta.get("config")}
+            "arithmetic": ckpt.meta.get("arithmetic"), "config": ckpt.meta.get("config")}
 
 
 def checkpoint_config(ckpt: _HasCheckpoint) -> dict[str, Any]:

@@ -465,6 +465,7 @@ def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: i
         lines += [claim.note, ""]
     lines += ["| row | training | evaluation | tasks | mean ± sd % | per seed % (95% Wilson) |",
               "|---|---|---|---|---|---|"]
+    runs_of = seed_runs(claim, store, seeds, tasks, slow_tasks)
     for row in claim.rows:
         n = tasks_for(row, tasks, slow_tasks)
         recs = [store.get(row, s, n) for s in range(seeds)]
@@ -475,7 +476,7 @@ def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: i
             summary = f"{_pct(statistics.mean(accs))}{sd}" + (f" ({len(got)} of {seeds} seeds)"
                                                                if len(got) < seeds else "")
             per = ", ".join(f"{_pct(r['accuracy'])} ({_pct(r['ci95'][0])}–{_pct(r['ci95'][1])})"
-                            if r else "—" for r in recs)
+                            + _run_mark(runs_of, row.training, s, r) if r else "—" for s, r in enumerate(recs))
         elif row.label in before:
             lines.append(_kept(before[row.label], row.label))
             kept = True
@@ -499,6 +500,16 @@ def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: i
             diff = (f"{100 * statistics.mean(diffs):+.1f}"
                     + (f" ± {100 * statistics.stdev(diffs):.1f}" if len(diffs) > 1 else "")) if diffs else "—"
             lines.append(f"| {what} | {diff} | {len(diffs)} | {verdict(diffs, c.kind)} |")
+    mixed = {k: v for k, v in runs_of.items() if len(v) > 1}
+    if mixed:
+        lines += ["", " ".join(map(_mark, range(max(map(len, mixed.values()))))) + " A seed's values so marked come "
+                  "from different trainings of the same config and seed: "
+                  + "; ".join(f"`{t}` seed {s}: " + ", ".join(f"{_mark(i)} checkpoint {sha[:8]}"
+                                                           for i, sha in enumerate(v))
+                              for (t, s), v in sorted(mixed.items()))
+                  + ". A seed fixes the weights bitwise only with the same torch build, device and number of "
+                  "CPU threads (the order of the reductions; each checkpoint records its `arithmetic`); "
+                  "these trainings ran at different thread counts or were trained again on another machine."]
     if kept:
         lines += ["", f"{KEPT.strip()} Kept from an earlier run of this command: measured on that run's "
                   "trainings, whose measurements are not beside this report (`results/measurements.jsonl`); "
@@ -506,6 +517,34 @@ def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: i
     if plot:
         lines += ["", f"![{name}]({plot})"]
     return "\n".join(lines) + "\n"
+
+
+RUN_MARKS = "ᵃᵇᶜᵈᵉᶠᵍʰ"  # the trainings of one seed whose rows a claim mixes, in row order
+
+
+def _mark(i: int) -> str:
+    return RUN_MARKS[i] if i < len(RUN_MARKS) else f"[{i + 1}]"
+
+
+def seed_runs(claim: Claim, store: Store, seeds: int, tasks: int,
+              slow_tasks: int) -> dict[tuple[str, int], list[str]]:
+    """(training, seed) -> the checkpoints (SHA-256 of the weights) that the claim's measured rows
+    of that seed were scored on, in row order: more than one where the seed was trained again
+    and came out otherwise (another thread count, another machine)."""
+    out: dict[tuple[str, int], list[str]] = {}
+    for row in claim.rows:
+        for s in range(seeds):
+            rec = store.get(row, s, tasks_for(row, tasks, slow_tasks))
+            sha = ((rec or {}).get("checkpoint") or {}).get("sha256")
+            if sha and sha not in (have := out.setdefault((row.training, s), [])):
+                have.append(sha)
+    return out
+
+
+def _run_mark(runs_of: dict[tuple[str, int], list[str]], training: str, seed: int, rec: dict[str, Any]) -> str:
+    shas = runs_of.get((training, seed), [])
+    sha = (rec.get("checkpoint") or {}).get("sha256")
+    return _mark(shas.index(sha)) if len(shas) > 1 and sha in shas else ""
 
 
 def plot_claim(claim: Claim, store: Store, path: Path, *, seeds: int, tasks: int, slow_tasks: int) -> bool:

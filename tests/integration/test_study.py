@@ -210,3 +210,22 @@ def test_a_claim_partly_measured_here_keeps_the_other_lines_marked(tmp_path: Pat
     text = study.write_report(store, report, seeds=2, tasks=10, slow_tasks=5).read_text()
     assert "| row b | " in text and "70, 72" not in text  # the row is the store's now,
     assert "| row a > row b † | -21.2 ± 1.0 | 2 | fails |" in text  # the comparison not yet (1 seed)
+
+
+def test_a_seed_trained_twice_is_marked_in_its_claim(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    rows = (study.Row("row a", "fashion"), study.Row("row b", "fashion", shots=3), study.Row("row c", "mlp"))
+    claim = study.Claim("D", rows)
+    monkeypatch.setattr(study, "CLAIMS", {"d": claim})
+    store = study.Store.open(tmp_path / "results.jsonl", {"fashion": "bfloat16", "mlp": "bfloat16"})
+    for row, seed, sha in ((rows[0], 0, "a" * 64), (rows[1], 0, "b" * 64), (rows[0], 1, "c" * 64),
+                           (rows[1], 1, "c" * 64), (rows[2], 0, "d" * 64)):
+        store.add(store.key(row, seed, 10), {"accuracy": 0.5, "ci95": [0.4, 0.6], "checkpoint": {"sha256": sha}})
+    assert study.seed_runs(claim, store, 2, 10, 5) == {("fashion", 0): ["a" * 64, "b" * 64],
+                                                       ("fashion", 1): ["c" * 64], ("mlp", 0): ["d" * 64]}
+    text = study.write_report(store, tmp_path / "RESULTS.md", seeds=2, tasks=10, slow_tasks=5).read_text()
+    lines = {line.split(" | ")[0]: line for line in text.splitlines() if line.startswith("| row ")}
+    assert lines["| row a"].endswith("| 50.0 (40.0–60.0)ᵃ, 50.0 (40.0–60.0) |")  # seed 1: one training
+    assert lines["| row b"].endswith("| 50.0 (40.0–60.0)ᵇ, 50.0 (40.0–60.0) |")
+    assert lines["| row c"].endswith("| 50.0 (40.0–60.0), — |")
+    assert "`fashion` seed 0: ᵃ checkpoint aaaaaaaa, ᵇ checkpoint bbbbbbbb." in text
+    assert "mlp` seed" not in text

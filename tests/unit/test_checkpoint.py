@@ -360,11 +360,12 @@ def test_checkpoint_record_says_which_weights_answered(tmp_path: Path) -> None:
     import metamapper
 
     ck = read_checkpoint(save_checkpoint(tmp_path / "run", step=3, weights=weights(),
-                                         meta={**META, "config": {"train": {"lr": 0.1}}}))
+                                         meta={**META, "config": {"train": {"lr": 0.1}},
+                                               "arithmetic": {"device": "cpu", "cpu_threads": 2}}))
     rec = checkpoint_record(ck)
     assert rec == {"run": str((tmp_path / "run").resolve()), "checkpoint": str(ck.path.resolve()),
                    "step": 3, "sha256": ck.meta["sha256"], "metamapper_version": metamapper.__version__,
-                   "config": {"train": {"lr": 0.1}}}
+                   "arithmetic": {"device": "cpu", "cpu_threads": 2}, "config": {"train": {"lr": 0.1}}}
     json.dumps(rec)  # JSON-ready
 
 

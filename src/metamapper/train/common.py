@@ -9,6 +9,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -82,7 +83,19 @@ def checkpoint_meta(model: MetaMapper, cfg: Config) -> dict[str, Any]:
         "prefix_len": model.prefix_len,
         "mapper": cfg.mapper.kind,
         "config": cfg.to_dict(),
+        "arithmetic": arithmetic(next(model.mapper.parameters()).device),
     }
+
+
+def arithmetic(device: torch.device) -> dict[str, Any]:
+    """What besides the config and seed decides a training's floats: the torch build, the device
+    type and, on a CPU, the number of intra-op threads (it sets the order of the reductions).
+    Measured: the same config and seed at 1 and at 2 threads give other weights after 6 updates,
+    the same at 1 and 1 (docs/EXPERIMENTS.md, "Which run a seed is")."""
+    out: dict[str, Any] = {"torch": torch.__version__, "device": device.type}
+    if device.type == "cpu":
+        out["cpu_threads"] = torch.get_num_threads()
+    return out
 
 
 def trainable_state(model: MetaMapper, lrs: nn.Module | None) -> dict[str, torch.Tensor]:
@@ -136,7 +149,8 @@ def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: 
 
     Weights, optimizer, scheduler and the Python/NumPy/torch RNG states (dropout) are restored;
     the tasks are a function of the seed and the step, so the run continues exactly as if it
-    had not stopped. Corrupt newer checkpoints are skipped with a warning.
+    had not stopped when it goes on with the checkpoint's ``arithmetic`` (else it warns and goes
+    on). Corrupt newer checkpoints are skipped with a warning.
     """
     ckpt = latest_checkpoint(run_dir, trainer=True)
     check_compatible(ckpt.meta, vision=None, lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
@@ -148,6 +162,11 @@ def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: 
             f"cannot resume {run_dir}: its checkpoint {ckpt.path.name} was trained with another config ("
             + "; ".join(changed) + f"); resume with the run's own {run_dir / 'config.yaml'} (only the updates, "
             "time limit, validation, checkpointing, paths and evaluation may change) or train into a new folder")
+    was, now = ckpt.meta.get("arithmetic"), arithmetic(next(model.mapper.parameters()).device)
+    if isinstance(was, dict) and was != now:
+        warnings.warn(f"resuming {run_dir} with {now} where its checkpoint {ckpt.path.name} was trained "
+                      f"with {was}: the run goes on, but its weights will not be bitwise those of an "
+                      "uninterrupted run", stacklevel=2)
     load_trainable_state(model, lrs, ckpt.weights)
     state = load_trainer_state(ckpt)
     opt.load_state_dict(state["optimizer"])

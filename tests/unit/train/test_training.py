@@ -119,6 +119,23 @@ def test_resume_after_losing_the_last_checkpoint_gives_identical_weights(
         assert a["loss"] == b["loss"]
 
 
+def test_a_checkpoint_records_its_arithmetic_and_a_resume_that_changes_it_warns(
+        in_context_run: Path, features_dir: Path, tmp_path: Path) -> None:
+    """Another CPU thread count orders the reductions otherwise: the run goes on, not bitwise."""
+    threads = torch.get_num_threads()
+    meta = read_checkpoint(list_checkpoints(in_context_run)[-1]).meta
+    assert meta["arithmetic"] == {"torch": torch.__version__, "device": "cpu", "cpu_threads": threads}
+    run = tmp_path / "threads"
+    shutil.copytree(in_context_run, run)
+    torch.set_num_threads(threads + 1)
+    try:
+        with pytest.warns(UserWarning, match=rf"'cpu_threads': {threads + 1}}}.*'cpu_threads': {threads}}}.*not be bitwise"):
+            episodic.train(config(features_dir, "train.updates=7"), run, resume=True, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["step"] for r in metrics(run) if "loss" in r][-1] == 7
+
+
 def test_resume_refuses_a_checkpoint_of_other_backbones(in_context_run: Path, features_dir: Path,
                                                         tmp_path: Path) -> None:
     run = tmp_path / "other"
