@@ -507,9 +507,9 @@ def claim_section(name: str, claim: Claim, store: Store, *, seeds: int, tasks: i
                   + "; ".join(f"`{t}` seed {s}: " + ", ".join(f"{_mark(i)} checkpoint {sha[:8]}"
                                                            for i, sha in enumerate(v))
                               for (t, s), v in sorted(mixed.items()))
-                  + ". A seed fixes the weights bitwise only with the same torch build, device and number of "
-                  "CPU threads (the order of the reductions; each checkpoint records its `arithmetic`); "
-                  "these trainings ran at different thread counts or were trained again on another machine."]
+                  + ". A seed fixes the weights bitwise only in one arithmetic (torch build, device, number "
+                  "of CPU threads, which orders the reductions; each checkpoint records its `arithmetic`) and "
+                  "on the same encoded features: a seed trained again elsewhere can come out otherwise."]
     if kept:
         lines += ["", f"{KEPT.strip()} Kept from an earlier run of this command: measured on that run's "
                   "trainings, whose measurements are not beside this report (`results/measurements.jsonl`); "
