@@ -83,7 +83,7 @@ def checkpoint_meta(model: MetaMapper, cfg: Config) -> dict[str, Any]:
         "prefix_len": model.prefix_len,
         "mapper": cfg.mapper.kind,
         "config": cfg.to_dict(),
-        "arithmetic": arithmetic(next(model.mapper.parameters()).device),
+        "arithmetic": arithmetic(model.device),
     }
 
 
@@ -162,7 +162,7 @@ def resume(run_dir: Path, model: MetaMapper, opt: torch.optim.Optimizer, sched: 
             f"cannot resume {run_dir}: its checkpoint {ckpt.path.name} was trained with another config ("
             + "; ".join(changed) + f"); resume with the run's own {run_dir / 'config.yaml'} (only the updates, "
             "time limit, validation, checkpointing, paths and evaluation may change) or train into a new folder")
-    was, now = ckpt.meta.get("arithmetic"), arithmetic(next(model.mapper.parameters()).device)
+    was, now = ckpt.meta.get("arithmetic"), arithmetic(model.device)
     if isinstance(was, dict) and was != now:
         warnings.warn(f"resuming {run_dir} with {now} where its checkpoint {ckpt.path.name} was trained "
                       f"with {was}: the run goes on, but its weights will not be bitwise those of an "
