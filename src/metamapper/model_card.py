@@ -69,6 +69,72 @@ def _backbone_row(role: str, kind: str, path: str | None, identity: str | None) 
     return f"| {role} | `{kind}` | {where} | `{identity}` |"
 
 
+def _front_matter(cfg: Config, record: dict[str, Any]) -> str:
+    """The card's YAML metadata (without its ``---`` lines): library, license, the backbones that
+    are Hub models as ``base_model``, tags."""
+    from huggingface_hub import ModelCardData
+
+    bases = base_models(cfg, record)
+    data = ModelCardData(library_name="metamapper", license="mit", base_model=bases or None,
+                         tags=["metamapper", "few-shot-learning", "meta-learning", "multimodal",
+                               "image-to-text", f"method-{cfg.train.method}"])
+    return data.to_yaml()
+
+
+def _summary(heading: str, n_params: int) -> str:
+    """The title, what the mapper is, and what the repository holds."""
+    return f"""\
+# {heading}
+
+A meta-mapper trained with the `metamapper` library for multimodal few-shot learning: a small
+trainable mapper between a **frozen** image encoder and a **frozen** language model,
+meta-learned so that a few captioned images ("This is a dax.", "This is a blicket.") teach the
+pair new words (the method of [Najdenkoska, Zhen and Worring, ICLR
+2023](https://arxiv.org/abs/2302.14794)).
+
+This repository holds the mapper only (`model.safetensors`: {n_params:,} numbers, its parameters
+and feature statistics); the backbones below load from their own sources, and a mapper is refused
+with backbones other than the ones it was trained with."""
+
+
+def _mapper_text(cfg: Config) -> str:
+    """``"attention mapper, 4 prefix vectors"``; ``preset: paper`` names the authors' block."""
+    mc = cfg.mapper
+    return (f"{mc.kind} mapper" + (" (the authors' block, `preset: paper`)" if mc.preset == "paper" else "")
+            + f", {mc.prefix_len} prefix vectors")
+
+
+def _method_text(cfg: Config) -> str:
+    """The method's description, the mapper, and MAML's inner loop, as one line."""
+    inner = cfg.train.inner
+    adapt = (f" Inner loop: {inner.steps} steps at lr {inner.lr}"
+             + (" (Meta-SGD: learned rates, included)" if inner.meta_sgd else "") + "."
+             if cfg.train.method == "maml" else "")
+    return f"{METHODS.get(cfg.train.method, cfg.train.method).capitalize()}; {_mapper_text(cfg)}.{adapt}"
+
+
+def _method_section(cfg: Config, record: dict[str, Any]) -> str:
+    return f"""\
+## Method
+
+{_method_text(cfg)}
+Exported from update {record["step"]} of its training run (metamapper {record["metamapper_version"]})."""
+
+
+def _backbones_section(cfg: Config, record: dict[str, Any]) -> str:
+    bb = cfg.backbones
+    return f"""\
+## Backbones (frozen)
+
+| role | backbone | source | identity |
+|---|---|---|---|
+{_backbone_row("vision encoder", bb.vision, bb.vision_path, record.get("vision_identity"))}
+{_backbone_row("language model", bb.lm, bb.lm_path, record.get("lm_identity"))}
+
+Visual features: `{bb.vision_mode}`, {record["visual_dim"]}-d; language model embeddings:
+{record["embed_dim"]}-d."""
+
+
 def _training_data(cfg: Config) -> str:
     d, t = cfg.data, cfg.train
     src = f"`{d.source}`" + (f" (`{d.benchmark}`)" if d.source == "frozen-benchmark" else "")
@@ -82,71 +148,16 @@ def _training_data(cfg: Config) -> str:
             f"{t.meta_batch} tasks, AdamW lr {t.lr}, seed {t.seed}.")
 
 
-def model_card(record: dict[str, Any], results: list[dict[str, Any]], *, n_params: int,
-               repo_id: str | None = None, title: str = "metamapper mapper") -> str:
-    """The card's text for an exported folder's ``config.json`` ``record``.
-
-    Args:
-        record: the exported ``config.json`` (``hub.pretrained_record``).
-        results: evaluation rows of these weights (``eval.report`` rows); none: the card says so.
-        n_params: the number of values in the mapper's tensors (parameters and statistics).
-        repo_id: the Hub id the usage snippet loads (default ``OWNER/NAME``).
-        title: the card's title without a ``repo_id`` (with one: its name).
-    """
-    from huggingface_hub import ModelCard, ModelCardData
-
-    cfg = config_from_dict(record["config"])
-    bb, mc = cfg.backbones, cfg.mapper
-    name = repo_id or "OWNER/NAME"
-    bases = base_models(cfg, record)
-    data = ModelCardData(library_name="metamapper", license="mit", base_model=bases or None,
-                         tags=["metamapper", "few-shot-learning", "meta-learning", "multimodal",
-                               "image-to-text", f"method-{cfg.train.method}"])
-    mapper = (f"{mc.kind} mapper" + (" (the authors' block, `preset: paper`)" if mc.preset == "paper" else "")
-              + f", {mc.prefix_len} prefix vectors")
-    inner = cfg.train.inner
-    adapt = (f" Inner loop: {inner.steps} steps at lr {inner.lr}"
-             + (" (Meta-SGD: learned rates, included)" if inner.meta_sgd else "") + "."
-             if cfg.train.method == "maml" else "")
+def _results_section(results: list[dict[str, Any]]) -> str:
     table = results_table(results) if results else (
         "The run folder recorded no evaluation of these weights (`metamapper evaluate --out "
         "RUN/results.json` records one).")
-    body = f"""
-# {repo_id.split("/")[-1] if repo_id else title}
+    return f"## Results\n\n{table}"
 
-A meta-mapper trained with the `metamapper` library for multimodal few-shot learning: a small
-trainable mapper between a **frozen** image encoder and a **frozen** language model,
-meta-learned so that a few captioned images ("This is a dax.", "This is a blicket.") teach the
-pair new words (the method of [Najdenkoska, Zhen and Worring, ICLR
-2023](https://arxiv.org/abs/2302.14794)).
 
-This repository holds the mapper only (`model.safetensors`: {n_params:,} numbers, its parameters
-and feature statistics); the backbones below load from their own sources, and a mapper is refused
-with backbones other than the ones it was trained with.
-
-## Method
-
-{METHODS.get(cfg.train.method, cfg.train.method).capitalize()}; {mapper}.{adapt}
-Exported from update {record["step"]} of its training run (metamapper {record["metamapper_version"]}).
-
-## Backbones (frozen)
-
-| role | backbone | source | identity |
-|---|---|---|---|
-{_backbone_row("vision encoder", bb.vision, bb.vision_path, record.get("vision_identity"))}
-{_backbone_row("language model", bb.lm, bb.lm_path, record.get("lm_identity"))}
-
-Visual features: `{bb.vision_mode}`, {record["visual_dim"]}-d; language model embeddings:
-{record["embed_dim"]}-d.
-
-## Training data
-
-{_training_data(cfg)}
-
-## Results
-
-{table}
-
+def _usage_section(name: str) -> str:
+    """How to use the mapper published as ``name``, on the command line and in Python."""
+    return f"""\
 ## Usage
 
 With `metamapper` installed:
@@ -164,16 +175,39 @@ model = MetaMapper.from_pretrained("{name}")
 adapted = model.adapt([load_image("mug.jpg"), load_image("kettle.jpg")],
                       ["This is a dax.", "This is a blicket."])
 print(adapted.answer([load_image("other_mug.jpg")], question="This is a"))
-```
+```"""
 
-## Citation
 
-```bibtex
-{CITATION % record["metamapper_version"]}
-```
+def _citation_section(version: str) -> str:
+    return f"## Citation\n\n```bibtex\n{CITATION % version}\n```"
 
-## License
 
-MIT (the mapper's weights and metamapper). The backbones keep their own licenses.
-"""
-    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
+LICENSE_SECTION = "## License\n\nMIT (the mapper's weights and metamapper). The backbones keep their own licenses."
+
+
+def model_card(record: dict[str, Any], results: list[dict[str, Any]], *, n_params: int,
+               repo_id: str | None = None, title: str = "metamapper mapper") -> str:
+    """The card's text for an exported folder's ``config.json`` ``record``.
+
+    Args:
+        record: the exported ``config.json`` (``hub.pretrained_record``).
+        results: evaluation rows of these weights (``eval.report`` rows); none: the card says so.
+        n_params: the number of values in the mapper's tensors (parameters and statistics).
+        repo_id: the Hub id the usage snippet loads (default ``OWNER/NAME``).
+        title: the card's title without a ``repo_id`` (with one: its name).
+    """
+    from huggingface_hub import ModelCard
+
+    cfg = config_from_dict(record["config"])
+    sections = [
+        _summary(repo_id.split("/")[-1] if repo_id else title, n_params),
+        _method_section(cfg, record),
+        _backbones_section(cfg, record),
+        f"## Training data\n\n{_training_data(cfg)}",
+        _results_section(results),
+        _usage_section(repo_id or "OWNER/NAME"),
+        _citation_section(record["metamapper_version"]),
+        LICENSE_SECTION,
+    ]
+    body = "\n" + "\n\n".join(sections) + "\n"  # a blank line between sections
+    return str(ModelCard(f"---\n{_front_matter(cfg, record)}\n---\n{body}"))

@@ -37,6 +37,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -318,65 +319,112 @@ def build_corpus(name: str, out: str | os.PathLike[str], candidates: Sequence[Ca
     Returns:
         The ``Corpus`` as written.
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     start = time.time()
     root = Path(out)
+    images = _empty_corpus_folder(root)
+    pictures = _render_distinct(name, candidates, root, size=size, near=near, workers=workers,
+                                progress=progress)
+    kept = _one_concept_per_drawing(pictures.by_hash, candidates, root)
+    classes = _concepts_with_enough(kept, root, min_instances=min_instances)
+    _remove_empty_folders(images)
+    record = _index_record(name, classes, pictures, size=size, min_instances=min_instances,
+                           n_candidates=len(candidates), stats=stats, start=start)
+    _write_index(root, record)
+    return load_corpus(root)
+
+
+def _empty_corpus_folder(root: Path) -> Path:
+    """Empty ``root/images`` (an earlier build's pictures go) and remove an old index; returns
+    ``root/images``."""
     images = root / "images"
     if images.exists():
         shutil.rmtree(images)
     images.mkdir(parents=True)
     (root / "index.json").unlink(missing_ok=True)
-    n_cand: dict[str, int] = {}
-    for c in candidates:
-        n_cand[c.concept] = n_cand.get(c.concept, 0) + 1
-    skipped: list[tuple[str, str]] = []
+    return images
 
-    def render(c: Candidate) -> tuple[Candidate, Image.Image | None, str]:
-        if is_reserved(c.path, c.package):
-            return c, None, f"{RESERVED} files are reserved"
-        try:
-            im = c.render()
-            if im.mode != "RGB":
-                im = im.convert("RGB")
-            if im.size != (size, size):
-                im = fit_square(im, size)
-            return c, im, ""
-        except Exception as e:  # a bad input file must never abort the build
-            return c, None, f"{type(e).__name__}: {e}"
 
-    # hash -> concept -> (candidate, file) of each distinct picture
-    by_hash: dict[str, dict[str, tuple[Candidate, str]]] = {}
-    thumbs: dict[str, list[np.ndarray]] = {}  # concept -> the thumbnails of its pictures
-    n_near = n_faint = 0
+def _render(c: Candidate, size: int) -> tuple[Candidate, Image.Image | None, str]:
+    """``c`` drawn as a ``size`` x ``size`` RGB picture, or None and why not."""
+    if is_reserved(c.path, c.package):
+        return c, None, f"{RESERVED} files are reserved"
+    try:
+        im = c.render()
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        if im.size != (size, size):
+            im = fit_square(im, size)
+        return c, im, ""
+    except Exception as e:  # a bad input file must never abort the build
+        return c, None, f"{type(e).__name__}: {e}"
+
+
+@dataclass
+class _Pictures:
+    """The distinct pictures a build has saved so far, and what it left out."""
+
+    root: Path  # the corpus folder the pictures are saved in
+    near: float  # see build_corpus
+    # pixel hash -> concept -> (candidate, file) of each distinct picture
+    by_hash: dict[str, dict[str, tuple[Candidate, str]]] = field(default_factory=dict)
+    thumbs: dict[str, list[np.ndarray]] = field(default_factory=dict)  # concept -> its thumbnails
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (input file, why)
+    n_near: int = 0
+    n_faint: int = 0
+
+    def add(self, c: Candidate, im: Image.Image) -> None:
+        """Save ``im`` as a picture of ``c.concept``, unless it is faint or the concept already
+        has it (the same pixels, or a thumbnail nearer than ``near``)."""
+        if is_faint(im):
+            self.n_faint += 1
+            return
+        h = _pixel_hash(im)
+        if c.concept in self.by_hash.get(h, {}):  # the same picture again for this concept
+            return
+        thumb = thumbnail(im)
+        kept_thumbs = self.thumbs.setdefault(c.concept, [])
+        if any(float(np.abs(thumb - t).mean()) < self.near for t in kept_thumbs):
+            self.n_near += 1
+            return
+        kept_thumbs.append(thumb)
+        rel = f"images/{c.concept}/{safe_key(c.package)}--{safe_key(c.origin)}.png"
+        path = self.root / rel
+        path.parent.mkdir(exist_ok=True)
+        im.save(path, optimize=True)
+        self.by_hash.setdefault(h, {})[c.concept] = (c, rel)
+
+
+def _render_distinct(name: str, candidates: Sequence[Candidate], root: Path, *, size: int,
+                     near: float, workers: int | None, progress: bool) -> _Pictures:
+    """Render every candidate (in threads, in order) and save its picture unless a concept
+    already has it; warn of each one that could not be rendered."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    pictures = _Pictures(root, near)
     n_workers = workers or min(4, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=n_workers) as pool:
-        rendered = tqdm(pool.map(render, candidates), total=len(candidates), disable=not progress,
+        rendered = tqdm(pool.map(functools.partial(_render, size=size), candidates),
+                        total=len(candidates), disable=not progress,
                         desc=f"rendering the {name} corpus", unit="picture")
         for c, im, why in rendered:
             if im is None:
-                skipped.append((c.path, why))
-                warnings.warn(f"{name}: skipped {c.path} ({c.concept}): {why}", stacklevel=2)
+                pictures.skipped.append((c.path, why))
+                # stacklevel 3: the warning names build_corpus's caller
+                warnings.warn(f"{name}: skipped {c.path} ({c.concept}): {why}", stacklevel=3)
                 continue
-            if is_faint(im):
-                n_faint += 1
-                continue
-            h = _pixel_hash(im)
-            seen = by_hash.get(h, {})
-            if c.concept in seen:  # the same picture again for this concept
-                continue
-            thumb = thumbnail(im)
-            kept_thumbs = thumbs.setdefault(c.concept, [])
-            if any(float(np.abs(thumb - t).mean()) < near for t in kept_thumbs):
-                n_near += 1
-                continue
-            kept_thumbs.append(thumb)
-            rel = f"images/{c.concept}/{safe_key(c.package)}--{safe_key(c.origin)}.png"
-            path = root / rel
-            path.parent.mkdir(exist_ok=True)
-            im.save(path, optimize=True)
-            by_hash.setdefault(h, {})[c.concept] = (c, rel)
-    # one drawing under several concepts: keep it under the concept with the most candidates
+            pictures.add(c, im)
+    return pictures
+
+
+def _one_concept_per_drawing(by_hash: dict[str, dict[str, tuple[Candidate, str]]],
+                             candidates: Sequence[Candidate],
+                             root: Path) -> dict[str, list[tuple[Candidate, str]]]:
+    """Concept -> its (candidate, file) pictures, each drawing kept under one concept only: the
+    one with the most candidates (then the shortest key, then the first key); the other copies
+    are deleted."""
+    n_cand: dict[str, int] = {}
+    for c in candidates:
+        n_cand[c.concept] = n_cand.get(c.concept, 0) + 1
     kept: dict[str, list[tuple[Candidate, str]]] = {}
     for owners in by_hash.values():
         best = min(owners, key=lambda k: (-n_cand[k], len(k), k))
@@ -385,6 +433,13 @@ def build_corpus(name: str, out: str | os.PathLike[str], candidates: Sequence[Ca
                 kept.setdefault(concept, []).append((c, rel))
             else:
                 (root / rel).unlink(missing_ok=True)
+    return kept
+
+
+def _concepts_with_enough(kept: dict[str, list[tuple[Candidate, str]]], root: Path, *,
+                          min_instances: int) -> dict[str, Concept]:
+    """The concepts with at least ``min_instances`` pictures, by key, their pictures sorted by
+    file; the pictures of the others are deleted."""
     classes: dict[str, Concept] = {}
     for concept in sorted(kept):
         items = sorted(kept[concept], key=lambda cr: cr[1])
@@ -396,28 +451,41 @@ def build_corpus(name: str, out: str | os.PathLike[str], candidates: Sequence[Ca
         classes[concept] = Concept(
             name=first.name, info=first.info,
             instances=tuple(Instance(rel, c.package, c.origin, c.path) for c, rel in items))
-    for d in images.iterdir():  # folders of dropped concepts
+    return classes
+
+
+def _remove_empty_folders(images: Path) -> None:
+    """Remove the picture folders of dropped concepts."""
+    for d in images.iterdir():
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
-    split = split_classes(list(classes))
-    record = {
+
+
+def _index_record(name: str, classes: dict[str, Concept], pictures: _Pictures, *, size: int,
+                  min_instances: int, n_candidates: int, stats: dict[str, Any] | None,
+                  start: float) -> dict[str, Any]:
+    """The ``index.json`` of a build started at ``start``: its concepts, their seeded split,
+    its numbers and the inputs it skipped."""
+    return {
         "format": FORMAT, "version": VERSION, "name": name, "image_size": size,
         "min_instances": min_instances,
         "split_rule": "class_folders.split_classes: seeded shuffle (seed 0) of the sorted keys, 60/20/20",
-        "stats": {**(stats or {}), "candidates": len(candidates), "concepts": len(classes),
+        "stats": {**(stats or {}), "candidates": n_candidates, "concepts": len(classes),
                   "images": sum(len(c.instances) for c in classes.values()),
-                  "near_duplicates": n_near, "faint": n_faint, "skipped": len(skipped),
-                  "build_s": round(time.time() - start, 1)},
-        "split": split,
+                  "near_duplicates": pictures.n_near, "faint": pictures.n_faint,
+                  "skipped": len(pictures.skipped), "build_s": round(time.time() - start, 1)},
+        "split": split_classes(list(classes)),
         "classes": {k: {"name": c.name, "info": c.info, "instances": [asdict(i) for i in c.instances]}
                     for k, c in classes.items()},
-        "skipped": [list(s) for s in skipped],
+        "skipped": [list(s) for s in pictures.skipped],
     }
+
+
+def _write_index(root: Path, record: dict[str, Any]) -> None:
+    """Write ``root/index.json`` atomically (written last: a corpus is built once it is there)."""
     tmp = root / f"index.json.tmp-{os.getpid()}"
     tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False))
     os.replace(tmp, root / "index.json")
-    return load_corpus(root)
-
 
 def load_corpus(root: str | os.PathLike[str]) -> Corpus:
     """Read a corpus folder's ``index.json``.

@@ -25,7 +25,7 @@ import hashlib
 import random
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from PIL import Image
@@ -302,6 +302,77 @@ class TaskSizeError(ValueError):
     """More ways, shots or queries than the classes' images allow (callers name their settings)."""
 
 
+def _check_task_shape(*, ways: int, shots: int, queries_per_class: int) -> None:
+    """Raise ``ValueError`` unless ways >= 2, shots >= 1 and queries_per_class >= 0 (ints)."""
+    if not isinstance(ways, int) or ways < 2:
+        raise ValueError(f"ways must be an int >= 2, got {ways!r}")
+    if not isinstance(shots, int) or shots < 1:
+        raise ValueError(f"shots must be an int >= 1, got {shots!r}")
+    if not isinstance(queries_per_class, int) or queries_per_class < 0:
+        raise ValueError(f"queries_per_class must be an int >= 0, got {queries_per_class!r}")
+
+
+def _classes_big_enough(class_to_keys: Mapping[str, Sequence[str]], *, ways: int,
+                        need: int) -> list[str]:
+    """The class names, in the mapping's order; ``TaskSizeError`` if there are fewer than
+    ``ways`` of them or one has fewer than ``need`` image keys."""
+    names = list(class_to_keys)
+    if len(names) < ways:
+        raise TaskSizeError(f"{ways}-way tasks need {ways} classes, only {len(names)} given")
+    small = [c for c in names if len(class_to_keys[c]) < need]
+    if small:
+        c = small[0]
+        raise TaskSizeError(
+            f"class {c!r} has {len(class_to_keys[c])} images, fewer than shots + "
+            f"queries_per_class = {need}"
+            + (f" ({len(small) - 1} more such classes)" if len(small) > 1 else "")
+        )
+    return names
+
+
+def _draw_images(class_to_keys: Mapping[str, Sequence[str]], classes: Sequence[str], *,
+                 need: int, rng: Rng) -> list[list[str]]:
+    """``need`` distinct image keys per class of ``classes``, none used by two classes."""
+    used: set[str] = set()
+    picked: list[list[str]] = []
+    for c in classes:
+        keys = class_to_keys[c]
+        chosen = [keys[i] for i in _sample_indices(rng, len(keys), need)]
+        if used.intersection(chosen) or len(set(chosen)) < need:
+            # Rare: overlapping classes or duplicate keys; draw from the keys not used yet.
+            free = list(dict.fromkeys(k for k in keys if k not in used))
+            if len(free) < need:
+                raise ValueError(f"class {c!r} has only {len(free)} images not used by the "
+                                 f"task's other classes; {need} needed")
+            chosen = [free[i] for i in _sample_indices(rng, len(free), need)]
+        used.update(chosen)
+        picked.append(chosen)
+    return picked
+
+
+def _pair_up(picked: Sequence[Sequence[str]], task_words: Sequence[str], *, shots: int,
+             caption_template: str, question: str) -> tuple[list[Example], list[Query]]:
+    """Support pairs (each class's first ``shots`` keys, captioned with its word) and queries
+    (its other keys, answered with its word), in class order."""
+    support = [
+        Example(k, caption_template.format(word=w))
+        for keys, w in zip(picked, task_words, strict=True) for k in keys[:shots]
+    ]
+    queries = [
+        Query(k, question, w) for keys, w in zip(picked, task_words, strict=True)
+        for k in keys[shots:]
+    ]
+    return support, queries
+
+
+_T = TypeVar("_T")
+
+
+def _shuffled(rng: Rng, items: Sequence[_T]) -> list[_T]:
+    """``items`` in a random order drawn from ``rng``."""
+    return [items[i] for i in _permutation(rng, len(items))]
+
+
 def sample_task(
     class_to_keys: Mapping[str, Sequence[str]],
     *,
@@ -352,51 +423,17 @@ def sample_task(
         >>> len(t.support), len(t.queries)
         (2, 2)
     """
-    if not isinstance(ways, int) or ways < 2:
-        raise ValueError(f"ways must be an int >= 2, got {ways!r}")
-    if not isinstance(shots, int) or shots < 1:
-        raise ValueError(f"shots must be an int >= 1, got {shots!r}")
-    if not isinstance(queries_per_class, int) or queries_per_class < 0:
-        raise ValueError(f"queries_per_class must be an int >= 0, got {queries_per_class!r}")
-    names = list(class_to_keys)
-    if len(names) < ways:
-        raise TaskSizeError(f"{ways}-way tasks need {ways} classes, only {len(names)} given")
+    _check_task_shape(ways=ways, shots=shots, queries_per_class=queries_per_class)
     need = shots + queries_per_class
-    small = [c for c in names if len(class_to_keys[c]) < need]
-    if small:
-        c = small[0]
-        raise TaskSizeError(
-            f"class {c!r} has {len(class_to_keys[c])} images, fewer than shots + "
-            f"queries_per_class = {need}"
-            + (f" ({len(small) - 1} more such classes)" if len(small) > 1 else "")
-        )
+    names = _classes_big_enough(class_to_keys, ways=ways, need=need)
     classes = [names[i] for i in _sample_indices(rng, len(names), ways)]
-    used: set[str] = set()
-    picked: list[list[str]] = []
-    for c in classes:
-        keys = class_to_keys[c]
-        chosen = [keys[i] for i in _sample_indices(rng, len(keys), need)]
-        if used.intersection(chosen) or len(set(chosen)) < need:
-            # Rare: overlapping classes or duplicate keys; draw from the keys not used yet.
-            free = list(dict.fromkeys(k for k in keys if k not in used))
-            if len(free) < need:
-                raise ValueError(f"class {c!r} has only {len(free)} images not used by the "
-                                 f"task's other classes; {need} needed")
-            chosen = [free[i] for i in _sample_indices(rng, len(free), need)]
-        used.update(chosen)
-        picked.append(chosen)
+    picked = _draw_images(class_to_keys, classes, need=need, rng=rng)
     task_words = choose_words(classes, naming=naming, rng=rng, words=words,
                               real_names=real_names)
-    support = [
-        Example(k, caption_template.format(word=w))
-        for keys, w in zip(picked, task_words, strict=True) for k in keys[:shots]
-    ]
-    queries = [
-        Query(k, question, w) for keys, w in zip(picked, task_words, strict=True)
-        for k in keys[shots:]
-    ]
-    if shuffle:
-        support = [support[i] for i in _permutation(rng, len(support))]
-        queries = [queries[i] for i in _permutation(rng, len(queries))]
+    support, queries = _pair_up(picked, task_words, shots=shots,
+                                caption_template=caption_template, question=question)
+    if shuffle:  # support first, then queries: the order of the draws
+        support = _shuffled(rng, support)
+        queries = _shuffled(rng, queries)
     tid = task_id if task_id is not None else _task_id("task-", support, queries)
     return Task(tid, ways, shots, tuple(support), tuple(queries), task_words)
