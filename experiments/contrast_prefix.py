@@ -19,9 +19,8 @@ import json
 from collections.abc import Mapping, Sequence
 
 import torch
-from copy_prefix import ORIGINAL, slots_by_row
+from copy_prefix import ORIGINAL, probe_method, slots_by_row
 
-import metamapper.eval.fewshot
 from metamapper.models.metamapper import MetaMapper, PackedBatch
 
 
@@ -64,8 +63,8 @@ def main() -> None:
     run = load_run(a.run_dir, with_vision=True)
     ts = evaluation_tasks(a.dataset, data=None, ways=a.ways, shots=1, n_tasks=a.tasks, split=a.split)
     for gamma in a.gamma:
-        metamapper.eval.fewshot.task_prefixes = contrasted_prefixes(gamma)
-        res = evaluate_run(run, ts, method="in-context", progress=False, with_zero_steps=False)
+        method = probe_method(f"contrast-{gamma}", contrasted_prefixes(gamma))
+        res = evaluate_run(run, ts, method=method, progress=False, with_zero_steps=False)
         print(json.dumps({"run": a.run_dir, "dataset": a.dataset, "split": a.split, "ways": a.ways,
                           "tasks": len(ts.tasks), "gamma": gamma, "accuracy": res["accuracy"],
                           "ci95": res["ci95"]}), flush=True)

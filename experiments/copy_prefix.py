@@ -11,7 +11,9 @@ it. Rows without a query (captions, MAML's support rows) are unchanged.
 ``eval`` scores a run with this head (``--tau 0``: the run's own prefixes, as the library answers)
 and prints the 1-NN accuracy of the same features beside it; ``train`` trains the default recipe
 with the head from the start, so that the mapper learns prefixes the LM copies. Not a library
-option: it stays here unless it wins on validation tasks over several seeds.
+option: it stays here unless it wins on validation tasks over several seeds. It plugs in as a
+method (``probe_method``: the default method with its own ``prefixes`` hook), as the other
+row-patching probes (iso_prefix, spread_prefix, contrast_prefix, hash_prefix) do.
 
     python experiments/copy_prefix.py train RUN_DIR [--seed S] [--tau 0.05] [overrides ...]
     python experiments/copy_prefix.py eval RUN_DIR [--dataset fashion-open-ended] [--split val]
@@ -24,16 +26,20 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-import metamapper.eval.fewshot
-import metamapper.meta.maml
+from metamapper.eval.fewshot import answer_episodes
+from metamapper.meta.maml import task_prefixes
+from metamapper.methods import get_method
 from metamapper.models.metamapper import MetaMapper, PackedBatch
+from metamapper.registry import METHODS, Method
 
-ORIGINAL = metamapper.meta.maml.task_prefixes
+ORIGINAL = task_prefixes
+PrefixFn = Callable[..., torch.Tensor]
 
 
 def slots_by_row(batch: PackedBatch) -> list[list[int]]:
@@ -44,10 +50,18 @@ def slots_by_row(batch: PackedBatch) -> list[list[int]]:
     return list(rows.values())
 
 
-def install(fn: Callable[..., torch.Tensor]) -> None:
-    """Use ``fn`` as ``task_prefixes`` in training's query loss and in answering."""
-    metamapper.meta.maml.task_prefixes = fn  # training's query loss (task_losses)
-    metamapper.eval.fewshot.task_prefixes = fn  # answering
+def probe_method(name: str, prefixes: PrefixFn) -> Method:
+    """The default method (the support in context) with ``prefixes`` as its prefixes hook: used
+    in training's query loss and in answering. Pass it to ``answer_episodes`` / ``evaluate_run``
+    as it is; ``register`` it to train a run of ``train.method=NAME``."""
+    return replace(get_method("in_context"), name=name, prefixes=prefixes)
+
+
+def register(method: Method) -> Method:
+    """Register ``method`` (once per process) so that a config can name it."""
+    if method.name not in METHODS:
+        METHODS.register(method.name)(method)
+    return METHODS.get(method.name)
 
 
 def per_row(n_support: int, change: Callable[[MetaMapper, torch.Tensor, torch.Tensor], torch.Tensor]):  # noqa: ANN201
@@ -96,23 +110,20 @@ def _unit(model: MetaMapper, features: torch.Tensor, stats: tuple[torch.Tensor, 
     return F.normalize(flat, dim=-1)
 
 
-def answered(model: MetaMapper, tasks: Sequence[object], table: object) -> Iterator[tuple[Any, Any, list[str]]]:
+def answered(model: MetaMapper, tasks: Sequence[object], table: object,
+             prefixes: PrefixFn = ORIGINAL) -> Iterator[tuple[Any, Any, list[str]]]:
     """Each task, its episode and the LM's in-context answers to its queries (32 tasks a batch),
-    with whatever ``task_prefixes`` is patched in."""
+    the prefixes made by ``prefixes``."""
     from metamapper.meta.episode import episode_from_task
     from metamapper.meta.maml import InnerLoop
 
+    method = probe_method("probe", prefixes)
     for i in range(0, len(tasks), 32):
         chunk = tasks[i:i + 32]
         eps = [episode_from_task(t, table) for t in chunk]
         with torch.no_grad():
-            answers, _ = metamapper.eval.fewshot.answer_episodes(model, eps, query_format="in_context",
-                                                                  loop=InnerLoop(steps=0))
+            answers, _ = answer_episodes(model, eps, method=method, loop=InnerLoop(steps=0))
         yield from zip(chunk, eps, answers, strict=True)
-
-
-def patch(n_support: int, tau: float, stats: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
-    install(matching_prefixes(n_support, tau, stats))
 
 
 def probe_parser(doc: str, commands: Sequence[str] = ("train", "eval"),
@@ -131,30 +142,30 @@ def probe_parser(doc: str, commands: Sequence[str] = ("train", "eval"),
     return p
 
 
-def train_patched(a: argparse.Namespace, patch_for: Callable[[Any], None]) -> None:
-    """Train (or resume) ``a.run_dir`` on the default config with ``a.overrides`` and ``a.seed``,
-    after ``patch_for(config)``."""
+def train_probe(a: argparse.Namespace, name: str, prefixes_for: Callable[[Any], PrefixFn]) -> None:
+    """Train (or resume) ``a.run_dir`` on the default config with ``a.overrides`` and ``a.seed``
+    by the method ``name``: the default's, with ``prefixes_for(config)`` as its prefixes hook
+    (the run's config records ``train.method=NAME``)."""
     from metamapper.config import config_from_dict
     from metamapper.runs import has_run
-    from metamapper.train import episodic
 
-    cfg = config_from_dict({}, [*a.overrides, f"train.seed={a.seed}"])
-    patch_for(cfg)
-    episodic.train(cfg, a.run_dir, resume=has_run(a.run_dir))
+    cfg = config_from_dict({}, [*a.overrides, f"train.seed={a.seed}", f"train.method={name}"])
+    register(probe_method(name, prefixes_for(cfg))).train(cfg, a.run_dir, resume=has_run(a.run_dir))
 
 
-def row_probe(doc: str, name: str, patch_for: Callable[[int, float], None],
+def row_probe(doc: str, name: str, prefixes_for: Callable[[int, float], PrefixFn],
               support: Callable[[MetaMapper, torch.Tensor, float], torch.Tensor]) -> None:
     """The command line of a probe that changes every in-context row's prefixes by one number
     ``--NAME`` (0: unchanged): ``spread RUN DATASET...`` (the median spread of 100 validation
-    tasks' support prefixes, ``support(model, features, value)``), ``train RUN [OVERRIDES]`` (under
-    ``patch_for(n_support, value)``), ``eval RUN`` (a JSON line of accuracy per value)."""
+    tasks' support prefixes, ``support(model, features, value)``), ``train RUN [OVERRIDES]`` (the
+    prefixes made by ``prefixes_for(n_support, value)``, as method ``NAME-probe``), ``eval RUN``
+    (a JSON line of accuracy per value)."""
     p = probe_parser(doc, ("spread", "train", "eval"), dataset="fashion-all-open-ended")
     p.add_argument(f"--{name}", type=float, nargs="+", default=[0.0, 0.12])
     a = p.parse_args()  # spread: the datasets are its OVERRIDES
     values = getattr(a, name)
     if a.command == "train":
-        train_patched(a, lambda cfg: patch_for(cfg.data.ways * cfg.data.shots, values[-1]))
+        train_probe(a, f"{name}-probe", lambda cfg: prefixes_for(cfg.data.ways * cfg.data.shots, values[-1]))
         return
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.sources import evaluation_tasks
@@ -181,9 +192,8 @@ def row_probe(doc: str, name: str, patch_for: Callable[[int, float], None],
                   flush=True)
             continue
         for value in values:
-            patch_for(ways, value)
             hits = n = 0
-            for _, ep, preds in answered(model, ts.tasks, table):
+            for _, ep, preds in answered(model, ts.tasks, table, prefixes_for(ways, value)):
                 for pred, answer in zip(preds, ep.answers, strict=True):
                     n += 1
                     hits += exact_match(pred, answer)
@@ -198,7 +208,7 @@ def main() -> None:
                         "evaluated tasks' own features")
     a = p.parse_args()
     if a.command == "train":
-        train_patched(a, lambda cfg: patch(cfg.data.ways * cfg.data.shots, a.tau[0]))
+        train_probe(a, "copy-probe", lambda cfg: matching_prefixes(cfg.data.ways * cfg.data.shots, a.tau[0]))
         return
     from metamapper.data.feature_table import FeatureTable
     from metamapper.data.sources import evaluation_tasks
@@ -215,9 +225,8 @@ def main() -> None:
         flat = table.features.float().reshape(len(table.features), -1)
         stats = flat.mean(0), flat.std(0) + 1e-6
     for tau in a.tau:
-        patch(a.ways, tau, stats)
         hits = n = nn_hits = 0
-        for t, ep, preds in answered(model, ts.tasks, table):
+        for t, ep, preds in answered(model, ts.tasks, table, matching_prefixes(a.ways, tau, stats)):
             words = [s.caption[len(t.queries[0].question):] for s in t.support]
             z = _unit(model, ep.features, stats)
             for qi, (pred, answer) in enumerate(zip(preds, ep.answers, strict=True)):

@@ -22,7 +22,6 @@ from collections.abc import Mapping, Sequence
 import torch
 from copy_prefix import answered, slots_by_row
 
-import metamapper.eval.fewshot
 from metamapper.models.metamapper import MetaMapper, PackedBatch
 
 
@@ -74,9 +73,8 @@ def main() -> None:
     table = FeatureTable.from_cache(model.vision, ts.images, keys, progress=False)
     for bits in a.bits:
         fn, cache = hashed_prefixes(bits)
-        metamapper.eval.fewshot.task_prefixes = fn
         hits = n = nn_hits = 0
-        for t, ep, preds in answered(model, ts.tasks, table):
+        for t, ep, preds in answered(model, ts.tasks, table, fn):
             words = [s.caption[len(t.queries[0].question):] for s in t.support]
             flat = model.mapper.standardized(ep.features.float()).reshape(len(ep.features), -1)
             k = len(words)

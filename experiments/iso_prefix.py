@@ -20,7 +20,7 @@ use it; ``eval`` scores a run with a given ``beta`` (0: the run's own prefixes).
 from __future__ import annotations
 
 import torch
-from copy_prefix import ORIGINAL, install, per_row, row_probe
+from copy_prefix import ORIGINAL, PrefixFn, per_row, row_probe
 
 from metamapper.models.metamapper import MetaMapper
 
@@ -48,13 +48,13 @@ def with_part(model: MetaMapper, p: torch.Tensor, features: torch.Tensor, n_supp
     return p + beta * norm * part  # the support's part: RMS beta * norm per vector, on any domain
 
 
-def patch(n_support: int, beta: float) -> None:
-    install(per_row(n_support, lambda model, p, features: with_part(model, p, features, n_support, beta))
+def prefixes_for(n_support: int, beta: float) -> PrefixFn:
+    return (per_row(n_support, lambda model, p, features: with_part(model, p, features, n_support, beta))
             if beta > 0 else ORIGINAL)
 
 
 def main() -> None:
-    row_probe(__doc__, "beta", patch, lambda model, features, beta: with_part(
+    row_probe(__doc__, "beta", prefixes_for, lambda model, features, beta: with_part(
         model, model.prefixes(features).float(), features, len(features), beta))
 
 

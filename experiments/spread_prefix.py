@@ -18,7 +18,7 @@ are moved around the mean of the row's support prefixes so that the support's sp
 from __future__ import annotations
 
 import torch
-from copy_prefix import ORIGINAL, install, per_row, row_probe
+from copy_prefix import ORIGINAL, PrefixFn, per_row, row_probe
 
 
 def spread(p: torch.Tensor, n_support: int, alpha: float) -> torch.Tensor:
@@ -31,12 +31,12 @@ def spread(p: torch.Tensor, n_support: int, alpha: float) -> torch.Tensor:
     return q * (p.norm(dim=-1, keepdim=True) / q.norm(dim=-1, keepdim=True).clamp(min=1e-6))
 
 
-def patch(n_support: int, alpha: float) -> None:
-    install(per_row(n_support, lambda model, p, features: spread(p, n_support, alpha)) if alpha > 0 else ORIGINAL)
+def prefixes_for(n_support: int, alpha: float) -> PrefixFn:
+    return per_row(n_support, lambda model, p, features: spread(p, n_support, alpha)) if alpha > 0 else ORIGINAL
 
 
 def main() -> None:
-    row_probe(__doc__, "alpha", patch, lambda model, features, alpha: model.prefixes(features))
+    row_probe(__doc__, "alpha", prefixes_for, lambda model, features, alpha: model.prefixes(features))
 
 
 if __name__ == "__main__":

@@ -24,47 +24,36 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
-from copy_prefix import probe_parser, train_patched
+from copy_prefix import probe_parser, register
 
-import metamapper.eval.fewshot
-import metamapper.train.episodic
 from metamapper.meta.episode import Episode, episode_from_task
+from metamapper.methods import get_method
+from metamapper.models.metamapper import MetaMapper
 
-STD: list[torch.Tensor] = []  # the mapper's per-dimension std (set once the mapper has it)
 
-
-def relative(ep: Episode) -> Episode:
-    """``ep`` with its features relative to its support, in the standardised space (then mapped
-    back through the std, which the mapper divides by again)."""
-    std = STD[0].to(ep.features.device, ep.features.dtype)
+def relative(ep: Episode, model: MetaMapper) -> Episode:
+    """``ep`` with its features relative to its support, in the mapper's standardised space, then
+    mapped back through the mapper's mean and std (which the mapper removes again): the mapper
+    sees ``r`` of the module docstring."""
+    mean = model.mapper.feat_mean.to(ep.features.device, ep.features.dtype)
+    std = model.mapper.feat_std.to(ep.features.device, ep.features.dtype)
     z = ep.features / std
     s = ep.n_support
     r = z - z[:s].mean(0, keepdim=True)  # per visual token and dimension
     rms = r[:s].pow(2).mean(dim=(0, 2), keepdim=True).sqrt().clamp(min=1e-6)  # per visual token
-    ep.features = (r / rms) * std
+    ep.features = (r / rms) * std + mean
     return ep
 
 
-def relative_episodes(task: object, features_of: Callable[[list[str]], torch.Tensor]) -> Episode:
-    return relative(episode_from_task(task, features_of))
+def relative_episode(model: MetaMapper, task: object, features_of: Callable[[list[str]], torch.Tensor]) -> Episode:
+    """The method's ``episode`` hook: every episode of training, validation and evaluation."""
+    return relative(episode_from_task(task, features_of), model)
 
 
-def patch() -> None:
-    """Relative features everywhere an episode is built (training, validation, evaluation); the
-    mapper standardises by the std only (its mean set to 0)."""
-    metamapper.train.episodic.episode_from_task = relative_episodes
-    metamapper.eval.fewshot.episode_from_task = relative_episodes
-    from metamapper.models.mapper import _FeatureStats
-
-    original = _FeatureStats.set_feature_stats
-
-    def set_feature_stats(self: _FeatureStats, mean: torch.Tensor, std: torch.Tensor) -> None:
-        original(self, torch.zeros_like(mean), std)
-        STD[:] = [self.feat_std.detach().clone()]
-
-    _FeatureStats.set_feature_stats = set_feature_stats  # type: ignore[method-assign]
+METHOD = replace(get_method("in_context"), name="task-relative", episode=relative_episode)
 
 
 def main() -> None:
@@ -72,35 +61,24 @@ def main() -> None:
     p.add_argument("--plain", action="store_true", help="eval: the features as the library gives them "
                    "(a run trained without the probe)")
     a = p.parse_args()
-    if not a.plain:
-        patch()
-    if a.command == "train":
-        train_patched(a, lambda cfg: None)
+    if a.command == "train":  # the run's config records train.method=task-relative
+        from metamapper.config import config_from_dict
+        from metamapper.runs import has_run
+
+        cfg = config_from_dict({}, [*a.overrides, f"train.seed={a.seed}", f"train.method={METHOD.name}"])
+        register(METHOD).train(cfg, a.run_dir, resume=has_run(a.run_dir))
         return
-    from metamapper.data.feature_table import FeatureTable
     from metamapper.data.sources import evaluation_tasks
-    from metamapper.eval.metrics import exact_match
-    from metamapper.meta.maml import InnerLoop
-    from metamapper.pretrained import load_run
+    from metamapper.eval.run import evaluate_run
+    from metamapper.loading import load_run
 
     run = load_run(a.run_dir, with_vision=True)
-    model = run.model.eval()
-    STD[:] = [model.mapper.feat_std.detach().clone()]
     ts = evaluation_tasks(a.dataset, data=None, ways=a.ways, shots=1, n_tasks=a.tasks, split=a.split)
-    keys = [k for t in ts.tasks for k in t.image_keys()]
-    table = FeatureTable.from_cache(model.vision, ts.images, keys, progress=False)
-    hits = n = 0
-    for i in range(0, len(ts.tasks), 32):
-        eps = [(episode_from_task if a.plain else relative_episodes)(t, table) for t in ts.tasks[i:i + 32]]
-        with torch.no_grad():
-            answers, _ = metamapper.eval.fewshot.answer_episodes(model, eps, query_format="in_context",
-                                                                  loop=InnerLoop(steps=0))
-        for ep, preds in zip(eps, answers, strict=True):
-            for pred, answer in zip(preds, ep.answers, strict=True):
-                n += 1
-                hits += exact_match(pred, answer)
+    res = evaluate_run(run, ts, method=get_method("in_context") if a.plain else METHOD, progress=False,
+                       with_zero_steps=False)
     print(json.dumps({"run": a.run_dir, "plain": a.plain, "dataset": a.dataset, "split": a.split, "ways": a.ways,
-                      "tasks": len(ts.tasks), "queries": n, "accuracy": round(hits / n, 4)}), flush=True)
+                      "tasks": res["n_tasks"], "queries": res["n_queries"], "accuracy": round(res["accuracy"], 4)}),
+          flush=True)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load as safetensors_load
 from safetensors.torch import save as safetensors_bytes
 
-from metamapper import __version__
+from metamapper._version import __version__
 from metamapper.downloads import sha256_file
 
 CKPT_DIR = "checkpoints"

@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_train(a: argparse.Namespace) -> None:
@@ -34,11 +35,9 @@ def _cmd_train(a: argparse.Namespace) -> None:
         config = Path(a.out) / "config.yaml"  # resuming: the run's own config (plus any overrides)
     report_to = [f"train.report_to=[{','.join(a.report_to)}]"] if a.report_to else []
     cfg = load_config(config, [*(a.overrides or []), *_device_override(a), *report_to])
-    if cfg.train.method == "standard":
-        from metamapper.train.standard import train
-    else:
-        from metamapper.train.episodic import train
-    out = train(cfg, a.out, resume=a.resume, overwrite=a.overwrite)
+    from metamapper.methods import get_method
+
+    out = get_method(cfg.train.method).train(cfg, a.out, resume=a.resume, overwrite=a.overwrite)
     from metamapper.distributed import is_main
 
     if is_main():
@@ -48,7 +47,6 @@ def _cmd_train(a: argparse.Namespace) -> None:
 def _cmd_evaluate(a: argparse.Namespace) -> None:
     from metamapper.data.sources import check_task_induction, evaluation_tasks
     from metamapper.distributed import init_from_env
-    from metamapper.eval.fewshot import adaptation_steps
     from metamapper.eval.report import results_table
     from metamapper.eval.run import (
         check_trained_tasks,
@@ -56,7 +54,8 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
         evaluate_run,
         read_run_config,
     )
-    from metamapper.pretrained import load_run
+    from metamapper.loading import load_run
+    from metamapper.methods import get_method
 
     rank, _ = init_from_env(a.device)  # under torchrun, ranks share the tasks; rank 0 reports
     # check the cheap things (flags, the run's config, the tasks) before loading the backbones
@@ -65,10 +64,12 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
     if a.task_induction:
         check_task_induction(a.dataset)
     if a.method is not None:
-        adaptation_steps(a.method, a.steps, 0)
+        a.method = get_method(a.method).name  # unknown: refused here; an old spelling: a note
+        get_method(a.method).steps(a.steps)  # steps it cannot take: refused here
     if a.repeats < 0:
         raise ValueError(f"--repeats must be >= 0, got {a.repeats}")
-    cfg = read_run_config(a.checkpoint, step=a.step, revision=a.revision, allow_fallback=a.allow_fallback)
+    # the checkpoint is resolved and checked once: its config now, its weights after the checks
+    ckpt, cfg = read_run_config(a.checkpoint, step=a.step, revision=a.revision, allow_fallback=a.allow_fallback)
     a.split = a.split or default_split(cfg, a.dataset)
     n_tasks = cfg.eval.tasks if a.tasks is None else a.tasks
     ts = evaluation_tasks(a.dataset, data=a.data, ways=a.ways, shots=a.shots, n_tasks=n_tasks,
@@ -82,8 +83,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
         print("metamapper: note: this run meta-trained on Fashion-MNIST classes 0-5 (other images); "
               f"{a.dataset} scores them beside the held-out classes, so it is not a domain the run "
               "has not seen (fashion-open-ended scores the held-out classes only)", file=sys.stderr)
-    run = load_run(a.checkpoint, step=a.step, revision=a.revision, allow_fallback=a.allow_fallback,
-                   device=a.device)
+    run = load_run(a.checkpoint, checkpoint=ckpt, device=a.device)
     res = evaluate_run(run, ts, method=a.method, steps=a.steps, repeats=a.repeats,
                        induction=a.task_induction, feature_cache=a.feature_cache,
                        progress=rank == 0, log_samples=a.log_samples, support_fit=a.support_fit)
@@ -128,8 +128,13 @@ def _parse_support(items: list[str]) -> tuple[list[str], list[str]]:
 
 def _cmd_predict(a: argparse.Namespace) -> None:
     from metamapper.data.images import load_image
-    from metamapper.pretrained import adapt_to_support, load_run
+    from metamapper.loading import load_run
+    from metamapper.methods import get_method
+    from metamapper.pretrained import adapt_to_support
 
+    if a.method is not None:  # checked before anything loads
+        a.method = get_method(a.method).name
+        get_method(a.method).steps(a.steps)
     paths, captions = _parse_support(a.support)
     support, queries = [load_image(p) for p in paths], [load_image(q) for q in a.query]
     run = load_run(a.checkpoint, step=a.step, revision=a.revision, allow_fallback=a.allow_fallback,
@@ -188,6 +193,7 @@ def _cmd_corpus(a: argparse.Namespace) -> None:
 
 
 def _cmd_export(a: argparse.Namespace) -> None:
+    import metamapper.methods  # noqa: F401  (registered: the model card describes the run's method)
     from metamapper.hub import export_checkpoint, resolve_checkpoint
 
     ckpt = resolve_checkpoint(a.checkpoint, step=a.step, revision=a.revision, allow_fallback=a.allow_fallback)
@@ -195,6 +201,7 @@ def _cmd_export(a: argparse.Namespace) -> None:
 
 
 def _cmd_push(a: argparse.Namespace) -> None:
+    import metamapper.methods  # noqa: F401  (registered: the model card describes the run's method)
     from metamapper.hub import push_checkpoint, resolve_checkpoint
 
     ckpt = resolve_checkpoint(a.checkpoint, step=a.step, allow_fallback=a.allow_fallback)
@@ -270,8 +277,8 @@ def _cmd_config_show(a: argparse.Namespace) -> None:
 
 CHECKPOINT_HELP = ("a run folder (or a checkpoint folder in it), a folder written by `metamapper "
                    "export`, or a Hugging Face Hub id owner/name (HF_HUB_OFFLINE=1: the cache only)")
-STEPS_HELP = ("adaptation steps (default: no-adapt 0, in-context 0, else the steps the run was "
-              "trained with, else 5)")
+STEPS_HELP = ("adaptation steps (default: the steps the run was trained with if it was trained with "
+              "this method, else the method's own: maml 5, in_context 0; standard never adapts)")
 
 
 def _device_override(a: argparse.Namespace) -> list[str]:
@@ -286,16 +293,51 @@ def add_device_arg(sp: argparse.ArgumentParser, *, default_from: str = "auto") -
                          f"cuda, cuda:N or mps (default: {default_from})")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from metamapper.config import REPORT_TO
-    from metamapper.data.corpora import BUILDERS
+def add_method_arg(sp: argparse.ArgumentParser) -> None:
+    """``--method``: a registered method (checked when the command runs, so that an old
+    spelling is accepted with a note)."""
+    from metamapper.methods import method_names
+
+    sp.add_argument("--method", metavar="METHOD",
+                    help=f"{', '.join(method_names())} (default: the method the run was trained with)")
+
+
+def task_args(sp: argparse.ArgumentParser) -> None:
+    """The options that choose evaluation tasks (``evaluate``, ``prepare``)."""
     from metamapper.data.sources import TEST_SEED
     from metamapper.data.tasks import EVAL_SPLITS
-    from metamapper.eval.fewshot import METHODS
 
-    p = argparse.ArgumentParser(prog="metamapper", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True)
+    sp.add_argument("--dataset", required=True,
+                    help="a Frozen benchmark name (open_ended_mi, real_name_mi, fast_vqa, "
+                         "guided_vqa; needs --data), fashion-open-ended, fashion-real-name, "
+                         "icons-open-ended, ... (metamapper datasets lists them)")
+    sp.add_argument("--data", help="dataset folder (benchmark JSON + images; Fashion IDX files)")
+    sp.add_argument("--ways", type=int, default=2)
+    sp.add_argument("--shots", type=int, default=1)
+    sp.add_argument("--tasks", type=int,
+                    help="tasks to use (0: all; default: the run's / config's eval.tasks, 1000)")
+    sp.add_argument("--split", choices=EVAL_SPLITS,
+                    help="test: a benchmark file's seeded test part, or the held-out test "
+                         "tasks; val: its validation part / a validation stream of held-out "
+                         "tasks; train, all: a benchmark file's training part or all of it "
+                         "(refused for tasks the run meta-trained on, unless all). Default: "
+                         "test, except all of a benchmark file the run did not train on")
+    sp.add_argument("--seed", type=int, default=TEST_SEED,
+                    help="seed of sampled tasks (fixed: every run is scored on the same tasks)")
+
+
+def step_args(sp: argparse.ArgumentParser, *, revision: bool = True) -> None:
+    """The options that choose a checkpoint of a run, an export or a Hub model."""
+    sp.add_argument("--step", help="which checkpoint of a run folder: latest (default), best "
+                                   "(validation accuracy) or a step number")
+    sp.add_argument("--allow-fallback", action="store_true",
+                    help="if the newest checkpoint is corrupt, use the newest valid one")
+    if revision:
+        sp.add_argument("--revision", help="with a Hub id: a branch, tag or commit (default: main)")
+
+
+def _add_train(sub: Any) -> None:
+    from metamapper.config import REPORT_TO
 
     t = sub.add_parser("train", help="meta-train a mapper from a YAML config")
     t.add_argument("--config", help="YAML config (default: the run's config.yaml with --resume, else the "
@@ -312,33 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     t.set_defaults(fn=_cmd_train)
 
-    def task_args(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--dataset", required=True,
-                        help="a Frozen benchmark name (open_ended_mi, real_name_mi, fast_vqa, "
-                             "guided_vqa; needs --data), fashion-open-ended, fashion-real-name, "
-                             "icons-open-ended, ... (metamapper datasets lists them)")
-        sp.add_argument("--data", help="dataset folder (benchmark JSON + images; Fashion IDX files)")
-        sp.add_argument("--ways", type=int, default=2)
-        sp.add_argument("--shots", type=int, default=1)
-        sp.add_argument("--tasks", type=int,
-                        help="tasks to use (0: all; default: the run's / config's eval.tasks, 1000)")
-        sp.add_argument("--split", choices=EVAL_SPLITS,
-                        help="test: a benchmark file's seeded test part, or the held-out test "
-                             "tasks; val: its validation part / a validation stream of held-out "
-                             "tasks; train, all: a benchmark file's training part or all of it "
-                             "(refused for tasks the run meta-trained on, unless all). Default: "
-                             "test, except all of a benchmark file the run did not train on")
-        sp.add_argument("--seed", type=int, default=TEST_SEED,
-                        help="seed of sampled tasks (fixed: every run is scored on the same tasks)")
 
-    def step_args(sp: argparse.ArgumentParser, *, revision: bool = True) -> None:
-        sp.add_argument("--step", help="which checkpoint of a run folder: latest (default), best "
-                                       "(validation accuracy) or a step number")
-        sp.add_argument("--allow-fallback", action="store_true",
-                        help="if the newest checkpoint is corrupt, use the newest valid one")
-        if revision:
-            sp.add_argument("--revision", help="with a Hub id: a branch, tag or commit (default: main)")
-
+def _add_evaluate(sub: Any) -> None:
     e = sub.add_parser("evaluate", help="meta-test a trained run")
     e.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     step_args(e)
@@ -347,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task-induction", action="store_true",
                    help="open each task with 'Answer with dax or blicket.', before its support (not on the VQA sets)")
     e.add_argument("--steps", type=int, help=STEPS_HELP)
-    e.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
+    add_method_arg(e)
     e.add_argument("--feature-cache", help="feature cache folder")
     e.add_argument("--out", help="write the results JSON here")
     e.add_argument("--log-samples", metavar="FILE.jsonl",
@@ -359,12 +376,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(e)
     e.set_defaults(fn=_cmd_evaluate)
 
+
+def _add_report(sub: Any) -> None:
     rp = sub.add_parser("report", help="compare results files side by side (a Markdown table)")
     rp.add_argument("results", nargs="+", metavar="RESULTS",
                     help="results JSON files (evaluate --out, or the demo's results.json)")
     rp.add_argument("--plot", metavar="FILE.png", help="also plot accuracy against shots")
     rp.set_defaults(fn=_cmd_report)
 
+
+def _add_predict(sub: Any) -> None:
     pr = sub.add_parser("predict", help="adapt to a few captioned images and answer a query")
     pr.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     step_args(pr)
@@ -374,10 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--query", nargs="+", required=True, metavar="IMG")
     pr.add_argument("--question", default="This is a", help="text after the query image")
     pr.add_argument("--steps", type=int, help=STEPS_HELP)
-    pr.add_argument("--method", choices=sorted(METHODS), help="default: the method the run was trained for")
+    add_method_arg(pr)
     add_device_arg(pr)
     pr.set_defaults(fn=_cmd_predict)
 
+
+def _add_prepare(sub: Any) -> None:
     pp = sub.add_parser("prepare", help="fill the feature cache for a dataset")
     task_args(pp)
     pp.add_argument("--config", help="YAML config naming the backbones")
@@ -385,8 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(pp, default_from="the config's runtime.device, auto")
     pp.set_defaults(fn=_cmd_prepare)
 
+
+def _add_datasets(sub: Any) -> None:
     ds = sub.add_parser("datasets", help="the task sources and evaluation datasets, with their classes")
     ds.set_defaults(fn=_cmd_datasets)
+
+
+def _add_corpus(sub: Any) -> None:
+    from metamapper.data.corpora import BUILDERS
 
     cp = sub.add_parser("corpus", help="build a rendered concept corpus (icons, emoji, glyphs) "
                                        "from the installed Debian packages")
@@ -395,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--rebuild", action="store_true", help="render it again even if it exists")
     cp.set_defaults(fn=_cmd_corpus)
 
+
+def _add_export_fashion(sub: Any) -> None:
     x = sub.add_parser("export-fashion", help="write the Fashion-MNIST benchmark in the Frozen layout")
     x.add_argument("dir")
     x.add_argument("--variant", choices=["open_ended", "real_name"], default="open_ended")
@@ -404,6 +435,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--seed", type=int, default=0)
     x.set_defaults(fn=_cmd_export_fashion)
 
+
+def _add_export(sub: Any) -> None:
     ex = sub.add_parser("export", help="write a run's mapper as a Hub-style folder (config.json, "
                                        "model.safetensors, README.md model card)")
     ex.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
@@ -412,6 +445,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--repo", help="the Hub id owner/name the model card's usage snippet names")
     ex.set_defaults(fn=_cmd_export)
 
+
+def _add_push(sub: Any) -> None:
     pu = sub.add_parser("push", help="export a run's mapper and upload it to the Hugging Face Hub")
     pu.add_argument("--checkpoint", required=True, help=CHECKPOINT_HELP)
     step_args(pu, revision=False)
@@ -421,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--message", help="the commit message")
     pu.set_defaults(fn=_cmd_push)
 
+
+def _add_demo(sub: Any) -> None:
     d = sub.add_parser("demo", help="the main job on the embedded default: train, evaluate, report")
     d.add_argument("--quick", action="store_true", help="a smaller run (about 5 minutes)")
     d.add_argument("--out", help="run folder (default: runs/demo, with --quick runs/demo-quick)")
@@ -429,6 +466,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(d)
     d.set_defaults(fn=_cmd_demo)
 
+
+def _add_study(sub: Any) -> None:
     from metamapper.study import CLAIMS, TRAININGS
 
     st = sub.add_parser("study", help="the paper's claims on the Fashion-MNIST recipe, and the choice of the default's data (docs/RESULTS.md)")
@@ -452,6 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(st)
     st.set_defaults(fn=_cmd_study)
 
+
+def _add_download(sub: Any) -> None:
     dl = sub.add_parser("download", help="fetch the default LM's weights and Fashion-MNIST now, "
                         "checked, instead of at first use")
     dl.add_argument("what", nargs="*", metavar="WHAT",
@@ -462,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "<environment>/share/metamapper and in the cache")
     dl.set_defaults(fn=_cmd_download)
 
+
+def _add_serve(sub: Any) -> None:
     sv = sub.add_parser("serve", help="the local web demo: adapt to captioned images in a browser")
     sv.add_argument("--checkpoint", help=CHECKPOINT_HELP + " (default: runs/demo, trained first if missing)")
     step_args(sv)
@@ -470,16 +513,39 @@ def build_parser() -> argparse.ArgumentParser:
     add_device_arg(sv)
     sv.set_defaults(fn=_cmd_serve)
 
+
+def _add_config(sub: Any) -> None:
     c = sub.add_parser("config", help="the resolved config")
     csub = c.add_subparsers(dest="config_command", required=True)
     cs = csub.add_parser("show", help="print the config a run would use, as YAML")
     cs.add_argument("--config", help="YAML config (default: the built-in default)")
     cs.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     cs.set_defaults(fn=_cmd_config_show)
+
+
+SUBCOMMANDS = (_add_train, _add_evaluate, _add_report, _add_predict, _add_prepare, _add_datasets, _add_corpus, _add_export_fashion, _add_export, _add_push, _add_demo, _add_study, _add_download, _add_serve, _add_config)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``metamapper`` parser: one ``_add_*`` function per subcommand."""
+    p = argparse.ArgumentParser(prog="metamapper", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
     return p
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                      file: Any = None, line: str | None = None) -> None:
+    """Warnings on the command line as one line each (a deprecated spelling, a retired key)."""
+    print(f"metamapper: warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
+    warnings.showwarning = _one_line_warning
     parser = build_parser()
     # config overrides (key.sub=value) may stand anywhere on the line, before or after options
     args, extra = parser.parse_known_args(argv)

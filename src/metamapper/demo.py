@@ -34,9 +34,9 @@ from metamapper.eval.report import (
     write_results,
 )
 from metamapper.eval.run import evaluate_run
-from metamapper.pretrained import load_run
+from metamapper.loading import load_run
+from metamapper.methods import get_method
 from metamapper.runs import has_run, is_finished
-from metamapper.train import episodic
 
 
 @dataclass(frozen=True)
@@ -71,8 +71,7 @@ def _finished_rows(path: Path) -> dict[tuple[object, ...], dict[str, object]]:
 def training_compute(cfg: Config, run_dir: Path) -> str:
     """``"150 updates x 32 tasks, 612 s"``: what a run trained on, and for how long (the last
     ``time_s`` of its ``metrics.jsonl``; absent for an untrained run)."""
-    unit = "captioned images" if cfg.train.method == "standard" else "tasks"
-    text = f"{cfg.train.updates} updates x {cfg.train.meta_batch} {unit}"
+    text = f"{cfg.train.updates} updates x {cfg.train.meta_batch} {get_method(cfg.train.method).unit}"
     log = run_dir / "metrics.jsonl"
     lines = log.read_text().splitlines() if log.is_file() else []
     for line in reversed(lines):
@@ -132,20 +131,21 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo", device: str 
             raise CorpusBuildError(f"{e} (`sudo make corpora` installs and renders them; or run the demo "
                                    "without them: metamapper demo --config configs/fashion.yaml)") from None
     runs = {  # the reference: the same mapper, untrained (trained baselines: metamapper study)
-        "in-context (ours, default)": (out, main),
+        f"{main.train.method} (ours, default)": (out, main),
         "untrained mapper": (out / "baselines" / "untrained",  # the main config, 0 updates
                              demo_config(*plan.main_overrides, "train.updates=0", "train.val_every=0", *on,
                                          config=config)),
     }
     for label, (run_dir, cfg) in runs.items():
         print(f"\n== training: {label}")
-        episodic.train(cfg, run_dir, resume=has_run(run_dir))  # a rerun continues what is there
+        # the recipe of the config's method; a rerun continues what is there
+        get_method(cfg.train.method).train(cfg, run_dir, resume=has_run(run_dir))
         if not is_finished(run_dir, cfg.train.updates):  # a stop signal: nothing half-trained is scored
             print(f"== {label} stopped before update {cfg.train.updates}; rerun the demo to resume it")
             return []
     rows: list[dict[str, object]] = []
     done = _finished_rows(out / "results.json")  # a rerun keeps what an earlier run measured
-    for label, (run_dir, _) in runs.items():  # one protocol for all: the support in context
+    for label, (run_dir, _) in runs.items():  # one protocol for all: the main config's method
         run = None
         for ds, shots, n_tasks, data in demo_settings(main, plan):  # the same tasks for every method
             key = (label, ds, shots, n_tasks)
@@ -155,7 +155,7 @@ def run_demo(*, quick: bool = False, out: str | Path = "runs/demo", device: str 
             run = run or load_run(run_dir, device=device)
             print(f"== evaluating: {label} on {ds} 2-way {shots}-shot ({n_tasks} tasks)")
             ts = evaluation_tasks(ds, data=data, ways=2, shots=shots, n_tasks=n_tasks)  # the test tasks
-            res = evaluate_run(run, ts, method="in-context", with_zero_steps=False)
+            res = evaluate_run(run, ts, method=main.train.method, with_zero_steps=False)
             res.update(label=label, run=str(run_dir))
             rows.append(res)
             write_results(rows, out / "results.json")  # finished work is never lost

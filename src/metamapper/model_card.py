@@ -12,18 +12,11 @@ from typing import Any
 
 from metamapper.config import Config, config_from_dict
 from metamapper.eval.report import results_table
+from metamapper.registry import METHODS
 
 # registered backbones that are a Hub model (converted): the card names it as the base model
 REGISTRY_HUB_MODELS = {"smollm2-135m": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 DEFAULT_HUB_PATHS = {"clip": "openai/clip-vit-base-patch32", "hf": "gpt2"}  # as models.backbones
-
-METHODS = {
-    "maml": "episodic meta-training with MAML: the mapper adapts to each support set with a few "
-            "gradient steps (the paper's method)",
-    "in_context": "episodic meta-training with the support pairs in the language model's context "
-                  "(no gradient steps at test time)",
-    "standard": "non-episodic captioning (ClipCap-style), the paper's baseline",
-}
 
 CITATION = """\
 @inproceedings{najdenkoska2023meta,
@@ -105,12 +98,15 @@ def _mapper_text(cfg: Config) -> str:
 
 
 def _method_text(cfg: Config) -> str:
-    """The method's description, the mapper, and MAML's inner loop, as one line."""
+    """The method's description (``registry.METHODS``; its name where this process has not
+    registered it), the mapper, and the inner loop it trained with, as one line."""
     inner = cfg.train.inner
     adapt = (f" Inner loop: {inner.steps} steps at lr {inner.lr}"
              + (" (Meta-SGD: learned rates, included)" if inner.meta_sgd else "") + "."
-             if cfg.train.method == "maml" else "")
-    return f"{METHODS.get(cfg.train.method, cfg.train.method).capitalize()}; {_mapper_text(cfg)}.{adapt}"
+             if inner.steps else "")
+    name = cfg.train.method
+    text = METHODS.get(name).description if name in METHODS else name
+    return f"{text[:1].upper()}{text[1:]}; {_mapper_text(cfg)}.{adapt}"
 
 
 def _method_section(cfg: Config, record: dict[str, Any]) -> str:

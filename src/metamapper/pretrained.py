@@ -1,4 +1,4 @@
-"""Loading a trained run for inference, and the few-shot Python API.
+"""The few-shot Python API over a loaded run (``metamapper.loading``).
 
 Example::
 
@@ -11,7 +11,6 @@ Example::
 
 from __future__ import annotations
 
-import copy
 import os
 import tempfile
 from collections.abc import Sequence
@@ -23,41 +22,15 @@ import torch
 from PIL import Image
 
 from metamapper import hub
-from metamapper.checkpoint import (
-    CheckpointError,
-    check_compatible,
-    checkpoint_config,
-    read_checkpoint,
-)
-from metamapper.config import Config, ConfigError, config_from_dict
-from metamapper.device import lm_dtype, resolve_device, setup_device
-from metamapper.eval.fewshot import (
-    adaptation_steps,
-    answer_with_params,
-    eval_method_for,
-    get_method,
-)
+from metamapper.eval.fewshot import answer_with_params
+from metamapper.loading import LoadedRun, load_run
 from metamapper.meta.episode import Episode, caption_rows
-from metamapper.meta.maml import InnerLearningRates, adapt, adapted_names, task_losses
+from metamapper.meta.maml import adapt, task_losses
+from metamapper.methods import get_method
 from metamapper.models import metamapper as modeling
-from metamapper.models.backbones import BackboneError
-from metamapper.models.factory import build_model
+from metamapper.registry import Method
 
-
-@dataclass
-class LoadedRun:
-    """A trained model with the config and checkpoint record it came from."""
-
-    model: MetaMapper
-    config: Config
-    meta: dict[str, Any]
-    lrs: InnerLearningRates | None = None
-    path: Path = field(default_factory=Path)
-
-    @property
-    def method(self) -> str:
-        """The evaluation method that matches how the run was trained."""
-        return eval_method_for(self.config)
+__all__ = ["AdaptedMetaMapper", "LoadedRun", "MetaMapper", "adapt_to_support", "load_run"]
 
 
 class MetaMapper(modeling.MetaMapper):
@@ -95,8 +68,12 @@ class MetaMapper(modeling.MetaMapper):
         Raises:
             CheckpointError: no such run, folder or Hub model; invalid files; other backbones.
         """
-        return load_run(source, step=step, revision=revision, with_vision=with_vision, device=device,
-                        backbones=backbones).model
+        run = load_run(source, step=step, revision=revision, with_vision=with_vision, device=device,
+                       backbones=backbones, model_class=cls)
+        model = run.model
+        assert isinstance(model, MetaMapper)  # built as cls
+        model.run = run
+        return model
 
     def save_pretrained(self, out_dir: str | os.PathLike[str], *, repo_id: str | None = None) -> Path:
         """Write the mapper as a Hub-style folder: ``config.json`` (the backbones' identities and
@@ -147,80 +124,6 @@ class MetaMapper(modeling.MetaMapper):
         return adapt_to_support(self._loaded("adapt()"), support_images, captions, steps=steps, method=method)
 
 
-def load_run(source: str | os.PathLike[str], *, checkpoint: str | None = None,
-             with_vision: bool = True, step: str | int | None = None, revision: str | None = None,
-             allow_fallback: bool = False, device: str | torch.device | None = None,
-             backbones: dict[str, Any] | None = None) -> LoadedRun:
-    """Rebuild the backbones named in a checkpoint and load its mapper.
-
-    Args:
-        source: a run folder written by ``metamapper train`` (or a checkpoint folder inside it),
-            an exported folder (``save_pretrained``) or a Hub id ``owner/name``
-            (``hub.resolve_checkpoint``).
-        checkpoint: a specific ``checkpoints/step-*`` folder (default: the one ``step`` picks).
-        with_vision: also build the image encoder (not needed with cached features).
-        step: which of a run's checkpoints: ``"latest"`` (default), ``"best"`` (validation
-            accuracy) or a step number (``checkpoint.select_checkpoint``).
-        revision: with a Hub id, a branch, tag or commit.
-        allow_fallback: a corrupt newest checkpoint falls back to the newest valid one (with a
-            warning) instead of raising.
-        device: where to run (``auto`` when None, whatever device the run was trained on; the
-            weights are read to the CPU and moved there).
-        backbones: ``backbones`` config keys replacing the recorded ones (say, a local folder
-            for a Hub model); the identities built must still match the recorded ones.
-
-    Raises:
-        CheckpointError: missing run, folder, Hub model or step, a corrupt checkpoint, other
-            backbones, or weights that do not fit the mapper config.
-    """
-    ckpt = read_checkpoint(checkpoint) if checkpoint is not None else hub.resolve_checkpoint(
-        source, step=step, revision=revision, allow_fallback=allow_fallback)
-    exported = ckpt.meta.get("format") == hub.PRETRAINED_FORMAT
-    from_hub = exported and checkpoint is None and not Path(source).exists()
-    where = f"{source} (revision {ckpt.path.name[:12]})" if from_hub else str(ckpt.path)
-    raw = copy.deepcopy(checkpoint_config(ckpt))
-    if backbones:
-        raw["backbones"] = {**(raw.get("backbones") or {}), **backbones}
-    try:
-        cfg = config_from_dict(raw)
-    except ConfigError as e:
-        what = hub.CONFIG_NAME if exported else "meta.json"
-        raise CheckpointError(f"checkpoint {where}: {what} holds no valid config ({e})") from None
-    where_to = setup_device(resolve_device(device))
-    try:
-        base = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"], with_vision=with_vision,
-                           device=where_to, precision=cfg.runtime.precision,
-                           # the LM in the dtype the run trains with here (bfloat16 where native)
-                           lm_dtype=lm_dtype(cfg.train.lm_dtype, where_to, cfg.runtime.precision))
-    except BackboneError as e:
-        if not exported:
-            raise
-        raise CheckpointError(f"{where}: cannot build the backbones it was trained with ({e}); pass "
-                              "backbones={...} (e.g. a local folder of the same model)") from None
-    model = MetaMapper(vision=base.vision, lm=base.lm, mapper=base.mapper)
-    check_compatible(ckpt.meta, vision=model.vision.identity if model.vision is not None else None,
-                     lm=model.lm.identity, visual_dim=model.mapper.visual_dim,
-                     embed_dim=model.lm.embed_dim, where=where)
-    try:
-        model.mapper.load_state_dict({k[7:]: v for k, v in ckpt.weights.items() if k.startswith("mapper.")})
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {where} does not fit its mapper config: {e}") from None
-    lrs = None
-    lr_w = {k[10:]: v for k, v in ckpt.weights.items() if k.startswith("inner_lrs.")}
-    if lr_w:
-        names = adapted_names(model, cfg.train.inner)
-        lrs = InnerLearningRates({k: model.mapper_params()[k] for k in names}, init=0.0,
-                                 steps=cfg.train.inner.steps, per_step=cfg.train.inner.per_step_lr)
-        try:
-            lrs.load_state_dict(lr_w)
-        except RuntimeError as e:
-            raise CheckpointError(f"checkpoint {where}: its learned inner rates do not fit its "
-                                  f"config: {e}") from None
-    model.eval()
-    model.run = LoadedRun(model=model, config=cfg, meta=ckpt.meta, lrs=lrs, path=ckpt.path)
-    return model.run
-
-
 @dataclass
 class AdaptedMetaMapper:
     """A model adapted to one support set; ``answer`` names new images of its concepts."""
@@ -229,7 +132,7 @@ class AdaptedMetaMapper:
     params: dict[str, torch.Tensor]
     support: torch.Tensor  # (S, n_tokens, dim) support features
     captions: list[str]
-    query_format: str
+    method: Method
     support_losses: list[float] = field(default_factory=list)
 
     def answer(self, images: Sequence[Image.Image], question: str | None = None,
@@ -238,7 +141,7 @@ class AdaptedMetaMapper:
         feats = self.model.encode_images(list(images))
         ep = Episode(features=torch.cat([self.support, feats]), captions=self.captions,
                      questions=[question or ""] * len(images), answers=[""] * len(images))
-        return answer_with_params(self.model, [ep], [self.params], query_format=self.query_format,
+        return answer_with_params(self.model, [ep], [self.params], method=self.method,
                                   max_new_tokens=max_new_tokens)[0]
 
 
@@ -251,8 +154,8 @@ def adapt_to_support(
     Args:
         run: from ``load_run``.
         images, captions: the support set, one caption per image.
-        steps: adaptation steps (default: ``eval.fewshot.adaptation_steps``' rule).
-        method: an evaluation method (default: the one the run was trained for).
+        steps: adaptation steps (default: ``Method.steps``' rule).
+        method: a registered method (``metamapper.methods``; default: the run's own).
     """
     if len(images) != len(captions) or not images:
         raise ValueError(f"need as many captions as support images (got {len(images)} images, "
@@ -260,8 +163,7 @@ def adapt_to_support(
     if any(not c.strip() for c in captions):
         raise ValueError("support captions must not be empty")
     m = get_method(method or run.method)
-    inner = run.config.train.inner
-    loop = replace(inner, steps=adaptation_steps(m.name, steps, inner.steps))
+    loop = replace(run.config.train.inner, steps=m.steps(steps, run.config))
     feats = run.model.encode_images(list(images))
     ep = Episode(features=feats, captions=list(captions), questions=[], answers=[])
     params: dict[str, torch.Tensor] = {}
@@ -272,4 +174,4 @@ def adapt_to_support(
             losses = [float(task_losses(run.model, [ep], s, caption_rows)[0]) for s in traj]
         params = {k: v.detach() for k, v in traj[-1][0].items()}
     return AdaptedMetaMapper(model=run.model, params=params, support=feats, captions=list(captions),
-                             query_format=m.query_format, support_losses=losses)
+                             method=m, support_losses=losses)

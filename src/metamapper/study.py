@@ -125,8 +125,8 @@ class Row:
     dataset: str = "fashion-open-ended"
     ways: int = 2
     shots: int = 1
-    method: str = "in-context"
-    steps: int | None = None  # adaptation steps (None: eval.fewshot.adaptation_steps' rule)
+    method: str = "in_context"  # a registered method (metamapper.methods)
+    steps: int | None = None  # adaptation steps (None: Method.steps' rule)
     repeats: int = 0  # extra presentations of the support set
     induction: bool = False  # the task-induction instruction opening each task's rows
     split: str = "test"  # test (to report) | val (the validation stream of held-out-class tasks, to choose)
@@ -134,7 +134,7 @@ class Row:
     tasks: int | None = None  # a fixed task count for this row (None: the study's --tasks / --slow-tasks)
 
     def evaluation(self) -> str:
-        """``"Open-Ended 2-way 1-shot, in-context"`` (+ steps, repeats, induction)."""
+        """``"Open-Ended 2-way 1-shot, in_context"`` (+ steps, repeats, induction)."""
         kind = DATASET_NAMES.get(self.dataset, self.dataset)
         text = f"{kind} {self.ways}-way {self.shots}-shot, {self.method}"
         if self.steps is not None:
@@ -229,7 +229,7 @@ CLAIMS: dict[str, Claim] = {
     "steps": Claim(
         "3. More inner steps help",
         (*(Row(f"MAML, {s} steps", "maml", method="maml", steps=s, slow=True) for s in STEPS),
-         *(Row(f"in-context + {s} steps", "fashion", method="in-context-maml", steps=s, slow=True)
+         *(Row(f"in-context + {s} steps", "fashion", method="in_context", steps=s, slow=True)
            for s in STEPS)),
         (Comparison("MAML, 1 steps", "MAML, 0 steps"), Comparison("MAML, 5 steps", "MAML, 1 steps"),
          Comparison("MAML, 10 steps", "MAML, 5 steps"),
@@ -292,6 +292,20 @@ def _key(row: Row, seed: int, n_tasks: int, lm_dtype: str) -> str:
     return json.dumps({**fields, "seed": seed, "n_tasks": n_tasks, "lm_dtype": lm_dtype}, sort_keys=True)
 
 
+def _canonical_key(key: str) -> str:
+    """A stored measurement's key with its method in today's spelling (measurements written
+    before the methods registry spelled them ``in-context``, ``in-context-maml``)."""
+    from metamapper.methods import OLD_SPELLINGS
+
+    try:
+        fields = json.loads(key)
+    except json.JSONDecodeError:
+        return key
+    if not isinstance(fields, dict) or fields.get("method") not in OLD_SPELLINGS:
+        return key
+    return json.dumps({**fields, "method": OLD_SPELLINGS[fields["method"]][0]}, sort_keys=True)
+
+
 # What may differ between a study's run and its training without making it another training: what
 # a resumed run may change (config.RESUMABLE_CHANGES) except its length, and the seed (part of a
 # measurement's key and of the run folder's name)
@@ -330,7 +344,7 @@ class Store:
             for line in path.read_text().splitlines():
                 try:
                     rec = json.loads(line)
-                    key = rec["key"]
+                    key = _canonical_key(rec["key"])
                 except (json.JSONDecodeError, KeyError, TypeError):
                     continue
                 now = store.configs.get(rec.get("training", ""))
@@ -653,9 +667,9 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
     # the claims and the report load no torch (the CLI's parser reads CLAIMS); the runner does
     from metamapper.data.sources import evaluation_tasks
     from metamapper.eval.run import evaluate_run
-    from metamapper.pretrained import load_run
+    from metamapper.loading import load_run
+    from metamapper.methods import get_method
     from metamapper.runs import has_run, is_finished
-    from metamapper.train import episodic, standard
 
     unknown = [c for c in claims if c not in CLAIMS]
     if unknown:
@@ -685,8 +699,7 @@ def run_study(claims: Sequence[str], *, seeds: int = 3, tasks: int = 1000, slow_
             check_run_config(run_dir, cfg)
             if not is_finished(run_dir, cfg.train.updates):
                 say(f"== training {name}, seed {seed}: {specs[name].compute}")
-                train_fn = standard.train if cfg.train.method == "standard" else episodic.train
-                train_fn(cfg, run_dir, resume=has_run(run_dir))
+                get_method(cfg.train.method).train(cfg, run_dir, resume=has_run(run_dir))
                 if not is_finished(run_dir, cfg.train.updates):  # a stop signal or train.max_minutes
                     say(f"== {name}, seed {seed} stopped before update {cfg.train.updates}; nothing "
                         "scored from it: rerun the same command to resume")

@@ -28,16 +28,18 @@ def _is_type_checking(node: ast.If) -> bool:
         isinstance(t, ast.Attribute) and t.attr == "TYPE_CHECKING")
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(*, type_checking: bool = False) -> dict[str, set[str]]:
     """module -> the metamapper modules it imports, anywhere in the file (inside functions too),
-    except under ``if TYPE_CHECKING:``. ``from pkg import sub`` counts as an import of the
-    submodule ``pkg.sub`` when there is one, else of ``pkg`` (its ``__init__``)."""
+    and under ``if TYPE_CHECKING:`` only with ``type_checking``. ``from pkg import sub`` counts
+    as an import of the submodule ``pkg.sub`` when there is one, else of ``pkg`` (its
+    ``__init__``)."""
     modules = _modules()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         tree = ast.parse(path.read_text())
-        skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node)
-                for n in ast.walk(node)}
+        skip = set() if type_checking else {
+            id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and _is_type_checking(node)
+            for n in ast.walk(node)}
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         deps: set[str] = set()
         for node in ast.walk(tree):
@@ -90,6 +92,49 @@ def test_no_import_cycle() -> None:
     graph = import_graph()
     assert "metamapper.train.episodic" in graph and graph["metamapper.train.episodic"]
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph) or [])
+
+
+# The layers of the package, bottom first, written down once: a module imports from its own layer
+# and the ones below it, never from one above (not even for a type annotation). A module belongs
+# to the layer of the longest name here that it is or lies under; a new module must find one.
+LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("foundations", ("metamapper", "_version", "config", "registry", "device", "downloads",
+                     "distributed", "data.images", "data.words", "eval.metrics", "eval.report")),
+    ("models", ("models",)),  # the frozen backbones, the mapper, generation
+    ("data", ("data",)),  # task sources, corpora, the feature cache
+    ("meta", ("meta",)),  # episodes and the functional inner loop
+    ("loading", ("checkpoint", "runs", "hub", "model_card", "loading")),  # run folders, exports, load_run
+    ("eval", ("eval.fewshot",)),  # adapt, answer, score
+    ("train", ("train",)),  # the training recipes
+    ("methods", ("methods",)),  # the registered adaptation methods (recipe + evaluation each)
+    ("api", ("pretrained", "eval.run")),  # the Python API and the evaluation of a loaded run
+    ("apps", ("demo", "study", "web", "cli")),  # what the command line and the web page run
+)
+
+
+def layer_of(module: str) -> int:
+    """The index in ``LAYERS`` of ``metamapper.X``'s layer."""
+    rel = module.removeprefix("metamapper.") if module != "metamapper" else "metamapper"
+    best, level = "", -1
+    for i, (_, names) in enumerate(LAYERS):
+        for n in names:
+            if (rel == n or rel.startswith(n + ".")) and len(n) > len(best):
+                best, level = n, i
+    assert level >= 0, f"{module} is in no layer: add it to LAYERS"
+    return level
+
+
+def test_the_layer_check_finds_an_arrow_up() -> None:
+    assert layer_of("metamapper.train.episodic") > layer_of("metamapper.eval.fewshot")
+    assert layer_of("metamapper.eval.report") < layer_of("metamapper.models.mapper")  # longest name wins
+    assert layer_of("metamapper.data.words") < layer_of("metamapper.data.tasks")
+
+
+def test_no_module_imports_one_above_its_layer() -> None:
+    graph = import_graph(type_checking=True)
+    up = sorted(f"{m} ({LAYERS[layer_of(m)][0]}) -> {d} ({LAYERS[layer_of(d)][0]})"
+                for m, deps in graph.items() for d in deps if layer_of(d) > layer_of(m))
+    assert not up, "\n".join(up)
 
 
 def test_models_import_nothing_from_loading_eval_or_training() -> None:
@@ -147,3 +192,53 @@ def test_config_show_prints_the_one_default() -> None:
     assert plain == shipped and "method: in_context" in plain and "cosine: true" in plain
     changed = subprocess.run([*cli, "train.updates=7"], check=True, capture_output=True, text=True).stdout
     assert "updates: 7" in changed and changed.replace("updates: 7", "updates: 300") == plain
+
+
+def metamapper_assignments(source: str) -> list[str]:
+    """``name.attr = ...`` (or ``setattr(name, ...)``) where ``name`` was imported from
+    metamapper: code outside the package rebinding the library's names at run time."""
+    tree = ast.parse(source)
+    imported: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported |= {(a.asname or a.name).split(".")[0] for a in node.names if a.name.startswith("metamapper")}
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("metamapper"):
+            imported |= {a.asname or a.name for a in node.names}
+
+    def root(expr: ast.expr) -> str | None:
+        while isinstance(expr, ast.Attribute):
+            expr = expr.value
+        return expr.id if isinstance(expr, ast.Name) else None
+
+    found = []
+    for node in ast.walk(tree):
+        targets: list[ast.expr] = []
+        if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr" and node.args:
+            targets = [ast.Attribute(value=node.args[0], attr="?")]
+        for t in targets:
+            for sub in ast.walk(t):
+                if isinstance(sub, ast.Attribute) and root(sub) in imported:
+                    found.append(f"line {node.lineno}: {ast.unparse(sub)}")
+                    break
+    return found
+
+
+def test_the_assignment_finder_finds_a_patch() -> None:
+    patched = ("import metamapper.eval.fewshot\nfrom metamapper.models import factory\n"
+               "from metamapper.models.mapper import _FeatureStats as S\n"
+               "metamapper.eval.fewshot.task_prefixes = f\nfactory.build_model = g\nS.set = h\n"
+               "setattr(factory, 'x', 1)\n")
+    assert len(metamapper_assignments(patched)) == 4
+    assert metamapper_assignments("from metamapper.methods import get_method\nm = get_method('maml')\n"
+                                  "x = object()\nx.y = 1\n") == []
+
+
+@pytest.mark.parametrize("folder", ["experiments", "benchmarks"])
+def test_no_experiment_or_benchmark_rebinds_the_librarys_names(folder: str) -> None:
+    """A variant plugs in through a registry (a method, a task source, a backbone), never by
+    assigning into metamapper's modules or classes from outside."""
+    found = {p.name: hits for p in sorted((SRC.parent / folder).glob("*.py"))
+             if (hits := metamapper_assignments(p.read_text()))}
+    assert not found, found

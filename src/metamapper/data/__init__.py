@@ -1,7 +1,7 @@
 """Data layer: few-shot tasks, image sources, benchmark/COCO/Fashion-MNIST loaders, feature cache.
 
 Importing this package registers the task sources ``"frozen-benchmark"``, ``"coco"`` and
-``"fashion-mnist"`` in ``metamapper.registry.TASK_SOURCES``.
+``"fashion-mnist"`` in ``metamapper.data.tasks.TASK_SOURCES``.
 
 Example::
 

@@ -46,8 +46,15 @@ import numpy as np
 
 from metamapper.config import DataConfig
 from metamapper.data.images import FolderImageSource
-from metamapper.data.tasks import EVAL_SPLITS, Example, Query, Task, TaskSet
-from metamapper.registry import TASK_SOURCES, TaskSource
+from metamapper.data.tasks import (
+    EVAL_SPLITS,
+    TASK_SOURCES,
+    Example,
+    Query,
+    Task,
+    TaskSet,
+    TaskSource,
+)
 
 BENCHMARK_NAMES: tuple[str, ...] = ("open_ended_mi", "real_name_mi", "fast_vqa", "guided_vqa")
 _FILE = re.compile(

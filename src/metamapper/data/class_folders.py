@@ -29,9 +29,8 @@ import numpy as np
 
 from metamapper.config import DataConfig
 from metamapper.data.images import IMAGE_EXTENSIONS, FolderImageSource
-from metamapper.data.tasks import TaskSet, sample_task
+from metamapper.data.tasks import TASK_SOURCES, TaskSet, TaskSource, sample_task
 from metamapper.data.words import TEST_WORDS, made_up_words
-from metamapper.registry import TASK_SOURCES, TaskSource
 
 SPLIT_SEED = 0  # the class split is a property of the data, the same for every run
 FRACTIONS = (0.6, 0.2)  # meta-training and validation shares of the classes; the rest is test

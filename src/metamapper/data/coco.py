@@ -34,18 +34,19 @@ from metamapper.config import DataConfig
 from metamapper.data.images import FolderImageSource
 from metamapper.data.tasks import (
     NAMINGS,
+    TASK_SOURCES,
     Example,
     Query,
     Rng,
     Task,
     TaskSet,
+    TaskSource,
     _permutation,
     _sample_indices,
     _task_id,
     choose_words,
 )
 from metamapper.data.words import made_up_words
-from metamapper.registry import TASK_SOURCES, TaskSource
 
 
 class CocoFormatError(ValueError):

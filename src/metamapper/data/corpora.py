@@ -59,10 +59,9 @@ from tqdm.auto import tqdm
 from metamapper.config import DataConfig
 from metamapper.data.class_folders import split_classes
 from metamapper.data.images import ImageLoadError, load_image
-from metamapper.data.tasks import TaskSet, TaskSizeError, sample_task
+from metamapper.data.tasks import TASK_SOURCES, TaskSet, TaskSizeError, TaskSource, sample_task
 from metamapper.data.words import TEST_WORDS, made_up_words
 from metamapper.models.backbones import cache_dir
-from metamapper.registry import TASK_SOURCES, TaskSource
 
 FORMAT = "metamapper-corpus"
 VERSION = 1

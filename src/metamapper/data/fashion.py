@@ -49,10 +49,16 @@ from PIL import Image
 
 from metamapper.config import DataConfig
 from metamapper.data.images import ImageLoadError
-from metamapper.data.tasks import VAL_SEED_OFFSET, Task, TaskSet, sample_task
+from metamapper.data.tasks import (
+    TASK_SOURCES,
+    VAL_SEED_OFFSET,
+    Task,
+    TaskSet,
+    TaskSource,
+    sample_task,
+)
 from metamapper.data.words import TEST_WORDS, made_up_words
 from metamapper.downloads import DownloadError, cache_dir, fetch_url, find_data, say
-from metamapper.registry import TASK_SOURCES, TaskSource
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES: tuple[str, ...] = (

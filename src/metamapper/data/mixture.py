@@ -29,8 +29,15 @@ from PIL import Image
 
 from metamapper.config import DataConfig
 from metamapper.data.images import ImageLoadError
-from metamapper.data.tasks import Example, ImageSource, Query, Task, TaskSet
-from metamapper.registry import TASK_SOURCES, TaskSource
+from metamapper.data.tasks import (
+    TASK_SOURCES,
+    Example,
+    ImageSource,
+    Query,
+    Task,
+    TaskSet,
+    TaskSource,
+)
 
 SEP = ":"  # source name SEP the source's own key
 

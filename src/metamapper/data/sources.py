@@ -1,6 +1,6 @@
 """Tasks by name: the one place that turns ``data.source`` or ``--dataset`` into tasks.
 
-Every task source registers a ``registry.TaskSource`` in ``registry.TASK_SOURCES`` (the modules
+Every task source registers a ``data.tasks.TaskSource`` in ``data.tasks.TASK_SOURCES`` (the modules
 imported below register the built-in ones); training, validation and evaluation all go through
 the two functions here.
 
@@ -26,8 +26,14 @@ import metamapper.data.icons
 import metamapper.data.mixture
 import metamapper.data.synthetic  # noqa: F401  (these imports register the built-in sources)
 from metamapper.config import ConfigError, DataConfig
-from metamapper.data.tasks import EVAL_SPLITS, Task, TaskSet, TaskSizeError
-from metamapper.registry import TASK_SOURCES, TaskSource
+from metamapper.data.tasks import (
+    EVAL_SPLITS,
+    TASK_SOURCES,
+    Task,
+    TaskSet,
+    TaskSizeError,
+    TaskSource,
+)
 
 
 def training_tasks(d: DataConfig, n_tasks: int, seed: int) -> tuple[TaskSet, TaskSet]:

@@ -14,9 +14,8 @@ from PIL import Image, ImageDraw
 
 from metamapper.config import DataConfig
 from metamapper.data.images import ImageLoadError
-from metamapper.data.tasks import VAL_SEED_OFFSET, TaskSet, sample_task
+from metamapper.data.tasks import TASK_SOURCES, VAL_SEED_OFFSET, TaskSet, TaskSource, sample_task
 from metamapper.data.words import TEST_WORDS, made_up_words
-from metamapper.registry import TASK_SOURCES, TaskSource
 
 CLASSES = (
     ("red", "circle"), ("green", "square"), ("blue", "triangle"), ("yellow", "circle"),

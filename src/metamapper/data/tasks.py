@@ -23,15 +23,19 @@ from __future__ import annotations
 
 import hashlib
 import random
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 from PIL import Image
 
 from metamapper.data.images import ImageLoadError  # noqa: F401  (re-exported)
 from metamapper.data.words import TEST_WORDS, made_up_words
+from metamapper.registry import Registry
+
+if TYPE_CHECKING:
+    from metamapper.config import DataConfig
 
 NAMINGS = ("real", "made_up", "fixed")
 Rng = np.random.Generator | random.Random
@@ -437,3 +441,32 @@ def sample_task(
         queries = _shuffled(rng, queries)
     tid = task_id if task_id is not None else _task_id("task-", support, queries)
     return Task(tid, ways, shots, tuple(support), tuple(queries), task_words)
+
+
+@dataclass(frozen=True)
+class TaskSource:
+    """A named source of few-shot tasks.
+
+    Attributes:
+        train_val: ``(data config, n_tasks, seed) -> (train, validation)`` task sets for
+            meta-training; None for a source that only tests.
+        test: ``(*, root, variant, ways, shots, n_tasks, seed, split) -> TaskSet``: the
+            evaluation tasks of ``split`` (``data.tasks.EVAL_SPLITS``; ``"test"``: classes,
+            images or tasks that meta-training never saw; a source refuses a split it lacks with
+            a ``ValueError``); None for a training-only source.
+        datasets: the evaluation names this source answers (``--dataset``) -> the ``variant``
+            passed to ``test``.
+        no_induction: evaluation names on which task induction ("Answer with dax or
+            blicket.") is refused: their answers are not the support words (VQA).
+        describe: ``(root) -> str``: one line on the source's data in ``root`` (None: its
+            default), e.g. its class counts per split; cheap (it builds and downloads nothing).
+    """
+
+    train_val: Callable[[DataConfig, int, int], tuple[TaskSet, TaskSet]] | None = None
+    test: Callable[..., TaskSet] | None = None
+    datasets: Mapping[str, str] = field(default_factory=dict)
+    no_induction: frozenset[str] = frozenset()
+    describe: Callable[[str | None], str] | None = None
+
+
+TASK_SOURCES: Registry[TaskSource] = Registry("task source")  # the built-in ones: metamapper.data.sources

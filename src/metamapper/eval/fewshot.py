@@ -1,12 +1,9 @@
 """Meta-test: adapt on each task's support set, answer its queries, score exact match.
 
-Methods (``METHODS``):
-
-* ``maml`` — the paper's protocol: ``steps`` SGD steps of the mapper on the support captions,
-  then each query is answered from ``[p(x_q); question]``;
-* ``no-adapt`` — the same prompt with the meta-learned initialisation (0 steps);
-* ``in-context`` — the support pairs in the LM context before the query (Frozen-style), with
-  ``steps`` optional adaptation steps first (0 by default).
+How a task is adapted to and put to the LM is its method's (``registry.Method``, registered in
+``metamapper.methods``): ``maml`` takes ``loop.steps`` SGD steps of the mapper on the support
+captions, then answers each query from ``[p(x_q); question]``; ``in_context`` puts the support
+pairs in the LM context before the query (steps optional); ``standard`` answers the query alone.
 
 Queries of many tasks are answered in one batched, KV-cached generation; adaptation is
 functional, so the backbones are never copied.
@@ -15,81 +12,24 @@ functional, so the backbones are never copied.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from metamapper import distributed as dist_utils
-from metamapper.config import Config, InnerLoop
+from metamapper.config import InnerLoop
 from metamapper.eval.metrics import (
     accuracy_interval,
     bootstrap_interval,
     exact_match,
     normalize_answer,
 )
-from metamapper.meta.episode import ROW_FORMATS, Episode, batch_rows, episode_from_task
-from metamapper.meta.maml import InnerLearningRates, adapt, task_prefixes
+from metamapper.meta.episode import Episode, batch_rows, episode_from_task, query_rows
+from metamapper.meta.maml import InnerLearningRates, RowFormat, adapt, task_prefixes
 from metamapper.models.metamapper import MetaMapper
-
-
-@dataclass(frozen=True)
-class Method:
-    name: str
-    query_format: str  # "prefix" | "in_context"
-    default_steps: int | None  # None: the checkpoint's own inner steps
-
-
-METHODS: dict[str, Method] = {
-    "maml": Method("maml", "prefix", None),
-    "no-adapt": Method("no-adapt", "prefix", 0),
-    "in-context": Method("in-context", "in_context", 0),
-    "in-context-maml": Method("in-context-maml", "in_context", None),
-}
-
-
-def get_method(name: str) -> Method:
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
-    return METHODS[name]
-
-
-def eval_method_for(cfg: Config) -> str:
-    """The evaluation method that matches how a run was trained."""
-    m, steps = cfg.train.method, cfg.train.inner.steps
-    if m == "in_context":
-        return "in-context-maml" if steps > 0 else "in-context"
-    if m == "maml":
-        return "maml"
-    return "no-adapt"
-
-
-def adaptation_steps(method: str, steps: int | None, trained_steps: int) -> int:
-    """The one rule for the number of adaptation steps at test time (``evaluate``, ``predict``,
-    the Python API and the web page all use it).
-
-    ``no-adapt`` never adapts; otherwise an explicit ``steps`` wins, then the method's own
-    default (``in-context``: 0), then the steps the run was trained with (``trained_steps``),
-    then the paper's 5.
-
-    Example::
-
-        >>> adaptation_steps("maml", None, 0), adaptation_steps("in-context", 2, 0)
-        (5, 2)
-    """
-    m = get_method(method)
-    if steps is not None and steps < 0:
-        raise ValueError(f"adaptation steps must be >= 0, got {steps}")
-    if m.name == "no-adapt":
-        if steps:
-            raise ValueError(f"method no-adapt takes no adaptation steps (got {steps})")
-        return 0
-    if steps is not None:
-        return steps
-    if m.default_steps is not None:
-        return m.default_steps
-    return trained_steps or 5
+from metamapper.registry import Method
 
 
 @dataclass
@@ -142,11 +82,11 @@ def query_record(task_id: str, task_index: int, query_index: int, ep: Episode, p
 
 
 def _answer(model: MetaMapper, episodes: Sequence[Episode], params: Sequence[dict[str, torch.Tensor]],
-            query_format: str, max_new_tokens: int) -> list[list[str]]:
-    eb = batch_rows(episodes, ROW_FORMATS[query_format], with_answer=False)
+            rows: RowFormat, prefixes_of: Callable[..., torch.Tensor], max_new_tokens: int) -> list[list[str]]:
+    eb = batch_rows(episodes, rows, with_answer=False)
     with torch.no_grad():
         batch = model.pack(eb.rows)
-        prefixes = task_prefixes(model, eb.features, batch, eb.row_task, params)
+        prefixes = prefixes_of(model, eb.features, batch, eb.row_task, params)
         texts = model.generate(eb.features, eb.rows, prefixes=prefixes, max_new_tokens=max_new_tokens,
                                groups=eb.row_task)
     out: list[list[str]] = [[] for _ in episodes]
@@ -159,12 +99,13 @@ def answer_episodes(
     model: MetaMapper,
     episodes: Sequence[Episode],
     *,
-    query_format: str,
+    method: Method,
     loop: InnerLoop,
     lrs: InnerLearningRates | None = None,
     max_new_tokens: int = 8,
 ) -> tuple[list[list[str]], list[dict[str, torch.Tensor]]]:
-    """Adapt (if ``loop.steps``) and answer every query of every episode in one generation.
+    """Adapt (if ``loop.steps``) and answer every query of every episode in one generation, as
+    ``method`` puts a query to the LM.
 
     Returns:
         per-episode lists of generated answers, and the adapted parameters per episode.
@@ -173,8 +114,7 @@ def answer_episodes(
         params = [{k: v.detach() for k, v in p.items()} for p in adapt(model, episodes, loop=loop, lrs=lrs, trajectory=False)[-1]]
     else:
         params = [{} for _ in episodes]
-    return answer_with_params(model, episodes, params, query_format=query_format,
-                              max_new_tokens=max_new_tokens), params
+    return answer_with_params(model, episodes, params, method=method, max_new_tokens=max_new_tokens), params
 
 
 def answer_with_params(
@@ -182,12 +122,13 @@ def answer_with_params(
     episodes: Sequence[Episode],
     params: Sequence[dict[str, torch.Tensor]],
     *,
-    query_format: str,
+    method: Method,
     max_new_tokens: int = 8,
 ) -> list[list[str]]:
-    """Answer every query of every episode, episode ``t`` with mapper parameters ``params[t]``
-    (``{}``: the model's own)."""
-    return _answer(model, episodes, params, query_format, max_new_tokens)
+    """Answer every query of every episode as ``method`` puts it, episode ``t`` with mapper
+    parameters ``params[t]`` (``{}``: the model's own)."""
+    return _answer(model, episodes, params, method.query_rows, method.prefixes or task_prefixes,
+                   max_new_tokens)
 
 
 def support_fit_episode(ep: Episode) -> Episode:
@@ -212,8 +153,7 @@ def evaluate(
     tasks: Sequence[object],
     features_of: Callable[[list[str]], torch.Tensor],
     *,
-    method: str = "maml",
-    steps: int | None = None,
+    method: Method,
     loop: InnerLoop | None = None,
     lrs: InnerLearningRates | None = None,
     batch_tasks: int = 32,
@@ -231,10 +171,10 @@ def evaluate(
         model: the model (put in eval mode here).
         tasks: ``data.tasks.Task`` s (already with repeats / task induction applied).
         features_of: image keys -> cached features.
-        method: a name from ``METHODS``.
-        steps: adaptation steps (None: ``adaptation_steps``' rule, with ``loop.steps`` as the
-            trained steps).
-        loop: the run's inner-loop settings (learning rate, which parameters, steps trained with).
+        method: how each task is adapted to and put to the LM (``methods.get_method``).
+        loop: the inner loop at test time: ``loop.steps`` adaptation steps (``Method.steps``
+            resolves them), the run's learning rate and adapted parameters; always first-order
+            here. None: no adaptation.
         lrs: learned inner learning rates (Meta-SGD), if the model was trained with them.
         batch_tasks: tasks adapted and answered together.
         support_fit: also measure whether the adapted model names its own support images.
@@ -245,11 +185,13 @@ def evaluate(
     """
     rank, world = dist_utils.rank_world() if distributed else (0, 1)
     tasks = dist_utils.shard(tasks, rank, world)
-    m = get_method(method)
-    base = loop or InnerLoop()
-    n_steps = adaptation_steps(method, steps, base.steps if loop is not None else 0)
-    loop = InnerLoop(steps=n_steps, lr=base.lr, first_order=True, adapt=base.adapt,
-                     meta_sgd=base.meta_sgd, per_step_lr=base.per_step_lr)
+    loop = replace(loop or InnerLoop(steps=0), first_order=True)
+    if loop.steps and not method.adapts:
+        raise ValueError(f"method {method.name} takes no adaptation steps (got {loop.steps})")
+
+    def to_episode(task: object) -> Episode:
+        return method.episode(model, task, features_of) if method.episode else episode_from_task(task, features_of)
+
     was_training = model.training
     model.eval()
     per_task: list[float] = []
@@ -257,14 +199,12 @@ def evaluate(
     examples: list[dict[str, str]] = []
     records: list[dict[str, Any]] = []
     n_queries = 0
-    bar = tqdm(total=len(tasks), desc=f"eval {method}", disable=not progress, leave=False)
+    bar = tqdm(total=len(tasks), desc=f"eval {method.name}", disable=not progress, leave=False)
     try:
         for i in range(0, len(tasks), batch_tasks):
-            episodes = [episode_from_task(t, features_of) for t in tasks[i : i + batch_tasks]]
-            answers, params = answer_episodes(
-                model, episodes, query_format=m.query_format, loop=loop, lrs=lrs,
-                max_new_tokens=max_new_tokens,
-            )
+            episodes = [to_episode(t) for t in tasks[i : i + batch_tasks]]
+            answers, params = answer_episodes(model, episodes, method=method, loop=loop, lrs=lrs,
+                                              max_new_tokens=max_new_tokens)
             for ep, preds in zip(episodes, answers, strict=True):
                 hits = [exact_match(p, a) for p, a in zip(preds, ep.answers, strict=True)]
                 if samples:  # this rank's task j is task j * world + rank of the whole list
@@ -277,7 +217,7 @@ def evaluate(
                     examples.append({"answer": ep.answers[0], "prediction": preds[0]})
             if support_fit:
                 fit_eps = [support_fit_episode(ep) for ep in episodes]
-                texts = _answer(model, fit_eps, params, "prefix", max_new_tokens)
+                texts = _answer(model, fit_eps, params, query_rows, task_prefixes, max_new_tokens)
                 fits += [float(exact_match(p, a)) for ep, preds in zip(fit_eps, texts, strict=True)
                          for p, a in zip(preds, ep.answers, strict=True)]
             bar.update(len(episodes))
@@ -302,6 +242,6 @@ def evaluate(
     ci, ci_method = accuracy_interval(per_task, n_queries)
     boot = bootstrap_interval(per_task, seed=0) if n_queries != len(per_task) else None
     fit = sum(fits) / len(fits) if fits else None
-    return EvalResult(method=method, accuracy=acc, ci95=ci, n_tasks=len(per_task),
-                      n_queries=n_queries, steps=n_steps, ci_method=ci_method, ci95_bootstrap=boot,
+    return EvalResult(method=method.name, accuracy=acc, ci95=ci, n_tasks=len(per_task),
+                      n_queries=n_queries, steps=loop.steps, ci_method=ci_method, ci95_bootstrap=boot,
                       support_fit=fit, examples=examples, samples=records if samples else None)

@@ -15,39 +15,35 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from metamapper import __version__
 from metamapper import distributed as dist_utils
-from metamapper.checkpoint import (
-    CheckpointError,
-    checkpoint_config,
-    checkpoint_record,
-)
-from metamapper.config import Config, ConfigError, config_from_dict
+from metamapper._version import __version__
+from metamapper.checkpoint import Checkpoint, checkpoint_record
+from metamapper.config import Config
 from metamapper.data.benchmarks import BENCHMARK_NAMES
 from metamapper.data.feature_table import FeatureTable
 from metamapper.data.sources import trained_task_overlap
 from metamapper.data.tasks import TaskSet, filter_tasks, with_repeats, with_task_induction
-from metamapper.eval.fewshot import adaptation_steps, evaluate
+from metamapper.eval.fewshot import evaluate
 from metamapper.eval.report import write_samples
 from metamapper.hub import resolve_checkpoint
-from metamapper.pretrained import LoadedRun
+from metamapper.loading import LoadedRun, run_config
+from metamapper.methods import get_method
+from metamapper.registry import Method
 
 
 def read_run_config(path: str | os.PathLike[str], *, step: str | int | None = None,
-                    revision: str | None = None, allow_fallback: bool = False) -> Config:
-    """The config of the checkpoint ``path`` names (a run folder and ``step``, an exported folder
-    or a Hub id and ``revision``: ``hub.resolve_checkpoint``), read without building the model:
-    what ``evaluate`` checks before it loads the backbones.
+                    revision: str | None = None, allow_fallback: bool = False) -> tuple[Checkpoint, Config]:
+    """The checkpoint ``path`` names (a run folder and ``step``, an exported folder or a Hub id
+    and ``revision``: ``hub.resolve_checkpoint``) and its config, read without building the
+    model: what ``evaluate`` checks before it loads the backbones (``load_run(...,
+    checkpoint=ckpt)`` then loads this checkpoint without resolving it again).
 
     Raises:
         CheckpointError: no such run, folder, Hub model or step, no valid checkpoint, or no
             valid config in it.
     """
     ckpt = resolve_checkpoint(path, step=step, revision=revision, allow_fallback=allow_fallback)
-    try:
-        return config_from_dict(checkpoint_config(ckpt))
-    except ConfigError as e:
-        raise CheckpointError(f"checkpoint {ckpt.path}: meta.json holds no valid config ({e})") from None
+    return ckpt, run_config(ckpt)
 
 
 def default_split(cfg: Config, dataset: str) -> str:
@@ -112,7 +108,7 @@ def provenance(run: LoadedRun) -> dict[str, Any]:
     }
 
 
-def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None, steps: int | None = None,
+def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | Method | None = None, steps: int | None = None,
                  repeats: int = 0, induction: bool = False, batch_tasks: int | None = None,
                  max_new_tokens: int | None = None, feature_cache: str | Path | None = None,
                  progress: bool = True, with_zero_steps: bool = True, support_fit: bool = False,
@@ -123,8 +119,9 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
         run: the trained run.
         taskset: the test tasks and their images (its ``dataset``, ``split`` and ``seed``, where
             set, are recorded in the result).
-        method: an evaluation method (default: the one the run was trained for).
-        steps: adaptation steps (default: ``eval.fewshot.adaptation_steps``' rule).
+        method: a registered method's name (``metamapper.methods``; default: the run's own),
+            or a ``Method`` (a variant an experiment made, registered or not).
+        steps: adaptation steps (default: ``Method.steps``' rule).
         repeats: show each support example this many more times.
         induction: open each task with the task-induction instruction (the caller refuses
             it where it is undefined: ``data.sources.check_task_induction``).
@@ -144,10 +141,10 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
         ``accuracy_0_steps`` (the same tasks without adaptation).
     """
     model, cfg = run.model, run.config
-    method = method or run.method
+    m = method if isinstance(method, Method) else get_method(method or run.method)
     batch_tasks = batch_tasks or cfg.eval.batch_tasks
     max_new_tokens = max_new_tokens or cfg.eval.max_new_tokens
-    n_steps = adaptation_steps(method, steps, cfg.train.inner.steps)
+    n_steps = m.steps(steps, cfg)
     tasks = [with_repeats(t, repeats) for t in taskset.tasks]
     if induction:
         tasks = [with_task_induction(t) for t in tasks]
@@ -162,7 +159,7 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
     if not tasks:
         raise ValueError("no task left to evaluate (every task has an unreadable image)")
     loop = replace(cfg.train.inner, steps=n_steps)
-    res = evaluate(model, tasks, table, method=method, steps=n_steps, loop=loop, lrs=run.lrs,
+    res = evaluate(model, tasks, table, method=m, loop=loop, lrs=run.lrs,
                    batch_tasks=batch_tasks, max_new_tokens=max_new_tokens, progress=progress,
                    distributed=True, samples=log_samples is not None, support_fit=support_fit)
     if log_samples is not None and res.samples is not None and dist_utils.is_main():
@@ -174,7 +171,7 @@ def evaluate_run(run: LoadedRun, taskset: TaskSet, *, method: str | None = None,
                skipped_images=[k for k, _ in table.skipped])
     out.update(provenance(run))  # which weights answered, where and when
     if with_zero_steps and res.steps > 0:
-        zero = evaluate(model, tasks, table, method=method, steps=0, loop=replace(loop, steps=0),
+        zero = evaluate(model, tasks, table, method=m, loop=replace(loop, steps=0),
                         batch_tasks=batch_tasks, max_new_tokens=max_new_tokens, progress=progress,
                         distributed=True)
         out["accuracy_0_steps"] = zero.accuracy

@@ -137,12 +137,6 @@ def in_context_rows(ep: Episode, offset: int = 0, *, with_answer: bool = True,
     return rows
 
 
-ROW_FORMATS: dict[str, Callable[..., list[list[Item]]]] = {
-    "prefix": query_rows,
-    "in_context": in_context_rows,
-}
-
-
 @dataclass
 class EpisodeBatch:
     """Several episodes' rows packed side by side.

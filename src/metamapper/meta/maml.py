@@ -30,6 +30,7 @@ from metamapper.models.metamapper import Item, MetaMapper, PackedBatch
 
 Params = dict[str, torch.Tensor]
 RowFormat = Callable[..., list[list[Item]]]
+PrefixFn = Callable[..., torch.Tensor]  # task_prefixes' signature (a method's prefixes hook)
 
 
 def _key(name: str) -> str:
@@ -94,18 +95,22 @@ def task_losses(
     make_rows: RowFormat,
     *,
     batched: bool = True,
+    prefixes_of: PrefixFn | None = None,
 ) -> torch.Tensor:
     """Each episode's loss ``(n_tasks,)`` on ``make_rows`` rows with its own mapper parameters.
 
     The loss of a task is the mean over its rows of the mean target-token cross-entropy.
+    ``prefixes_of``: how the image slots become prefixes (default ``task_prefixes``; a method's
+    ``prefixes`` hook).
     """
     if not batched:
         return torch.cat([
-            task_losses(model, [ep], [p], make_rows, batched=True) for ep, p in zip(episodes, params, strict=True)
+            task_losses(model, [ep], [p], make_rows, batched=True, prefixes_of=prefixes_of)
+            for ep, p in zip(episodes, params, strict=True)
         ])
     eb = batch_rows(episodes, make_rows)
     batch = model.pack(eb.rows)
-    prefixes = task_prefixes(model, eb.features, batch, eb.row_task, params)  # (S, l, D)
+    prefixes = (prefixes_of or task_prefixes)(model, eb.features, batch, eb.row_task, params)  # (S, l, D)
     per_row = model.loss(eb.features, batch, prefixes=prefixes, per_row=True)  # (rows,)
     row_task = torch.tensor(eb.row_task, device=per_row.device)
     counts = [max(1, eb.row_task.count(t)) for t in range(len(episodes))]
@@ -190,6 +195,7 @@ def meta_loss(
     *,
     step_weights: Sequence[float] | None = None,
     batched: bool = True,
+    prefixes_of: PrefixFn | None = None,
 ) -> torch.Tensor:
     """The outer (query) loss: after the last step, or a weighted sum over steps.
 
@@ -197,13 +203,14 @@ def meta_loss(
     authors' code used the mean over steps 2..5, i.e. ``[0, 0, .25, .25, .25, .25]``.
     """
     if step_weights is None:
-        return task_losses(model, episodes, traj[-1], query_format, batched=batched).mean()
+        return task_losses(model, episodes, traj[-1], query_format, batched=batched, prefixes_of=prefixes_of).mean()
     if len(step_weights) != len(traj):
         raise ValueError(f"step_weights needs {len(traj)} entries (steps + 1), got {len(step_weights)}")
     total: torch.Tensor | None = None
     for w, params in zip(step_weights, traj, strict=True):
         if w:
-            term = w * task_losses(model, episodes, params, query_format, batched=batched).mean()
+            term = w * task_losses(model, episodes, params, query_format, batched=batched,
+                                   prefixes_of=prefixes_of).mean()
             total = term if total is None else total + term
     if total is None:
         raise ValueError("step_weights are all zero: the meta-loss would be a constant")

@@ -1,20 +1,20 @@
 """Episodic meta-training: sample tasks -> adapt on support -> query loss -> outer step.
 
-``method: maml`` is the paper's recipe (inner SGD on the support captions, query answered from
-``[p(x_q); question]``); ``method: in_context`` (the default) meta-trains the mapper on the
-support pairs placed in the LM context before the query (optionally with inner steps too).
+The recipe of the episodic methods (``metamapper.methods``): the method decides how a query is
+put to the LM in the query loss (``maml``, the paper's: ``[p(x_q); question]`` after inner SGD on
+the support captions; ``in_context``, the default: the support pairs in the LM context before
+the query, optionally with inner steps too) and how a task's images become prefixes.
 
 Example::
 
     cfg = load_config("configs/smoke.yaml")
-    run_dir = train(cfg, "runs/smoke")
+    run_dir = get_method(cfg.train.method).train(cfg, "runs/smoke")   # or methods.train(cfg, ...)
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,19 @@ import torch
 
 from metamapper import distributed, runs
 from metamapper.config import Config
-from metamapper.eval.fewshot import EvalResult, eval_method_for, evaluate
-from metamapper.meta.episode import episode_from_task, in_context_rows, query_rows
-from metamapper.meta.maml import InnerLearningRates, adapt, adapted_names, meta_loss
-from metamapper.models.metamapper import Item
+from metamapper.eval.fewshot import EvalResult, evaluate
+from metamapper.meta.episode import Episode, episode_from_task
+from metamapper.meta.maml import InnerLearningRates, RowFormat, adapt, adapted_names, meta_loss
+from metamapper.registry import Method
 from metamapper.train import common
 from metamapper.train.penalties import geometry_penalty, spread_penalty
 
 
 @runs.exclusive_run  # one writer per run folder; resume/overwrite checked (metamapper.runs)
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> Path:
-    """Meta-train a mapper with ``cfg`` into ``run_dir`` (resuming from its last checkpoint).
+def train(cfg: Config, run_dir: str | Path, *, method: Method, resume: bool = False,
+          overwrite: bool = False, progress: bool = True) -> Path:
+    """Meta-train a mapper with ``cfg`` and ``method`` into ``run_dir`` (resuming from its last
+    checkpoint); called as ``method.train(cfg, run_dir)``.
 
     ``resume``: continue the run in ``run_dir`` (it must hold one); ``overwrite``: move a run
     already there aside (see ``metamapper.runs.claim_run``); neither: ``run_dir`` must not hold one.
@@ -60,14 +61,16 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
         start, state = common.resume(run_dir, model, opt, sched, lrs, cfg)
     if main:
         common.write_run_config(run_dir, cfg)
-    query_format: Callable[..., list[list[Item]]] = query_rows
-    if t.method == "in_context":
-        query_format = functools.partial(in_context_rows, queries_per_row=t.queries_per_row)
+    query_format: RowFormat = method.query_rows
+    if method.queries_per_row:  # several answers trained per copy of the support context
+        query_format = functools.partial(query_format, queries_per_row=t.queries_per_row)
+
+    def to_episode(task: Any) -> Episode:
+        return method.episode(model, task, table) if method.episode else episode_from_task(task, table)
 
     def validate() -> EvalResult:
-        return evaluate(model, run.val_tasks[: t.val_tasks], run.val_table, method=eval_method_for(cfg),
-                        steps=t.inner.steps, loop=t.inner, lrs=lrs, support_fit=t.method == "maml",
-                        progress=False, distributed=True)
+        return evaluate(model, run.val_tasks[: t.val_tasks], run.val_table, method=method, loop=t.inner,
+                        lrs=lrs, support_fit=method.support_fit, progress=False, distributed=True)
 
     if t.updates == 0 and main:  # an untrained (initialised) mapper, e.g. as a baseline
         common.save(run_dir, 0, model, cfg, opt, sched, lrs)
@@ -77,13 +80,14 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
             t0 = time.time()
             # sample: this rank's share of the meta-batch's tasks, as episodes over cached features
             batch = [tasks[(step * t.meta_batch + i) % len(tasks)] for i in range(t.meta_batch)]
-            episodes = [episode_from_task(task, table) for task in distributed.shard(batch, rank, world)]
+            episodes = [to_episode(task) for task in distributed.shard(batch, rank, world)]
             # adapt: traj[s][task] = the task's mapper parameters after s inner steps
             traj: list[list[dict[str, torch.Tensor]]] = [[{} for _ in episodes]]  # the mapper's own
             if t.inner.steps:  # (only the last step's parameters unless step_weights reads them all)
                 traj = adapt(model, episodes, loop=t.inner, lrs=lrs, trajectory=t.step_weights is not None)
             # query loss (+ the default's regularisers), then the outer step
-            loss = meta_loss(model, episodes, traj, query_format, step_weights=t.step_weights)
+            loss = meta_loss(model, episodes, traj, query_format, step_weights=t.step_weights,
+                             prefixes_of=method.prefixes)
             extra = {}
             if t.spread_weight:
                 extra["spread_penalty"] = spread_penalty(model, episodes, t.spread_target)

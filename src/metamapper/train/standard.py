@@ -4,10 +4,12 @@ The pairs are the support and query examples of the run's training tasks, each a
 ``[p(x); caption]`` with the caption as target; no task structure, no inner loop. With
 ``data.naming: real`` this is the paper's non-episodic baseline.
 
+The recipe of the ``standard`` method (``metamapper.methods.standard``).
+
 Example::
 
     cfg = load_config("configs/fashion_standard.yaml")
-    train(cfg, "runs/standard")
+    methods.train(cfg, "runs/standard")
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from metamapper.data.tasks import Task
 from metamapper.eval.fewshot import EvalResult, evaluate
 from metamapper.meta.episode import sentence
 from metamapper.models.metamapper import Item, Text
+from metamapper.registry import Method
 from metamapper.train import common
 
 
@@ -41,10 +44,10 @@ def caption_pairs(tasks: Sequence[Task]) -> list[tuple[str, str]]:
 
 
 @runs.exclusive_run  # one writer per run folder; resume/overwrite checked (metamapper.runs)
-def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: bool = False,
-          progress: bool = True) -> Path:
-    """Train the mapper on captioning mini-batches of ``train.meta_batch`` pairs (``resume`` /
-    ``overwrite``: as in ``episodic.train``)."""
+def train(cfg: Config, run_dir: str | Path, *, method: Method, resume: bool = False,
+          overwrite: bool = False, progress: bool = True) -> Path:
+    """Train the mapper on captioning mini-batches of ``train.meta_batch`` pairs, validated as
+    ``method`` answers (``resume`` / ``overwrite``: as in ``episodic.train``)."""
     run_dir = Path(run_dir)
     t = cfg.train
     rank, world = distributed.init_from_env(cfg.runtime.device)
@@ -63,7 +66,7 @@ def train(cfg: Config, run_dir: str | Path, *, resume: bool = False, overwrite: 
         common.write_run_config(run_dir, cfg)
 
     def validate() -> EvalResult:
-        return evaluate(model, run.val_tasks[: t.val_tasks], run.val_table, method="no-adapt", steps=0,
+        return evaluate(model, run.val_tasks[: t.val_tasks], run.val_table, method=method,
                         progress=False, distributed=True)
 
     with common.update_loop(run_dir, cfg, model, opt, sched, None, start=start, state=state, resume=resume,

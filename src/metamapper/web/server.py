@@ -4,7 +4,7 @@ The page (``static/``) posts one multipart form to ``POST /api/answer``:
 
     support   2-10 image files            captions  one text field per support image, same order
     query     one image file              question  text after the query image (default "This is a")
-    method    optional, a name from ``METHODS`` (default: the method the run was trained for)
+    method    optional, a registered method (``metamapper.methods``; default: the run's own)
     steps     optional adaptation steps, 0-20 (default: the method's or the run's own)
 
 and gets back JSON ``{"answer", "unadapted", "support_losses", "method", "steps", "seconds"}``, or
@@ -58,8 +58,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from metamapper.checkpoint import CKPT_DIR
 from metamapper.data.images import ImageLoadError, load_image
-from metamapper.eval.fewshot import METHODS
-from metamapper.pretrained import LoadedRun, adapt_to_support, load_run
+from metamapper.loading import LoadedRun, load_run
+from metamapper.methods import OLD_SPELLINGS, get_method, method_names
+from metamapper.pretrained import adapt_to_support
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_RUN = "runs/demo"
@@ -179,8 +180,8 @@ class DemoModel:
             t0 = time.perf_counter()
             adapted = adapt_to_support(self.run, support, captions, steps=steps, method=method)
             answer = adapted.answer([query], question=question)[0]
-            # "no-adapt": the same weights, 0 steps and no support in the context
-            plain = adapt_to_support(self.run, support, captions, method="no-adapt")
+            # "standard": the same weights, 0 steps and no support in the context
+            plain = adapt_to_support(self.run, support, captions, method="standard")
             unadapted = plain.answer([query], question=question)[0]
             seconds = time.perf_counter() - t0
         losses = adapted.support_losses
@@ -275,8 +276,10 @@ async def parse_request(request: Request, limits: Limits = Limits()) -> dict[str
         raise RequestError(f"give one query image (got {len(queries)})")
     question = _text(fields.get("question"), "the question", limits) or DEFAULT_QUESTION
     method = _text(fields.get("method"), "the method", limits) or None
-    if method is not None and method not in METHODS:
-        raise RequestError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+    if method is not None and method not in method_names():
+        if method not in OLD_SPELLINGS:
+            raise RequestError(f"unknown method {method!r}; choose from {', '.join(method_names())}")
+        method = get_method(method).name  # an earlier version's spelling
     steps_text = _text(fields.get("steps"), "steps", limits)
     steps = None
     if steps_text:
@@ -424,7 +427,8 @@ def create_app(run: LoadedRun, *, limits: Limits = Limits(),
         inner = run.config.train.inner
         return {"run": run_name(run), "step": run.meta.get("step"),
                 "sha256": str(run.meta.get("sha256", ""))[:12], "method": run.method,
-                "methods": list(METHODS), "inner_steps": inner.steps,
+                "methods": {name: get_method(name).description for name in method_names()},
+                "inner_steps": inner.steps,
                 "default_question": DEFAULT_QUESTION,
                 "limits": {**asdict(limits), "max_body_bytes": limits.max_body_bytes}}
 

@@ -220,9 +220,10 @@ async function loadInfo() {
     limits = info.limits;
     $("run-info").textContent = `Run: ${info.run} (step ${info.step}) · trained for: ${info.method}`;
     $("question").placeholder = info.default_question;
-    for (const m of info.methods) {
+    for (const [m, description] of Object.entries(info.methods)) {
       const opt = document.createElement("option");
       opt.value = m;
+      opt.title = description;
       opt.textContent = m === info.method ? `${m} (as trained)` : m;
       $("method").append(opt);
     }
