@@ -51,7 +51,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
     out: dict[str, object] = {
         "benchmark": "distributed",
-        "config": "smoke.yaml (tiny-clip features), in-context, meta_batch 16, Gloo on CPU",
+        "config": "smoke.yaml (tiny-clip features), in_context, meta_batch 16, Gloo on CPU",
     }
     for lm in UPDATES:
         r1 = measure(tmp, lm, 1, 1)

@@ -28,6 +28,7 @@ from metamapper.data.feature_table import FeatureTable
 from metamapper.data.sources import evaluation_tasks
 from metamapper.device import resolve_device, setup_device, synchronize
 from metamapper.eval.fewshot import evaluate
+from metamapper.methods import get_method
 from metamapper.models import backbones
 from metamapper.models.factory import build_model, set_lm_dtype
 
@@ -53,7 +54,7 @@ def main() -> None:
         if not fixed:
             head._forward_pre_hooks.clear()
         try:
-            run = lambda n: evaluate(model, ts.tasks[:n], table, method="in-context",  # noqa: E731
+            run = lambda n: evaluate(model, ts.tasks[:n], table, method=get_method("in_context"),  # noqa: E731
                                      batch_tasks=cfg.eval.batch_tasks, progress=False)
             run(cfg.eval.batch_tasks)  # warm-up
             synchronize(device)
@@ -66,7 +67,7 @@ def main() -> None:
 
     assert any(h is backbones._contiguous_input for h in head._forward_pre_hooks.values())
     out: dict[str, object] = {"benchmark": "evaluation", "config": "default backbones, untrained "
-                              "default mapper, Fashion-MNIST held-out classes, 2-way 1-shot, in-context",
+                              "default mapper, Fashion-MNIST held-out classes, 2-way 1-shot, in_context",
                               "tasks": len(ts.tasks)}
     for dtype in ("float32", "bfloat16"):
         fast, slow = rate(dtype, True), rate(dtype, False)

@@ -1,7 +1,7 @@
 """The frozen LM in float32 vs bfloat16 (``train.lm_dtype``) on the embedded default.
 
 SmolLM2-135M + the default mapper on 4 EfficientNet grid2 tokens of 1280 (random features of that
-shape: the time depends only on shapes), in-context method, 2-way 1-shot. Times one meta-update
+shape: the time depends only on shapes), in_context method, 2-way 1-shot. Times one meta-update
 (16 tasks, 4 queries per row, forward + backward) and the in-context answering of 32 test tasks,
 for each dtype in the same run, and the matmul rate of each dtype. Prints one JSON line.
 """
@@ -18,6 +18,7 @@ from metamapper.config import load_config
 from metamapper.eval.fewshot import answer_episodes
 from metamapper.meta.episode import Episode, in_context_rows
 from metamapper.meta.maml import InnerLoop, meta_loss
+from metamapper.methods import get_method
 from metamapper.models.factory import build_model, set_lm_dtype
 
 WORDS = ["dax", "blicket", "wug", "toma", "zorp", "fep", "kiki", "bouba"]
@@ -56,7 +57,7 @@ def main() -> None:
     train_eps, test_eps = episodes(16, 4), episodes(32, 2, seed=1)
     rows = functools.partial(in_context_rows, queries_per_row=4)
     out: dict[str, object] = {"benchmark": "lm_dtype",
-                              "config": "fashion.yaml (SmolLM2-135M, grid2 features), in-context"}
+                              "config": "fashion.yaml (SmolLM2-135M, grid2 features), in_context"}
     for dtype in ("float32", "bfloat16"):
         cfg = load_config(None)
         torch.manual_seed(0)
@@ -70,7 +71,7 @@ def main() -> None:
 
         def answer(model=model) -> None:
             model.eval()
-            answer_episodes(model, test_eps, query_format="in_context", loop=InnerLoop(steps=0))
+            answer_episodes(model, test_eps, method=get_method("in_context"), loop=InnerLoop(steps=0))
 
         out[dtype] = {"s_per_meta_update": round(best_of(update), 3),
                       "s_per_32_test_tasks": round(best_of(answer, 2), 3),

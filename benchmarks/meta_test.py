@@ -30,13 +30,14 @@ from metamapper.device import synchronize
 from metamapper.eval.fewshot import answer_episodes
 from metamapper.meta.episode import Episode, caption_rows, query_rows
 from metamapper.meta.maml import InnerLoop
+from metamapper.methods import get_method
 from metamapper.models.metamapper import MetaMapper
 
 NEW_TOKENS = 10
 
 
 def ours(model: MetaMapper, eps: list[Episode]) -> None:
-    answer_episodes(model, eps, query_format="prefix", loop=InnerLoop(steps=5, lr=0.01),
+    answer_episodes(model, eps, method=get_method("maml"), loop=InnerLoop(steps=5, lr=0.01),
                     max_new_tokens=NEW_TOKENS)
 
 

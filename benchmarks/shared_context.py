@@ -31,10 +31,11 @@ from metamapper.data.feature_table import FeatureTable
 from metamapper.data.sources import evaluation_tasks
 from metamapper.device import resolve_device, setup_device, synchronize
 from metamapper.eval.fewshot import evaluate
+from metamapper.loading import load_run
+from metamapper.methods import get_method
 from metamapper.models.factory import build_model, set_lm_dtype
 from metamapper.models.generation import SharedContext
 from metamapper.models.metamapper import MetaMapper
-from metamapper.pretrained import load_run
 
 
 def _unshared(self: MetaMapper, rows: object, groups: list[int]) -> SharedContext:
@@ -68,7 +69,7 @@ def main() -> None:
     table = FeatureTable.from_cache(model.vision, ts.images, keys, root=cfg.data.feature_cache, progress=False)
 
     def answers() -> tuple[float, list[str]]:
-        run = lambda tasks: evaluate(model, tasks, table, method="in-context",  # noqa: E731
+        run = lambda tasks: evaluate(model, tasks, table, method=get_method("in_context"),  # noqa: E731
                                      batch_tasks=cfg.eval.batch_tasks, progress=False, samples=True)
         run(ts.tasks[:2])  # warm-up
         synchronize(device)
@@ -83,7 +84,7 @@ def main() -> None:
     same = sum(a == b for a, b in zip(shared, alone, strict=True)) / len(alone)
     print(json.dumps({
         "benchmark": "shared_context", "run": args.run or "untrained default mapper",
-        "config": f"Fashion-MNIST held-out classes, {args.ways}-way {args.shots}-shot, in-context",
+        "config": f"Fashion-MNIST held-out classes, {args.ways}-way {args.shots}-shot, in_context",
         "tasks": len(ts.tasks), "lm_dtype": str(next(model.lm.model.parameters()).dtype).removeprefix("torch."),
         "tasks_per_s_shared": round(shared_rate, 2), "tasks_per_s_unshared": round(alone_rate, 2),
         "speedup": round(shared_rate / alone_rate, 2), "same_answers": round(same, 4),

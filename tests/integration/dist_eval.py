@@ -13,14 +13,16 @@ import torch
 import torch.distributed as dist
 
 from metamapper import MetaMapper, distributed
+from metamapper.config import InnerLoop
 from metamapper.data.synthetic import build_synthetic_tasks
 from metamapper.eval.fewshot import evaluate
+from metamapper.methods import get_method
 
-SETTINGS = {
-    "in-context": {"method": "in-context"},
-    "maml": {"method": "maml", "steps": 1, "support_fit": True},
-    "no-adapt": {"method": "no-adapt", "support_fit": True},
-    "always-dax": {"method": "maml", "steps": 1, "support_fit": True},  # the LM answers "dax"
+SETTINGS = {  # name -> (method, adaptation steps, support fit)
+    "in_context": ("in_context", 0, False),
+    "maml": ("maml", 1, True),
+    "standard": ("standard", 0, True),
+    "always-dax": ("maml", 1, True),  # the LM answers "dax"
 }
 TASKS = {"split": "test", "ways": 2, "shots": 1, "n_tasks": 9, "seed": 5}
 
@@ -45,11 +47,13 @@ def main(run: str, out: str) -> None:
         return torch.stack([cache[k] for k in keys])
 
     results = {}
-    for name, kw in SETTINGS.items():
+    for name, (method, steps, support_fit) in SETTINGS.items():
         if name == "always-dax":
             model.generate = always_dax
-        results[name] = evaluate(model, ts.tasks, features_of, progress=False, distributed=True,
-                                 n_examples=100, batch_tasks=2, max_new_tokens=4, **kw).to_dict()
+        results[name] = evaluate(model, ts.tasks, features_of, method=get_method(method),
+                                 loop=InnerLoop(steps=steps), support_fit=support_fit, progress=False,
+                                 distributed=True, n_examples=100, batch_tasks=2,
+                                 max_new_tokens=4).to_dict()
     del model.generate
     if not dist.is_initialized() or dist.get_rank() == 0:
         Path(out).write_text(json.dumps(results, indent=1))

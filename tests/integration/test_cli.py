@@ -66,9 +66,9 @@ def test_evaluate_writes_results(trained: Path, env: dict[str, str], tmp_path: P
     lo, hi = res["ci95"]  # two queries per task: Wilson with the tasks as trials
     assert 0.0 <= lo <= res["accuracy"] <= hi <= 1.0 and res["ci_method"] == "wilson-tasks"
     assert res["n_tasks"] == 10 and res["n_queries"] == 20
-    assert (res["ways"], res["shots"], res["dataset"], res["method"]) == (2, 1, "synthetic", "in-context")
+    assert (res["ways"], res["shots"], res["dataset"], res["method"]) == (2, 1, "synthetic", "in_context")
     assert (res["split"], res["seed"], res["trained_overlap"]) == ("test", 1234, 0)
-    assert "| in-context | synthetic | 2 | 1 |" in p.stdout
+    assert "| in_context | synthetic | 2 | 1 |" in p.stdout
 
 
 def test_predict_prints_one_answer(trained: Path, env: dict[str, str], images: dict[str, Path]) -> None:
@@ -110,9 +110,15 @@ def test_user_mistakes_end_with_one_line_and_exit_code_2(trained: Path, env: dic
                     "--tasks", "2", "--feature-cache", env["FEATURES"]], "ways must be >= 2"),
         "tasks=-1": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
                       "--tasks", "-1"], "number of tasks must be >= 0"),
+        "steps with standard": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
+                                 "--tasks", "2", "--method", "standard", "--steps", "3"],
+                                "method standard takes no adaptation steps (got 3)"),
         "steps with no-adapt": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
-                                 "--tasks", "2", "--method", "no-adapt", "--steps", "3"],
-                                "no-adapt takes no adaptation steps"),
+                                 "--tasks", "2", "--method", "no-adapt", "--steps", "3"],  # an old spelling
+                                "method standard takes no adaptation steps (got 3)"),
+        "unknown method": (["evaluate", "--checkpoint", str(trained), "--dataset", "synthetic",
+                            "--tasks", "2", "--method", "zero-shot"],
+                           "unknown method 'zero-shot'; registered: in_context, maml, standard"),
         "resume with another config": (["train", "--config", str(SMOKE), "--out", str(trained), "--resume",
                                         *TRAIN, f"data.feature_cache={env['FEATURES']}", "train.lr=0.5"],
                                        "train.lr: 0.001 -> 0.5"),
@@ -130,6 +136,8 @@ def test_user_mistakes_end_with_one_line_and_exit_code_2(trained: Path, env: dic
         assert errors and errors[-1].startswith("metamapper: error: "), (name, err)
         assert sum("metamapper: error" in line for line in errors) == 1, (name, err)
         assert cases[name][1] in errors[-1], (name, errors[-1])
+        old_spelling = "metamapper: warning: method 'no-adapt' is now spelled standard"
+        assert (old_spelling in err) == (name == "steps with no-adapt"), (name, err)
     assert not (tmp_path / "x").exists()  # the bad config wrote nothing
 
 

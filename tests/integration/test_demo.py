@@ -17,6 +17,7 @@ from tiny_data import write_corpus
 import metamapper.demo as demo
 from metamapper.config import load_config
 from metamapper.data.fashion import find_fashion_root
+from metamapper.registry import Method
 
 TINY = ("backbones.vision=tiny-clip", "backbones.vision_mode=pooled", "backbones.lm=tiny-lm",
         "mapper.prefix_len=2", "mapper.num_heads=4", "mapper.ff_dim=64", "data.images_per_class=8")
@@ -43,7 +44,7 @@ def test_demo_trains_evaluates_and_reports(tiny_plan: demo.DemoPlan, tmp_path: P
     out = tmp_path / "demo"
     rows = demo.run_demo(quick=True, out=out)
 
-    main = [r for r in rows if r["label"] == "in-context (ours, default)"]
+    main = [r for r in rows if r["label"] == "in_context (ours, default)"]
     assert sorted((r["dataset"], r["shots"], r["n_tasks"]) for r in main) == [
         ("emoji-open-ended", 1, 2), ("fashion-open-ended", 1, 3), ("fashion-open-ended", 5, 2),
         ("fashion-real-name", 1, 3), ("icons-open-ended", 1, 2)]
@@ -115,7 +116,7 @@ def test_a_training_stopped_early_is_not_scored(tmp_path: Path, monkeypatch: pyt
     """A stop signal ends a training with a checkpoint before its last update: the demo says so
     and stops (a rerun resumes it), rather than scoring a half-trained mapper as the result."""
     monkeypatch.setattr(demo, "ensure_corpus", lambda name, root=None: None)
-    monkeypatch.setattr(demo.episodic, "train", lambda cfg, run_dir, resume=False: None)  # stopped at once
+    monkeypatch.setattr(Method, "train", lambda method, cfg, run_dir, resume=False: None)  # stopped at once
     monkeypatch.setattr(demo, "evaluate_run", lambda *a, **k: pytest.fail("a stopped training was scored"))
     assert demo.run_demo(quick=True, out=tmp_path / "demo") == []
     assert not (tmp_path / "demo" / "results.json").exists()

@@ -115,9 +115,9 @@ def test_sharded_evaluation_equals_single_process_example_by_example(runs: dict[
     assert set(r1) == set(dist_eval.SETTINGS)
     for name, res in r1.items():
         assert res["n_tasks"] == len(res["examples"]) == 9, name
-        assert (res["support_fit"] is not None) == (name != "in-context")
+        assert (res["support_fit"] is not None) == (name != "in_context")
         assert r2[name] == res, name
-    for name in ("in-context", "maml", "no-adapt"):
+    for name in ("in_context", "maml", "standard"):
         assert len({e["prediction"] for e in r1[name]["examples"]}) > 2, name  # answers differ
     # known values: every answer is "dax"
     tasks = build_synthetic_tasks(**dist_eval.TASKS).tasks

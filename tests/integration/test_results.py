@@ -65,7 +65,7 @@ def test_results_say_where_they_come_from(cli: Callable[..., str], trained: Path
     assert ckpt["config"] == load_config(trained / "config.yaml").to_dict()  # resolved: every key
     assert (res["dataset"], res["split"], res["seed"], res["source"]) == ("synthetic", "test", 7,
                                                                           str(trained))
-    assert (res["ways"], res["shots"], res["method"], res["steps"]) == (2, 1, "in-context", 0)
+    assert (res["ways"], res["shots"], res["method"], res["steps"]) == (2, 1, "in_context", 0)
     assert res["ci_method"] == "wilson-tasks" and res["n_tasks"] == 4
 
 
@@ -89,7 +89,7 @@ def test_log_samples_writes_one_line_per_query(cli: Callable[..., str], trained:
 
 
 def test_support_fit_is_scored_when_asked(cli: Callable[..., str], trained: Path, tmp_path: Path) -> None:
-    args = ("--method", "in-context-maml", "--steps", 1)
+    args = ("--method", "in_context", "--steps", 1)
     assert evaluate(cli, trained, tmp_path / "plain.json", *args)["support_fit"] is None
     out = cli("evaluate", "--checkpoint", trained, "--dataset", "synthetic", "--tasks", 4, "--out",
               tmp_path / "fit.json", *args, "--support-fit")
@@ -100,7 +100,8 @@ def test_support_fit_is_scored_when_asked(cli: Callable[..., str], trained: Path
 def test_report_compares_results_files(cli: Callable[..., str], trained: Path,
                                        tmp_path: Path) -> None:
     evaluate(cli, trained, tmp_path / "a.json")
-    evaluate(cli, trained, tmp_path / "b.json", "--step", 2, "--method", "no-adapt", "--shots", 2)
+    with pytest.warns(FutureWarning, match="'no-adapt' is now spelled standard"):  # an old spelling
+        evaluate(cli, trained, tmp_path / "b.json", "--step", 2, "--method", "no-adapt", "--shots", 2)
     old = tmp_path / "old.json"  # written before results recorded provenance
     old.write_text(json.dumps([{"method": "maml", "label": "old run", "dataset": "synthetic",
                                 "ways": 2, "shots": 1, "accuracy": 0.5, "ci95": 0.1, "n_tasks": 10}]))
@@ -109,8 +110,8 @@ def test_report_compares_results_files(cli: Callable[..., str], trained: Path,
     table = [line for line in out.splitlines() if line.startswith("|")]
     assert table[0].startswith("| result | dataset | split | ways | shots | method |")
     assert len(table) == 2 + 3
-    assert table[2].startswith(f"| {trained}@4 | synthetic | test | 2 | 1 | in-context |")
-    assert table[3].startswith(f"| {trained}@2 | synthetic | test | 2 | 2 | no-adapt |")
+    assert table[2].startswith(f"| {trained}@4 | synthetic | test | 2 | 1 | in_context |")
+    assert table[3].startswith(f"| {trained}@2 | synthetic | test | 2 | 2 | standard |")  # recorded as spelled today
     assert table[4] == "| old run | synthetic | — | 2 | 1 | maml | 50.0 ± 10.0 | 10 |"
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

@@ -11,11 +11,10 @@ import pytest
 
 import metamapper.eval.run
 import metamapper.study as study
-import metamapper.train.episodic
-import metamapper.train.standard
 from metamapper.cli import main
 from metamapper.config import Config, config_from_dict, dump_config, load_config
 from metamapper.data.fashion import find_fashion_root
+from metamapper.registry import Method
 
 TINY = ("backbones.vision=tiny-clip", "backbones.vision_mode=pooled", "backbones.lm=tiny-lm",
         "mapper.prefix_len=2", "mapper.num_heads=4", "mapper.ff_dim=64", "data.images_per_class=8",
@@ -133,8 +132,8 @@ def test_study_trains_scores_and_reports(tmp_path: Path, monkeypatch: pytest.Mon
     assert (report.parent / "results" / "tiny.png").is_file()
 
     # a rerun trains and scores nothing again
-    for recipe in (metamapper.train.episodic, metamapper.train.standard):
-        monkeypatch.setattr(recipe, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    # (every method's recipe: the study trains through Method.train)
+    monkeypatch.setattr(Method, "train", lambda *a, **k: pytest.fail("a finished run was trained again"))
     monkeypatch.setattr(metamapper.eval.run, "evaluate_run",
                         lambda *a, **k: pytest.fail("a finished row was scored again"))
     study.run_study(["tiny"], seeds=2, tasks=3, slow_tasks=2, out=out, results=report, overrides=TINY)
@@ -152,7 +151,7 @@ def test_a_training_stopped_early_is_not_scored(tmp_path: Path, monkeypatch: pyt
     claim = study.Claim("tiny", (study.Row("in context", "fashion"),))
     monkeypatch.setattr(study, "CLAIMS", {"tiny": claim})
     stopped = []  # a training that returns on a stop signal, before its last update's checkpoint
-    monkeypatch.setattr(metamapper.train.episodic, "train", lambda cfg, run_dir, **k: stopped.append(run_dir))
+    monkeypatch.setattr(Method, "train", lambda method, cfg, run_dir, **k: stopped.append(run_dir))
     monkeypatch.setattr(metamapper.eval.run, "evaluate_run",
                         lambda *a, **k: pytest.fail("a training stopped early was scored"))
     said: list[str] = []

@@ -157,7 +157,7 @@ def test_in_domain_training_never_sees_the_test_split(in_domain: dict) -> None:
 def test_in_domain_run_evaluates_on_its_benchmark(in_domain: dict, cli) -> None:
     res = evaluate(cli, in_domain["run"], in_domain["folder"], "open_ended_mi")
     assert (res["dataset"], res["ways"], res["shots"], res["method"]) == ("open_ended_mi", 2, 1,
-                                                                           "in-context")
+                                                                           "in_context")
     assert 0 <= res["accuracy"] <= 1 and res["n_queries"] == res["n_tasks"]
 
 
@@ -201,7 +201,7 @@ def open_ended(in_process: Path) -> tuple[Path, list[dict]]:
     return folder, write_benchmark(folder, "open_ended_mi", n_tasks=4, seed=2)
 
 
-@pytest.mark.parametrize("method", ["in-context", "maml"])
+@pytest.mark.parametrize("method", ["in_context", "maml"])
 def test_task_induction_opens_the_whole_sequence(
         method: str, run: Path, open_ended: tuple[Path, list[dict]], cli, prompts: Prompts) -> None:
     folder, records = open_ended
@@ -265,7 +265,7 @@ def test_standard_recipe_trains_on_caption_pairs_and_validates(in_process: Path,
             assert row[1].text in names
     assert len({row[1].text for b in batches for row in b}) >= 3
     val = [r for r in metrics(out) if "val_accuracy" in r]
-    assert [(r["step"], r["val_method"]) for r in val] == [(2, "no-adapt"), (4, "no-adapt")]
+    assert [(r["step"], r["val_method"]) for r in val] == [(2, "standard"), (4, "standard")]
     assert all(0 <= r["val_ci95"][0] <= r["val_accuracy"] <= r["val_ci95"][1] <= 1 for r in val)
     assert prompts.answered  # validation answered prompts
     assert all(p.count("<img>") == 1 for p in prompts.answered)  # no support in the prompt

@@ -27,7 +27,9 @@ sync_api = pytest.importorskip("playwright.sync_api",
                                reason="playwright is not installed: pip install -e '.[dev]'")
 
 from metamapper.data.synthetic import draw  # noqa: E402
-from metamapper.pretrained import LoadedRun, adapt_to_support, load_run  # noqa: E402
+from metamapper.loading import LoadedRun, load_run  # noqa: E402
+from metamapper.methods import get_method, method_names  # noqa: E402
+from metamapper.pretrained import adapt_to_support  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -46,7 +48,7 @@ pytestmark = pytest.mark.skipif(
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A 2-update smoke run on tiny random backbones (a few seconds)."""
     from metamapper.config import load_config
-    from metamapper.train.episodic import train
+    from metamapper.methods import train
 
     tmp = tmp_path_factory.mktemp("web-run")
     with pytest.MonkeyPatch.context() as mp:
@@ -127,7 +129,7 @@ def expected_answers(run: LoadedRun, images: dict[str, Path], **kw: Any) -> tupl
 
     support, query = [load_image(images["a"]), load_image(images["b"])], load_image(images["q"])
     answer = adapt_to_support(run, support, CAPTIONS, **kw).answer([query], question="This is a")
-    plain = adapt_to_support(run, support, CAPTIONS, method="no-adapt").answer(
+    plain = adapt_to_support(run, support, CAPTIONS, method="standard").answer(
         [query], question="This is a")
     return answer[0].strip(), plain[0].strip()
 
@@ -142,13 +144,19 @@ def test_page_adapts_and_answers(page: Any, server: tuple[str, Any, LoadedRun],
     assert page.inner_text("#answer") == answer
     assert page.inner_text("#unadapted") == plain
     assert "This is a" in page.inner_text("#answer-question")  # the default question was sent
-    # the smoke run is in-context: no gradient steps, so a note instead of a plot
+    # the smoke run is in_context: no gradient steps, so a note instead of a plot
     sync_api.expect(page.locator("#loss")).to_contain_text("read in context; no gradient steps")
     assert page.locator("#loss svg").count() == 0
     sync_api.expect(page.locator("#submit")).to_be_enabled()
 
     # the same support with MAML: 3 gradient steps, a plot with the 4 losses (steps 0..3)
     page.click("summary")  # open "Options"
+    # the method choice: "as trained", then every registered method, described
+    options = page.locator("#method option").evaluate_all(
+        "os => os.map(o => [o.value, o.textContent, o.title])")
+    assert options == [["", "as trained", ""], *(
+        [m, f"{m} (as trained)" if m == "in_context" else m, get_method(m).description]
+        for m in method_names())]
     page.select_option("#method", "maml")
     page.fill("#steps", "3")
     page.click("#submit")
@@ -270,7 +278,9 @@ def test_the_page_stays_served_while_the_model_works(server: tuple[str, Any, Loa
         with urllib.request.urlopen(url + "/", timeout=5) as r:
             assert r.status == 200 and b"Adapt and answer" in r.read()
         with urllib.request.urlopen(url + "/api/info", timeout=5) as r:
-            assert json.loads(r.read())["method"] == "in-context"
+            info = json.loads(r.read())
+        assert info["method"] == "in_context"
+        assert info["methods"] == {m: get_method(m).description for m in ("in_context", "maml", "standard")}
         assert time.monotonic() - t0 < 5
         assert t.is_alive()  # still waiting for the model
     t.join(timeout=60)

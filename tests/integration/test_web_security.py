@@ -26,7 +26,7 @@ pytest.importorskip("uvicorn", reason="the web extra is not installed: pip insta
 import metamapper.web.server as server_module  # noqa: E402
 from metamapper.data.images import load_image  # noqa: E402
 from metamapper.data.synthetic import draw  # noqa: E402
-from metamapper.pretrained import LoadedRun, load_run  # noqa: E402
+from metamapper.loading import LoadedRun, load_run  # noqa: E402
 from metamapper.web.server import DemoAnswer, Limits, create_app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadedRun]:
     """A 2-update smoke run on tiny random backbones, loaded."""
     from metamapper.config import load_config
-    from metamapper.train.episodic import train
+    from metamapper.methods import train
 
     tmp = tmp_path_factory.mktemp("web-security")
     with pytest.MonkeyPatch.context() as mp:
@@ -137,7 +137,7 @@ class Recorder:
 
     def __call__(self, **kwargs: Any) -> DemoAnswer:
         self.calls.append(kwargs)
-        return DemoAnswer(answer="dax", unadapted="x", method=kwargs.get("method") or "in-context",
+        return DemoAnswer(answer="dax", unadapted="x", method=kwargs.get("method") or "in_context",
                           steps=kwargs.get("steps") or 0)
 
 
@@ -218,6 +218,22 @@ def test_steps_are_capped_for_the_gradient_methods(served: tuple[int, Any], reco
     assert recorder.calls == []
     status, _, _ = post_answer(port, *valid(small, method="maml", steps="20"))
     assert status == 200 and recorder.calls[0]["steps"] == 20
+
+
+def test_the_method_is_a_registered_one(served: tuple[int, Any], recorder: Recorder, small: bytes) -> None:
+    """One spelling: an unknown method is refused before the model is asked; an earlier
+    version's spelling reaches the model as the method's name today."""
+    port, _ = served
+    status, _, body = post_answer(port, *valid(small, method="zero-shot"))
+    assert status == 400, body
+    assert "unknown method 'zero-shot'; choose from in_context, maml, standard" in body["error"], body
+    assert recorder.calls == []
+    sent = {"in_context": "in_context", "maml": "maml", "standard": "standard",
+            "in-context": "in_context", "no-adapt": "standard", "": None}
+    for method in sent:
+        status, _, body = post_answer(port, *valid(small, method=method))
+        assert status == 200, (method, body)
+    assert [c["method"] for c in recorder.calls] == list(sent.values())
 
 
 def test_uploads_are_decoded_exactly_as_the_cli_reads_files(served: tuple[int, Any], recorder: Recorder,

@@ -13,6 +13,7 @@ from reliability_helpers import smoke_config
 
 from metamapper.checkpoint import CKPT_DIR, list_checkpoints, read_checkpoint
 from metamapper.meta.episode import Episode
+from metamapper.methods import train
 from metamapper.train import episodic
 from metamapper.train.common import TrainingDiverged
 
@@ -64,7 +65,7 @@ def poison_support(monkeypatch: pytest.MonkeyPatch, meta_batch: int, bad_updates
 def test_nan_in_the_inner_loop_skips_the_update(mm_env, tmp_path, monkeypatch) -> None:
     run = tmp_path / "run"
     adapted_finite = poison_support(monkeypatch, 2, {3})
-    episodic.train(smoke_config(mm_env, *MAML), run, progress=False)
+    train(smoke_config(mm_env, *MAML), run, progress=False)
     assert adapted_finite == [True, True, False, True, True, True]  # NaN went through the inner loop
     recs = metrics(run)
     assert [r["skipped"] for r in recs] == [0, 0, 1, 1, 1, 1]  # counted in the log
@@ -89,7 +90,7 @@ def test_non_finite_gradient_with_a_finite_loss_skips_the_update(mm_env, tmp_pat
         return clip(params, max_norm, *args, **kwargs)
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", inf_grad_at_update_2)
-    episodic.train(smoke_config(mm_env, *MAML, "train.updates=3"), run, progress=False)
+    train(smoke_config(mm_env, *MAML, "train.updates=3"), run, progress=False)
     recs = metrics(run)
     assert [r["skipped"] for r in recs] == [0, 1, 1]
     assert math.isfinite(recs[1]["loss"]) and not math.isfinite(recs[1]["grad_norm"])
@@ -103,7 +104,7 @@ def test_too_many_bad_updates_in_a_row_stop_the_run_with_the_last_good_checkpoin
     poison_support(monkeypatch, 2, {3, 4, 5, 6})
     cfg = smoke_config(mm_env, *MAML, "train.max_bad_updates=3", "train.keep_last=3")
     with pytest.raises(TrainingDiverged) as e:
-        episodic.train(cfg, run, progress=False)
+        train(cfg, run, progress=False)
     msg = str(e.value)
     assert "3 non-finite losses/gradients in a row at update 5" in msg
     assert "train.max_bad_updates" in msg and "step-0000004" in msg and "\n" not in msg

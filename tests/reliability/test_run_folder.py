@@ -27,6 +27,7 @@ from metamapper.checkpoint import (
 from metamapper.cli import main
 from metamapper.data.synthetic import draw
 from metamapper.eval.fewshot import EvalResult
+from metamapper.methods import train
 from metamapper.runs import LOCK_FILE
 from metamapper.train import episodic
 
@@ -243,14 +244,14 @@ def test_keep_best_keeps_and_selects_the_best_validated_checkpoint(
     accuracies = iter([0.9, 0.1])
 
     def fake_evaluate(*args, **kwargs) -> EvalResult:
-        return EvalResult(method="in-context", accuracy=next(accuracies), ci95=(0.0, 0.0), n_tasks=1,
+        return EvalResult(method="in_context", accuracy=next(accuracies), ci95=(0.0, 0.0), n_tasks=1,
                           n_queries=1, steps=0)
 
     monkeypatch.setattr(episodic, "evaluate", fake_evaluate)
     run = tmp_path / "best"
     cfg = smoke_config(mm_env, "train.updates=6", "train.val_every=3", "train.checkpoint_every=100",
                        "train.keep_last=1", "train.meta_batch=2")
-    episodic.train(cfg, run, progress=False)
+    train(cfg, run, progress=False)
     assert steps(run) == [3, 6]
     assert [read_checkpoint(p).meta["val_accuracy"] for p in list_checkpoints(run)] == [0.9, 0.1]
     assert select_checkpoint(run, "best").step == 3 and select_checkpoint(run).step == 6
@@ -273,7 +274,7 @@ def test_an_empty_benchmark_is_named_before_any_backbone_loads(base_run: Path, t
                                                               capsys: pytest.CaptureFixture[str],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "open_ended_mi_shots_1_ways_2_all_questions.json").write_text("[]")
-    monkeypatch.setattr("metamapper.pretrained.load_run",
+    monkeypatch.setattr("metamapper.loading.load_run",
                         lambda *a, **k: pytest.fail("the backbones were loaded"))
     rc = main(["evaluate", "--checkpoint", str(base_run), "--dataset", "open_ended_mi",
                "--data", str(tmp_path)])
@@ -292,7 +293,7 @@ def test_too_many_shots_names_the_config_keys(mm_env: dict[str, str], tmp_path: 
 
 
 def test_a_meta_json_without_config_is_named(base_run: Path, tmp_path: Path) -> None:
-    from metamapper.pretrained import load_run
+    from metamapper.loading import load_run
 
     run = Path(shutil.copytree(base_run, tmp_path / "run"))
     meta_file = run / CKPT_DIR / "step-0000004" / "meta.json"

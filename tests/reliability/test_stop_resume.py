@@ -17,7 +17,7 @@ from reliability_helpers import ROOT, SMOKE, smoke_config
 
 from metamapper import distributed
 from metamapper.checkpoint import CKPT_DIR, list_checkpoints, read_checkpoint
-from metamapper.train import episodic
+from metamapper.methods import train
 
 RUN = ["train.updates=12", "train.checkpoint_every=1", "train.val_every=0", "mapper.dropout=0.1"]
 SLOW_CLI = [sys.executable, str(Path(__file__).with_name("slow_cli.py"))]
@@ -48,7 +48,7 @@ def logged_steps(run: Path) -> list[int]:
 def uninterrupted(mm_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The reference run, in process (bitwise equal to the CLI's: same code, one thread)."""
     run = tmp_path_factory.mktemp("runs") / "uninterrupted"
-    episodic.train(smoke_config(mm_env, *RUN), run, progress=False)
+    train(smoke_config(mm_env, *RUN), run, progress=False)
     return run
 
 
@@ -132,10 +132,10 @@ def test_ctrl_c_saves_a_checkpoint_and_resumes(mm_env: dict[str, str], uninterru
     cfg = smoke_config(mm_env, *RUN)
     monkeypatch.setattr(distributed, "fault_hook", interrupt)
     before = signal.getsignal(signal.SIGINT)  # SIG_IGN when started in the background
-    episodic.train(cfg, run, progress=False)
+    train(cfg, run, progress=False)
     assert steps_done(run)[-1] == 5
     assert signal.getsignal(signal.SIGINT) is before  # the caller's handler restored
     monkeypatch.undo()
-    episodic.train(cfg, run, resume=True, progress=False)
+    train(cfg, run, resume=True, progress=False)
     assert_same_weights(final_weights(run), final_weights(uninterrupted))
     assert logged_steps(run) == list(range(1, 13))

@@ -16,6 +16,7 @@ from metamapper.device import DeviceError, backbone_dtype, resolve_device
 from metamapper.eval.fewshot import answer_episodes
 from metamapper.meta.episode import Episode, in_context_rows, query_rows
 from metamapper.meta.maml import InnerLearningRates, InnerLoop, adapt, meta_loss
+from metamapper.methods import get_method
 from metamapper.models.factory import build_model
 from metamapper.models.metamapper import MetaMapper, Text
 
@@ -124,7 +125,7 @@ def test_hot_path_makes_its_tensors_on_the_models_device(smoke_model: MetaMapper
         loss.backward()
         batch = model.pack(in_context_rows(eps[0]))
         per_row = model.loss(eps[0].features, batch, per_row=True)
-        answers, params = answer_episodes(model, eps, query_format="prefix", loop=InnerLoop(steps=1),
+        answers, params = answer_episodes(model, eps, method=get_method("maml"), loop=InnerLoop(steps=1),
                                           max_new_tokens=3)
         looked_up = table(["k2", "k0"])
     finally:
@@ -239,6 +240,6 @@ def test_meta_update_and_generation_on_cuda(one_thread: None) -> None:
     loss.backward()
     assert loss.device == dev and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert all(p.grad.device == dev for p in model.mapper.parameters() if p.grad is not None)
-    answers, params = answer_episodes(model, eps, query_format="prefix", loop=InnerLoop(steps=1),
+    answers, params = answer_episodes(model, eps, method=get_method("maml"), loop=InnerLoop(steps=1),
                                       max_new_tokens=3)
     assert all(v.device == dev for p in params for v in p.values()) and len(answers) == 2

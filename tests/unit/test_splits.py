@@ -110,8 +110,8 @@ def run_cli(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, s
 
 def test_evaluate_refuses_training_tasks_before_loading_the_model(
         bench: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    monkeypatch.setattr(eval_run, "read_run_config", lambda path, **k: in_domain_run(bench))
-    monkeypatch.setattr("metamapper.pretrained.load_run", lambda *a, **k: pytest.fail("loaded"))
+    monkeypatch.setattr(eval_run, "read_run_config", lambda path, **k: (object(), in_domain_run(bench)))
+    monkeypatch.setattr("metamapper.loading.load_run", lambda *a, **k: pytest.fail("loaded"))
     code, err = run_cli(["evaluate", "--checkpoint", "runs/x", "--dataset", "open_ended_mi",
                          "--data", str(bench), "--split", "train"], capsys)
     assert code == 2 and err.count("\n") == 1
@@ -129,13 +129,20 @@ def test_evaluate_takes_its_defaults_from_the_runs_eval_section(
         return {"method": "maml", "accuracy": 0.0, "ci95": [0.0, 0.5], "n_tasks": len(taskset.tasks),
                 "dataset": taskset.dataset, "split": taskset.split, "seed": taskset.seed}  # as evaluate_run records them
 
-    monkeypatch.setattr(eval_run, "read_run_config", lambda path, **k: cfg)
-    monkeypatch.setattr("metamapper.pretrained.load_run", lambda *a, **k: object())
+    ckpt, loaded = object(), []  # the checkpoint read once, then loaded as it was read
+
+    def fake_load_run(source, **kw):
+        loaded.append((source, kw["checkpoint"]))
+        return object()
+
+    monkeypatch.setattr(eval_run, "read_run_config", lambda path, **k: (ckpt, cfg))
+    monkeypatch.setattr("metamapper.loading.load_run", fake_load_run)
     monkeypatch.setattr(eval_run, "evaluate_run", fake_evaluate_run)
     out = tmp_path / "res.json"
     code, _ = run_cli(["evaluate", "--checkpoint", "runs/x", "--dataset", "open_ended_mi",
                        "--data", str(bench), "--split", "val", "--out", str(out)], capsys)
     assert code == 0 and seen["n"] == 2  # eval.tasks=3, but the val part holds 2
+    assert loaded == [("runs/x", ckpt)]
     res = json.loads(out.read_text())
     assert (res["split"], res["trained_overlap"], res["dataset"]) == ("val", 0, "open_ended_mi")
     run_cli(["evaluate", "--checkpoint", "runs/x", "--dataset", "synthetic"], capsys)

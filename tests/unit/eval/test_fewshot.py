@@ -4,22 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from metamapper.config import Config, load_config
 from metamapper.data.sources import evaluation_tasks
 from metamapper.data.synthetic import build_synthetic_tasks
-from metamapper.eval.fewshot import (
-    METHODS,
-    adaptation_steps,
-    answer_episodes,
-    evaluate,
-    get_method,
-    support_fit_episode,
-)
+from metamapper.eval.fewshot import answer_episodes, evaluate, support_fit_episode
 from metamapper.eval.metrics import accuracy_interval, exact_match, normalize_answer
 from metamapper.eval.report import (
     load_results,
@@ -31,7 +26,9 @@ from metamapper.eval.report import (
 )
 from metamapper.meta.episode import Episode, episode_from_task
 from metamapper.meta.maml import InnerLoop
+from metamapper.methods import OLD_SPELLINGS, get_method, method_names
 from metamapper.models.metamapper import MetaMapper
+from metamapper.registry import METHODS, UnknownNameError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,7 +40,6 @@ def model(lively_dirs: dict[str, Path]) -> MetaMapper:
     """The smoke model (random mapper, dropout 0.1, 16-d features) on a tiny LM whose answers
     depend on its input: the smoke config's own tiny LM answers "a a a a" to everything, so
     comparisons of its answers could not fail."""
-    from metamapper.config import load_config
     from metamapper.models.factory import build_model
 
     cfg = load_config(SMOKE, ["backbones.lm=hf", f"backbones.lm_path={lively_dirs['lm']}"])
@@ -120,33 +116,102 @@ def test_exact_match(prediction: str, answer: str, hit: bool) -> None:
 
 
 def test_methods() -> None:
-    assert set(METHODS) == {"maml", "no-adapt", "in-context", "in-context-maml"}
-    with pytest.raises(ValueError, match="unknown method"):
+    """One registry, one spelling: the three built-in methods, each under its own name."""
+    assert METHODS.names() == method_names() == ["in_context", "maml", "standard"]
+    assert all(get_method(n).name == n for n in method_names())
+    assert [get_method(n).adapts for n in method_names()] == [True, True, False]
+    assert (get_method("maml").default_steps, get_method("in_context").default_steps) == (5, 0)
+    assert get_method("maml").support_fit and not get_method("in_context").support_fit
+    assert get_method("in_context").queries_per_row and not get_method("maml").queries_per_row
+    with pytest.raises(UnknownNameError, match="unknown method 'zero-shot'; registered: in_context, maml, standard"):
         get_method("zero-shot")
+    with pytest.raises(UnknownNameError, match="unknown method"):
+        get_method("in_context_maml")  # neither today's spelling nor an old one
+
+
+@pytest.mark.parametrize(("old", "new", "note"), [
+    ("in-context", "in_context", "now spelled in_context"),
+    ("in-context-maml", "in_context", "now spelled in_context with --steps"),
+    ("no-adapt", "standard", r"now spelled standard \(the query alone, no adaptation\)"),
+])
+def test_old_spellings_are_accepted_with_a_warning(old: str, new: str, note: str) -> None:
+    assert OLD_SPELLINGS[old][0] == new and old not in METHODS
+    with pytest.warns(FutureWarning, match=f"method '{old}' is {note}"):
+        assert get_method(old) is get_method(new)
+    with warnings.catch_warnings():  # today's spelling: no warning
+        warnings.simplefilter("error")
+        get_method(new)
+
+
+def trained(method: str, steps: int) -> Config:
+    """The config of a run trained with ``method`` and ``steps`` inner steps."""
+    return load_config(SMOKE, [f"train.method={method}", f"train.inner.steps={steps}"])
+
+
+# (method, explicit steps, (the run's train.method, its inner steps) or None) -> steps
+STEP_CASES = {
+    ("maml", None, None): 5,  # the method's own default, the paper's 5
+    ("maml", None, ("maml", 3)): 3,  # a run trained with maml adapts as many steps as it trained with
+    ("maml", None, ("maml", 0)): 0,
+    ("maml", None, ("in_context", 3)): 5,  # trained with another method: the method's default
+    ("maml", None, ("standard", 3)): 5,
+    ("maml", 2, ("maml", 3)): 2,  # explicit steps win
+    ("maml", 0, ("maml", 3)): 0,
+    ("maml", 7, None): 7,
+    ("in_context", None, None): 0,
+    ("in_context", None, ("in_context", 4)): 4,  # what in-context-maml was
+    ("in_context", None, ("in_context", 0)): 0,
+    ("in_context", None, ("maml", 4)): 0,
+    ("in_context", 2, ("in_context", 0)): 2,
+    ("in_context", 0, ("in_context", 4)): 0,
+    ("standard", None, None): 0,  # never adapts
+    ("standard", None, ("standard", 5)): 0,
+    ("standard", None, ("maml", 5)): 0,
+    ("standard", 0, ("maml", 5)): 0,
+}
 
 
 def test_one_rule_for_adaptation_steps() -> None:
-    # (method, --steps, trained steps) -> steps
-    cases = {("maml", None, 0): 5, ("maml", None, 3): 3, ("maml", 2, 3): 2, ("maml", 0, 3): 0,
-             ("in-context", None, 4): 0, ("in-context", 2, 0): 2, ("in-context-maml", None, 4): 4,
-             ("in-context-maml", None, 0): 5, ("no-adapt", None, 5): 0, ("no-adapt", 0, 5): 0}
-    assert {k: adaptation_steps(*k) for k in cases} == cases
-    with pytest.raises(ValueError, match="no-adapt takes no adaptation steps"):
-        adaptation_steps("no-adapt", 2, 0)
-    with pytest.raises(ValueError, match=">= 0"):
-        adaptation_steps("maml", -1, 0)
+    got = {(m, s, t): get_method(m).steps(s, trained(*t) if t else None) for m, s, t in STEP_CASES}
+    assert got == STEP_CASES
 
 
-def answers_of(model: MetaMapper, eps: list[Episode], fmt: str, loop: InnerLoop) -> list[list[str]]:
-    return answer_episodes(model, eps, query_format=fmt, loop=loop, max_new_tokens=4)[0]
+@pytest.mark.parametrize(("method", "steps", "run", "error"), [
+    ("standard", 2, None, r"method standard takes no adaptation steps \(got 2\)"),
+    ("standard", 1, ("standard", 5), "method standard takes no adaptation steps"),
+    ("maml", -1, None, "adaptation steps must be >= 0, got -1"),
+    ("in_context", -1, ("in_context", 2), ">= 0"),
+    ("standard", -1, None, ">= 0"),
+])
+def test_adaptation_steps_a_method_cannot_take_are_refused(method: str, steps: int,
+                                                           run: tuple[str, int] | None, error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        get_method(method).steps(steps, trained(*run) if run else None)
+
+
+def test_a_method_trains_only_a_config_of_its_own(tmp_path: Path) -> None:
+    """The recipe of ``train.method`` trains a run; another method refuses before writing."""
+    with pytest.raises(ValueError, match="method maml cannot train a config of train.method=in_context"):
+        get_method("maml").train(trained("in_context", 0), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_refuses_steps_for_a_method_that_never_adapts(model: MetaMapper, tasks) -> None:
+    with pytest.raises(ValueError, match=r"method standard takes no adaptation steps \(got 1\)"):
+        evaluate(model, tasks, Features(), method=get_method("standard"), loop=InnerLoop(steps=1),
+                 progress=False)
+
+
+def answers_of(model: MetaMapper, eps: list[Episode], method: str, loop: InnerLoop) -> list[list[str]]:
+    return answer_episodes(model, eps, method=get_method(method), loop=loop, max_new_tokens=4)[0]
 
 
 def test_the_models_answers_depend_on_the_input(model: MetaMapper, tasks) -> None:
     """Guards the tests below: answers that never change would make their comparisons vacuous."""
     eps = [episode_from_task(t, Features()) for t in tasks]
-    for fmt in ("prefix", "in_context"):
-        answers = [a for ep in answers_of(model, eps, fmt, InnerLoop(steps=0)) for a in ep]
-        assert len(set(answers)) >= 3, (fmt, answers)
+    for method in method_names():
+        answers = [a for ep in answers_of(model, eps, method, InnerLoop(steps=0)) for a in ep]
+        assert len(set(answers)) >= 3, (method, answers)
 
 
 class ScriptedLM:
@@ -163,7 +228,7 @@ class ScriptedLM:
         return out
 
 
-@pytest.mark.parametrize("method", ["maml", "no-adapt", "in-context"])
+@pytest.mark.parametrize("method", ["maml", "standard", "in_context"])
 def test_evaluate_scores_each_query_against_its_own_answer(model: MetaMapper, tasks, method: str,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Known accuracy: the LM's answer to query q of task t is right (written as the LM might:
@@ -185,8 +250,8 @@ def test_evaluate_scores_each_query_against_its_own_answer(model: MetaMapper, ta
     lm = ScriptedLM(model, outputs)
     monkeypatch.setattr(model, "generate", lm)
     model.train()
-    res = evaluate(model, tasks, Features(), method=method, steps=1 if method == "maml" else None,
-                   progress=False, max_new_tokens=3, support_fit=fit, batch_tasks=len(tasks),
+    res = evaluate(model, tasks, Features(), method=get_method(method),
+                   loop=InnerLoop(steps=1) if method == "maml" else None, progress=False, max_new_tokens=3, support_fit=fit, batch_tasks=len(tasks),
                    samples=True)
     assert model.training  # the mode is restored
     assert lm.outputs == [] and lm.calls == [2 * len(tasks)] + ([2 * len(tasks)] if fit else [])
@@ -216,32 +281,30 @@ def test_evaluate_scores_each_query_against_its_own_answer(model: MetaMapper, ta
     assert res.ci95_bootstrap is not None
 
 
-@pytest.mark.parametrize("method", ["maml", "in-context"])
+@pytest.mark.parametrize("method", ["maml", "in_context"])
 def test_evaluate_answers_with_dropout_off(model: MetaMapper, tasks, method: str) -> None:
     """Lesson 6: a model left in training mode (mapper dropout 0.1) answers as in eval mode."""
     feats = Features()
-    kw = dict(method=method, steps=2, loop=InnerLoop(lr=0.5), progress=False, n_examples=100,
-              max_new_tokens=4)
+    kw = dict(method=get_method(method), loop=InnerLoop(steps=2, lr=0.5), progress=False,
+              n_examples=100, max_new_tokens=4)
     want = evaluate(model, tasks, feats, **kw).to_dict()
     for _ in range(2):
         model.train()
         assert evaluate(model, tasks, feats, **kw).to_dict() == want
 
 
-@pytest.mark.parametrize("method", ["maml", "in-context"])
+@pytest.mark.parametrize("method", ["maml", "in_context"])
 def test_batch_tasks_do_not_change_predictions(model: MetaMapper, tasks, method: str) -> None:
     feats = Features()
-    kw = dict(method=method, steps=2, loop=InnerLoop(lr=0.5), progress=False, n_examples=100,
-              max_new_tokens=4)
+    loop = InnerLoop(steps=2, lr=0.5)
+    kw = dict(method=get_method(method), loop=loop, progress=False, n_examples=100, max_new_tokens=4)
     one = evaluate(model, tasks, feats, batch_tasks=1, **kw)
     many = evaluate(model, tasks, feats, batch_tasks=32, **kw)
     assert one.to_dict() == many.to_dict()
     # every query's prediction, not only the scored summary
     eps = [episode_from_task(t, feats) for t in tasks]
-    fmt = METHODS[method].query_format
-    loop = InnerLoop(steps=METHODS[method].default_steps or 2, lr=0.5)
-    together = answers_of(model, eps, fmt, loop)
-    alone = [answers_of(model, [ep], fmt, loop)[0] for ep in eps]
+    together = answers_of(model, eps, method, loop)
+    alone = [answers_of(model, [ep], method, loop)[0] for ep in eps]
     assert together == alone
     assert [len(a) for a in together] == [ep.n_query for ep in eps]
     assert len({a for ep in together for a in ep}) > 1  # not one answer for everything
@@ -251,13 +314,13 @@ def test_samples_leave_the_result_as_it_is(model: MetaMapper, tasks) -> None:
     """Per-query samples come from the answers already generated: the same result, and each
     sample holds its query's prediction, over several batches."""
     feats = Features()
-    kw = dict(method="maml", steps=2, loop=InnerLoop(lr=0.5), progress=False, n_examples=100,
-              max_new_tokens=4, batch_tasks=2)
+    kw = dict(method=get_method("maml"), loop=InnerLoop(steps=2, lr=0.5), progress=False,
+              n_examples=100, max_new_tokens=4, batch_tasks=2)
     plain = evaluate(model, tasks, feats, **kw)
     logged = evaluate(model, tasks, feats, samples=True, **kw)
     assert plain.samples is None and logged.to_dict() == plain.to_dict()
     eps = [episode_from_task(t, feats) for t in tasks]
-    want = [a for ep in answers_of(model, eps, "prefix", InnerLoop(steps=2, lr=0.5)) for a in ep]
+    want = [a for ep in answers_of(model, eps, "maml", InnerLoop(steps=2, lr=0.5)) for a in ep]
     assert logged.samples is not None and [s["prediction"] for s in logged.samples] == want
     assert [s["correct"] for s in logged.samples] == [exact_match(s["prediction"], s["target"])
                                                       for s in logged.samples]
@@ -266,30 +329,32 @@ def test_samples_leave_the_result_as_it_is(model: MetaMapper, tasks) -> None:
 def test_adaptation_steps_change_the_maml_answers(model: MetaMapper, tasks) -> None:
     feats = Features()
     eps = [episode_from_task(t, feats) for t in tasks]
-    a0, p0 = answer_episodes(model, eps, query_format="prefix", loop=InnerLoop(steps=0),
-                             max_new_tokens=4)
-    a2, p2 = answer_episodes(model, eps, query_format="prefix", loop=InnerLoop(steps=2, lr=0.5),
-                             max_new_tokens=4)
+    maml = get_method("maml")
+    a0, p0 = answer_episodes(model, eps, method=maml, loop=InnerLoop(steps=0), max_new_tokens=4)
+    a2, p2 = answer_episodes(model, eps, method=maml, loop=InnerLoop(steps=2, lr=0.5), max_new_tokens=4)
     assert p0 == [{} for _ in eps]
     assert not torch.allclose(p2[0]["prefix"], model.mapper.prefix)
     assert not p2[0]["prefix"].requires_grad
     assert a2 != a0  # the adapted parameters answer
-    assert answers_of(model, eps, "prefix", InnerLoop(steps=0)) == a0  # the model is untouched
+    assert answers_of(model, eps, "maml", InnerLoop(steps=0)) == a0  # the model is untouched
+    assert answers_of(model, eps, "standard", InnerLoop(steps=0)) == a0  # the same prompt, unadapted
 
 
 def test_the_question_and_the_support_reach_the_lm(model: MetaMapper, tasks) -> None:
-    """Lesson 1: the question text is part of the prompt in both formats; the support captions
-    are in context for in-context answers, and are not seen by prefix answers without steps."""
+    """Lesson 1: the question text is part of the prompt of every method; the support captions
+    are in context for in_context answers, and are not seen by maml / standard answers without
+    steps."""
     eps = [episode_from_task(t, Features()) for t in tasks]
     asked = [dataclasses.replace(ep, questions=["What colour is it?"] * ep.n_query) for ep in eps]
     renamed = [dataclasses.replace(ep, captions=[c.replace("This is a", "Look, a") for c in ep.captions])
                for ep in eps]
     still = InnerLoop(steps=0)
-    for fmt in ("prefix", "in_context"):
-        base = answers_of(model, eps, fmt, still)
-        assert answers_of(model, asked, fmt, still) != base, fmt
+    for method in method_names():
+        base = answers_of(model, eps, method, still)
+        assert answers_of(model, asked, method, still) != base, method
     assert answers_of(model, renamed, "in_context", still) != answers_of(model, eps, "in_context", still)
-    assert answers_of(model, renamed, "prefix", still) == answers_of(model, eps, "prefix", still)
+    for method in ("maml", "standard"):
+        assert answers_of(model, renamed, method, still) == answers_of(model, eps, method, still), method
 
 
 def test_support_fit_episode_asks_for_the_support_words() -> None:
@@ -320,7 +385,7 @@ ROWS = [
      "ci95": [0.3, 0.7], "n_tasks": 10, "accuracy_0_steps": 0.25},
     {"method": "maml", "dataset": "synthetic", "ways": 2, "shots": 5, "accuracy": 0.75,
      "ci95": [float("nan"), float("nan")], "n_tasks": 10},
-    {"method": "in-context", "label": "frozen", "dataset": "fashion", "split": "val", "ways": 2,
+    {"method": "in_context", "label": "frozen", "dataset": "fashion", "split": "val", "ways": 2,
      "shots": 1, "accuracy": 0.0, "ci95": [0.0, 0.1611], "n_tasks": 20},
     {"method": "maml", "dataset": "synthetic", "ways": 2, "shots": 1, "accuracy": 0.5, "ci95": 0.1,
      "n_tasks": 10},  # a row written before intervals were asymmetric: a half-width
@@ -340,7 +405,7 @@ def test_results_table() -> None:
 def test_results_compared_side_by_side(tmp_path: Path) -> None:
     """``metamapper report``'s table: a result per row, named by its label, else its run and
     step; files of one result or of a list (the demo's), old rows without the new fields too."""
-    new = {**ROWS[0], "method": "no-adapt", "split": "val", "source": "runs/a",
+    new = {**ROWS[0], "method": "standard", "split": "val", "source": "runs/a",
            "checkpoint": {"run": "/abs/runs/a", "step": 40, "sha256": "0" * 64}}
     (tmp_path / "one.json").write_text(json.dumps(new))
     write_results(ROWS[2:], tmp_path / "list.json")
@@ -350,8 +415,8 @@ def test_results_compared_side_by_side(tmp_path: Path) -> None:
     table = results_table(rows, compare=True).splitlines()
     assert table[0] == ("| result | dataset | split | ways | shots | method | accuracy % (95% CI) "
                         "| tasks |")
-    assert table[2] == "| runs/a@40 | synthetic | val | 2 | 1 | no-adapt | 50.0 (30.0–70.0) | 10 |"
-    assert table[3] == "| frozen | fashion | val | 2 | 1 | in-context | 0.0 (0.0–16.1) | 20 |"
+    assert table[2] == "| runs/a@40 | synthetic | val | 2 | 1 | standard | 50.0 (30.0–70.0) | 10 |"
+    assert table[3] == "| frozen | fashion | val | 2 | 1 | in_context | 0.0 (0.0–16.1) | 20 |"
     assert table[4] == "| — | synthetic | — | 2 | 1 | maml | 50.0 ± 10.0 | 10 |"
     (tmp_path / "bad.json").write_text(json.dumps({"loss": 1.0}))
     with pytest.raises(ValueError, match="bad.json is not a results file"):

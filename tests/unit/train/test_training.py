@@ -15,8 +15,8 @@ import torch
 from metamapper.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
 from metamapper.config import Config, ConfigError, load_config
 from metamapper.data.synthetic import draw
+from metamapper.methods import get_method, train
 from metamapper.pretrained import MetaMapper
-from metamapper.train import episodic, standard
 
 SMOKE = Path(__file__).resolve().parents[3] / "configs" / "smoke.yaml"
 BASE = ["train.updates=6", "train.meta_batch=2", "train.val_every=0", "train.checkpoint_every=2"]
@@ -53,7 +53,7 @@ def mapper_weights(path: Path) -> dict[str, torch.Tensor]:
 @pytest.fixture(scope="module")
 def in_context_run(tmp_path_factory: pytest.TempPathFactory, features_dir: Path) -> Path:
     run = tmp_path_factory.mktemp("runs") / "in_context"
-    assert episodic.train(config(features_dir), run, progress=False) == run
+    assert train(config(features_dir), run, progress=False) == run
     return run
 
 
@@ -62,7 +62,7 @@ def maml_run(tmp_path_factory: pytest.TempPathFactory, features_dir: Path) -> Pa
     run = tmp_path_factory.mktemp("runs") / "maml"
     cfg = config(features_dir, "train.method=maml", "train.inner.steps=2", "train.updates=4",
                  "train.val_every=2", "train.val_tasks=2")
-    episodic.train(cfg, run, progress=False)
+    train(cfg, run, progress=False)
     return run
 
 
@@ -106,7 +106,7 @@ def test_resume_after_losing_the_last_checkpoint_gives_identical_weights(
     shutil.rmtree(run / "checkpoints" / "step-0000006")
     lines = (run / "metrics.jsonl").read_text().splitlines()
     (run / "metrics.jsonl").write_text("\n".join(lines[:4]) + "\n")
-    episodic.train(config(features_dir), run, resume=True, progress=False)
+    train(config(features_dir), run, resume=True, progress=False)
     assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5, 6]  # resumed at 5, not from 0
     want = mapper_weights(in_context_run / "checkpoints" / "step-0000006")
     got = mapper_weights(run / "checkpoints" / "step-0000006")
@@ -130,7 +130,7 @@ def test_a_checkpoint_records_its_arithmetic_and_a_resume_that_changes_it_warns(
     torch.set_num_threads(threads + 1)
     try:
         with pytest.warns(UserWarning, match=rf"'cpu_threads': {threads + 1}}}.*'cpu_threads': {threads}}}.*not be bitwise"):
-            episodic.train(config(features_dir, "train.updates=7"), run, resume=True, progress=False)
+            train(config(features_dir, "train.updates=7"), run, resume=True, progress=False)
     finally:
         torch.set_num_threads(threads)
     assert [r["step"] for r in metrics(run) if "loss" in r][-1] == 7
@@ -142,7 +142,7 @@ def test_resume_refuses_a_checkpoint_of_other_backbones(in_context_run: Path, fe
     shutil.copytree(in_context_run, run)
     before = sorted(p.name for p in list_checkpoints(run))
     with pytest.raises(CheckpointError, match="other backbones"):
-        episodic.train(config(features_dir, "backbones.seed=1"), run, resume=True, progress=False)
+        train(config(features_dir, "backbones.seed=1"), run, resume=True, progress=False)
     assert sorted(p.name for p in list_checkpoints(run)) == before
 
 
@@ -151,10 +151,9 @@ def test_resume_refuses_another_config_but_may_run_longer(in_context_run: Path, 
     run = tmp_path / "changed"
     shutil.copytree(in_context_run, run)
     with pytest.raises(ConfigError, match=r"cannot resume .*changed.*train\.lr: 0\.001 -> 0\.002.*config\.yaml"):
-        episodic.train(config(features_dir, "train.lr=0.002"), run, resume=True, progress=False)
+        train(config(features_dir, "train.lr=0.002"), run, resume=True, progress=False)
     assert [p.name for p in list_checkpoints(run)][-1] == "step-0000006"  # nothing trained
-    episodic.train(config(features_dir, "train.updates=8", "train.max_minutes=5"), run, resume=True,
-                   progress=False)
+    train(config(features_dir, "train.updates=8", "train.max_minutes=5"), run, resume=True, progress=False)
     assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
@@ -162,7 +161,7 @@ def test_standard_recipe_runs(tmp_path: Path, features_dir: Path) -> None:
     run = tmp_path / "standard"
     cfg = config(features_dir, "train.method=standard", "train.updates=3", "train.meta_batch=4",
                  "train.checkpoint_every=3")
-    standard.train(cfg, run, progress=False)
+    assert train(cfg, run, progress=False) == run  # the recipe of train.method=standard
     assert [p.name for p in list_checkpoints(run)] == ["step-0000003"]
     recs = metrics(run)
     assert [r["step"] for r in recs] == [1, 2, 3]
@@ -175,6 +174,7 @@ def test_from_pretrained_adapts_and_answers(maml_run: Path) -> None:
     assert not model.training
     support = [draw(6, 0), draw(7, 0)]
     adapted = model.adapt(support, ["This is a dax.", "This is a blicket."])
+    assert adapted.method is get_method("maml")  # the run's own method, by default
     assert set(adapted.params) == set(dict(model.mapper.named_parameters()))  # inner.steps=2, all
     assert len(adapted.support_losses) == 3 and all(math.isfinite(x) for x in adapted.support_losses)
     answers = adapted.answer([draw(6, 1), draw(7, 1), draw(6, 2)], question="This is a")
@@ -186,7 +186,7 @@ def test_from_pretrained_adapts_and_answers(maml_run: Path) -> None:
 def test_from_pretrained_in_context_run_answers(in_context_run: Path) -> None:
     model = MetaMapper.from_pretrained(str(in_context_run / "checkpoints" / "step-0000004"))
     adapted = model.adapt([draw(6, 0), draw(7, 0)], ["This is a dax", "This is a blicket"])
-    assert adapted.params == {} and adapted.query_format == "in_context"
+    assert adapted.params == {} and adapted.method is get_method("in_context")
     answers = adapted.answer([draw(7, 3)], question="This is a")
     assert len(answers) == 1 and isinstance(answers[0], str)
 
@@ -206,7 +206,7 @@ def test_the_default_regularisers_and_bfloat16_lm_train_and_log(tmp_path: Path, 
     the LM in bfloat16 while training; the saved run loads with its LM in that dtype and answers."""
     run = tmp_path / "aids"
     cfg = config(features_dir, "train.spread_weight=1", "train.lm_dtype=bfloat16", "train.geometry_weight=1")
-    episodic.train(cfg, run, progress=False)
+    train(cfg, run, progress=False)
     steps = [r for r in metrics(run) if "loss" in r]
     assert len(steps) == 6 and all(math.isfinite(r["loss"]) for r in steps)
     assert all(0 <= r["spread_penalty"] <= 1 for r in steps)
