@@ -94,7 +94,6 @@ DEFAULT_MIXTURE = {"fashion-mnist": 2.0, "icons": 1.0, "emoji": 1.0}
 class DataConfig:
     source: str = "mixture"  # registered task source: fashion-mnist | icons | emoji | glyphs | image-folders | frozen-benchmark | coco | synthetic | mixture (of several: data.mixture); metamapper.registry.TASK_SOURCES.names()
     root: str | None = None  # data folder (default: the source's own default)
-    variant: str = "open_ended"  # fashion-mnist evaluation variant: open_ended | real_name
     benchmark: str = "open_ended_mi"  # frozen-benchmark name (its JSON prefix)
     ways: int = 2  # classes per task (N)
     shots: int = 1  # support examples per class (k)
@@ -145,9 +144,10 @@ class EvalConfig:
 
 
 # Keys older runs' configs hold that no longer exist; reading such a config drops them with a
-# warning, so that older runs still load. eval.shots / eval.variants / eval.steps / eval.seed were
-# never read: `evaluate` takes them from its flags (--shots, --dataset, --steps, --seed).
-RETIRED_KEYS = {"eval": ("shots", "variants", "steps", "seed")}
+# warning, so that older runs still load. eval.shots / eval.variants / eval.steps / eval.seed and
+# data.variant were never read: `evaluate` takes them from its flags (--shots, --dataset, --steps,
+# --seed).
+RETIRED_KEYS = {"eval": ("shots", "variants", "steps", "seed"), "data": ("variant",)}
 
 
 @dataclass

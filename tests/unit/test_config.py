@@ -186,3 +186,12 @@ def test_retired_eval_keys_of_older_runs_are_dropped_with_a_warning() -> None:
     assert cfg.eval.tasks == 50
     with pytest.raises(ConfigError, match="'eval.shotz'"):  # other unknown keys stay errors
         config_from_dict({"eval": {"shotz": 1}})
+
+
+def test_an_older_runs_data_variant_is_dropped_with_a_warning() -> None:
+    # data.variant was never read (evaluation takes the variant from --dataset)
+    with pytest.warns(UserWarning, match="data.variant"):
+        cfg = config_from_dict({"data": {"variant": "real_name", "ways": 3}})
+    assert cfg.data.ways == 3 and not hasattr(cfg.data, "variant")
+    with pytest.raises(ConfigError, match="'train.variant'"):
+        config_from_dict({"train": {"variant": "real_name"}})  # retired in data only
