@@ -116,7 +116,6 @@ class TrainConfig:
     warmup: int = 0  # linear warm-up updates
     cosine: bool = True  # cosine decay to 0 after warm-up (false: a constant rate, the paper's)
     inner: InnerLoop = field(default_factory=lambda: InnerLoop(steps=0))  # inner loop (maml: steps=5, lr=0.01)
-    step_weights: list[float] | None = None  # query-loss weight per inner step (None: last step only)
     queries_per_row: int = 4  # in_context: queries (with answers) that share one copy of the support context
     spread_weight: float = 1.0  # weight of the anti-collapse hinge on the prefixes' spread over images (0: off)
     spread_target: float = 0.25  # ... the spread it asks for: per-element std over images / mean |element|
@@ -146,8 +145,10 @@ class EvalConfig:
 # Keys older runs' configs hold that no longer exist; reading such a config drops them with a
 # warning, so that older runs still load. eval.shots / eval.variants / eval.steps / eval.seed and
 # data.variant were never read: `evaluate` takes them from its flags (--shots, --dataset, --steps,
-# --seed).
-RETIRED_KEYS = {"eval": ("shots", "variants", "steps", "seed"), "data": ("variant",)}
+# --seed). train.step_weights (a query-loss weight per inner step) was removed unmeasured
+# (docs/EXPERIMENTS.md).
+RETIRED_KEYS = {"eval": ("shots", "variants", "steps", "seed"), "data": ("variant",),
+                "train": ("step_weights",)}
 
 
 @dataclass

@@ -106,7 +106,7 @@ def _episodes(n: int, dim: int = 16) -> list[Episode]:
 
 
 def test_hot_path_makes_its_tensors_on_the_models_device(smoke_model: MetaMapper, one_thread: None) -> None:
-    """A meta-update (inner loop, Meta-SGD rates, step-weighted query loss, backward), scoring
+    """A meta-update (inner loop, Meta-SGD rates, query loss, backward), scoring
     and a batched generation with the default device set to ``meta`` and the model and its
     features on the CPU: a ``torch.zeros(n)`` without ``device=`` anywhere on the way fails."""
     model = smoke_model
@@ -120,7 +120,7 @@ def test_hot_path_makes_its_tensors_on_the_models_device(smoke_model: MetaMapper
         lrs = InnerLearningRates({k: model.mapper_params()[k] for k in names}, init=0.01, steps=2,
                                  per_step=True)
         traj = adapt(model, eps, loop=loop, lrs=lrs)
-        loss = meta_loss(model, eps, traj, query_rows, step_weights=[0.0, 0.5, 0.5])
+        loss = meta_loss(model, eps, traj, query_rows)
         loss.backward()
         batch = model.pack(in_context_rows(eps[0]))
         per_row = model.loss(eps[0].features, batch, per_row=True)
