@@ -73,8 +73,7 @@ class BackboneConfig:
 
 @dataclass
 class MapperConfig:
-    kind: str = "attention"  # attention (the meta-mapper) | mlp (the paper's ablation)
-    preset: str = ""  # "" (our attention mapper, the fields below) | paper: the authors' mapper exactly (models.mapper.PaperMapper: prefix in the visual space, Q/K/V to the LM size, one linear feed-forward, post-LN; uses prefix_len, num_heads, dropout, standardize, output_norm; ff_dim and norm_first do not apply)
+    kind: str = "attention"  # attention (our meta-mapper, the fields below) | mlp (the paper's ablation) | paper: the authors' mapper exactly (models.mapper.PaperMapper: prefix in the visual space, Q/K/V to the LM size, one linear feed-forward, post-LN; uses prefix_len, num_heads, dropout, standardize, output_norm; ff_dim and norm_first do not apply)
     prefix_len: int = 4  # visual prefix vectors per image (paper: 4)
     num_heads: int = 8  # attention heads; must divide the LM embedding size
     ff_dim: int | None = 1152  # feed-forward hidden size (None: the LM embedding size)
@@ -224,14 +223,40 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """An older config (a run's ``config.yaml`` or checkpoint, a user's file) in today's spelling:
+    renamed keys read as their new names, ``RETIRED_KEYS`` dropped, with one warning naming them.
+    Returns a new dict (``data`` is not modified)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}  # sections copied
+    notes: list[str] = []
+    m = data.get("mapper")
+    if isinstance(m, dict) and "preset" in m:  # the authors' mapper was mapper.preset=paper
+        preset = m.pop("preset")
+        if preset == "paper":
+            if m.get("kind", "attention") not in ("attention", "paper"):
+                raise ConfigError("mapper.preset=paper (now mapper.kind=paper) is the authors' attention "
+                                  f"mapper; it contradicts mapper.kind={m['kind']!r}")
+            m["kind"] = "paper"
+            notes.append("mapper.preset=paper is now spelled mapper.kind=paper")
+        elif preset not in ("", None):
+            raise ConfigError(f"mapper.preset is retired (the authors' mapper is mapper.kind=paper), "
+                              f"got {preset!r}")
+    retired = []
+    for section, keys in RETIRED_KEYS.items():
+        d = data.get(section)
+        if isinstance(d, dict):
+            retired += [f"{section}.{k}" for k in d if k in keys]
+            data[section] = {k: v for k, v in d.items() if k not in keys}
+    if retired:
+        notes.append(f"config keys {', '.join(retired)} are retired and ignored")
+    if notes:
+        warnings.warn("an older config: " + "; ".join(notes), UserWarning, stacklevel=3)
+    return data
+
+
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
-    retired = [k for k in data if k not in known and k in RETIRED_KEYS.get(prefix, ())]
-    if retired:
-        warnings.warn(f"config keys {', '.join(f'{prefix}.{k}' for k in retired)} are retired and "
-                      "ignored", UserWarning, stacklevel=2)
-        data = {k: v for k, v in data.items() if k not in retired}
     for k in data:
         if k not in known:
             where = f"{prefix}.{k}" if prefix else k
@@ -269,7 +294,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     d = data.get("data")
     if isinstance(d, dict) and d.get("source", DataConfig.source) != "mixture" and "mixture" not in d:
         data["data"] = {**d, "mixture": {}}  # the default mixture belongs to source=mixture only
-    cfg = _from_dict(Config, data)
+    cfg = _from_dict(Config, _upgrade(data))
     validate(cfg)
     return cfg
 
@@ -310,13 +335,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("train.updates must be >= 0 and train.meta_batch >= 1")
     if t.method not in ("maml", "in_context", "standard"):
         raise ConfigError(f"train.method must be maml, in_context or standard, got {t.method!r}")
-    if cfg.mapper.kind not in ("attention", "mlp"):
-        raise ConfigError(f"mapper.kind must be attention or mlp, got {cfg.mapper.kind!r}")
-    if cfg.mapper.preset not in ("", "paper"):
-        raise ConfigError(f"mapper.preset must be '' or paper, got {cfg.mapper.preset!r}")
-    if cfg.mapper.preset == "paper" and cfg.mapper.kind != "attention":
-        raise ConfigError("mapper.preset=paper is the authors' attention mapper; it needs "
-                          f"mapper.kind=attention, got {cfg.mapper.kind!r}")
+    if cfg.mapper.kind not in ("attention", "mlp", "paper"):
+        raise ConfigError(f"mapper.kind must be attention, mlp or paper, got {cfg.mapper.kind!r}")
     e = cfg.eval
     if e.tasks < 0 or e.max_new_tokens < 1 or e.batch_tasks < 1:
         raise ConfigError("eval.tasks must be >= 0, eval.max_new_tokens and eval.batch_tasks >= 1")

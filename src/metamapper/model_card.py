@@ -102,7 +102,7 @@ def model_card(record: dict[str, Any], results: list[dict[str, Any]], *, n_param
     data = ModelCardData(library_name="metamapper", license="mit", base_model=bases or None,
                          tags=["metamapper", "few-shot-learning", "meta-learning", "multimodal",
                                "image-to-text", f"method-{cfg.train.method}"])
-    mapper = (f"{mc.kind} mapper" + (" (the authors' block, `preset: paper`)" if mc.preset == "paper" else "")
+    mapper = (("paper mapper (the authors' block)" if mc.kind == "paper" else f"{mc.kind} mapper")
               + f", {mc.prefix_len} prefix vectors")
     inner = cfg.train.inner
     adapt = (f" Inner loop: {inner.steps} steps at lr {inner.lr}"

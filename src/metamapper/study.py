@@ -40,7 +40,9 @@ from metamapper.config import (
 )
 
 # The paper's mapper block and schedule (post-LN, raw features, raw output, a constant rate, no
-# regularisers, the LM in float32), as configs/fashion_maml.yaml.
+# regularisers, the LM in float32), as configs/fashion_maml.yaml: our attention mapper at the
+# paper's settings (the authors' exact mapper, mapper.kind=paper, needs widths that the embedded
+# backbones do not have).
 PAPER_MAPPER = (
     "mapper.ff_dim=null", "mapper.norm_first=false", "mapper.standardize=false", "mapper.output_norm=false",
     "train.cosine=false", "train.spread_weight=0", "train.geometry_weight=0", "train.lm_dtype=float32",

@@ -129,7 +129,7 @@ def test_wrong_types_name_the_key(override: str, key: str, what: str) -> None:
         ("train.updates=-1", "train.updates"),
         ("train.inner.steps=-1", "inner steps"),
         ("train.inner.lr=-0.5", "inner learning rate"),
-        ("mapper.preset=authors", "mapper.preset"),
+        ("mapper.preset=authors", "mapper.preset"),  # (retired: only its old values read)
         ("eval.tasks=-1", "eval.tasks"),
         ("eval.batch_tasks=0", "eval.batch_tasks"),
     ],
@@ -172,10 +172,26 @@ def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
 
 
-def test_paper_preset_needs_the_attention_kind() -> None:
-    assert load_config(SMOKE, ["mapper.preset=paper"]).mapper.preset == "paper"
-    with pytest.raises(ConfigError, match="mapper.kind=attention"):
+def test_the_paper_mapper_is_one_kind_and_its_older_spelling_reads_as_it(tmp_path: Path) -> None:
+    assert load_config(SMOKE, ["mapper.kind=paper"]).mapper.kind == "paper"
+    old = tmp_path / "old.yaml"  # an older run's config.yaml / a user's file
+    old.write_text("mapper:\n  kind: attention\n  preset: paper\n  prefix_len: 3\n")
+    with pytest.warns(UserWarning, match="mapper.preset=paper is now spelled mapper.kind=paper") as w:
+        cfg = load_config(old)
+    assert len(w) == 1 and "\n" not in str(w[0].message)  # one line
+    assert cfg == load_config(None, ["mapper.kind=paper", "mapper.prefix_len=3"])
+    with pytest.warns(UserWarning, match="mapper.kind=paper"):  # a command-line override too
+        assert load_config(SMOKE, ["mapper.preset=paper"]).mapper.kind == "paper"
+    with pytest.raises(ConfigError, match="mapper.kind='mlp'"):
         load_config(SMOKE, ["mapper.preset=paper", "mapper.kind=mlp"])
+
+
+def test_an_empty_mapper_preset_is_dropped_silently() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ``preset: ""`` was our attention mapper: nothing to say
+        assert config_from_dict({"mapper": {"kind": "mlp", "preset": ""}}).mapper.kind == "mlp"
 
 
 def test_retired_eval_keys_of_older_runs_are_dropped_with_a_warning() -> None:

@@ -82,12 +82,11 @@ def mapper_from_config(mc: MapperConfig, *, visual_dim: int, embed_dim: int,
         visual_dim=visual_dim, embed_dim=embed_dim, prefix_len=mc.prefix_len, dropout=mc.dropout,
         output_scale=output_scale, standardize=mc.standardize,
     )
-    kind = "paper" if mc.preset == "paper" else mc.kind  # the authors' mapper (PaperMapper)
-    if kind == "attention":
+    if mc.kind == "attention":
         kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first)
-    elif kind == "paper":
+    elif mc.kind == "paper":  # the authors' mapper (PaperMapper)
         kwargs.update(num_heads=mc.num_heads)
-    return build_mapper(kind, **kwargs)
+    return build_mapper(mc.kind, **kwargs)
 
 
 def place_model(model: MetaMapper, device: torch.device, *, precision: str = "auto",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from metamapper.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
 from metamapper.config import Config, ConfigError, load_config
@@ -156,6 +157,42 @@ def test_resume_refuses_another_config_but_may_run_longer(in_context_run: Path, 
     episodic.train(config(features_dir, "train.updates=8", "train.max_minutes=5"), run, resume=True,
                    progress=False)
     assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5, 6, 7, 8]
+
+
+def _spell_as_older_runs(config: dict) -> dict:
+    """A config as an older metamapper wrote it: the authors' mapper as ``mapper.preset: paper``,
+    and the keys since retired."""
+    old = json.loads(json.dumps(config))
+    old["mapper"].update(kind="attention", preset="paper")
+    old["data"]["variant"] = "open_ended"
+    old["train"]["step_weights"] = None
+    return old
+
+
+def test_a_run_written_with_the_older_spelling_resumes(features_dir: Path, tmp_path: Path) -> None:
+    """A run trained as ``mapper.preset: paper`` (its config.yaml and every checkpoint's
+    meta.json) resumes as ``mapper.kind: paper``, from its own config.yaml or today's spelling."""
+    run = tmp_path / "old"
+    cfg = config(features_dir, "mapper.kind=paper", "train.updates=4")
+    episodic.train(cfg, run, progress=False)
+    for ckpt in list_checkpoints(run):
+        meta = json.loads((ckpt / "meta.json").read_text())
+        meta["config"] = _spell_as_older_runs(meta["config"])
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+    (run / "config.yaml").write_text(yaml.safe_dump(_spell_as_older_runs(cfg.to_dict())))
+    shutil.copytree(run, tmp_path / "old-too")
+    with pytest.warns(UserWarning, match="mapper.preset=paper is now spelled mapper.kind=paper"):
+        again = load_config(run / "config.yaml", ["train.updates=5"])
+    assert again.mapper.kind == "paper"
+    with pytest.warns(UserWarning, match="mapper.kind=paper"):  # (the checkpoint's config)
+        episodic.train(again, run, resume=True, progress=False)
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5]  # resumed, not from 0
+    assert load_config(run / "config.yaml").mapper.kind == "paper"  # rewritten in today's spelling
+    run = tmp_path / "old-too"
+    with pytest.warns(UserWarning, match="mapper.kind=paper"):
+        episodic.train(config(features_dir, "mapper.kind=paper", "train.updates=5"), run, resume=True,
+                       progress=False)
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5]
 
 
 def test_standard_recipe_runs(tmp_path: Path, features_dir: Path) -> None:
