@@ -128,7 +128,6 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     max_bad_updates: int = 10  # stop after this many non-finite losses/gradients in a row
     report_to: list[str] = field(default_factory=list)  # where the scalars of metrics.jsonl also go: [] (nowhere else) | [tensorboard] (event files in <run>/tensorboard/; pip install 'metamapper-fewshot[tensorboard]')
-    lm_dtype: str = "auto"  # the frozen LM while training and when the run is loaded to evaluate or predict: auto (bfloat16 where the hardware computes it natively: CUDA, or a CPU with AVX512-BF16/AMX; else float32) | float32 | bfloat16. The mapper, optimiser and loss stay float32. On a CPU without native bfloat16 (e.g. AVX2 only) bfloat16 is ~40x slower (benchmarks/lm_dtype.py)
 
 
 @dataclass
@@ -153,7 +152,7 @@ RETIRED_KEYS = {"eval": ("shots", "variants", "steps", "seed"), "data": ("varian
 @dataclass
 class RuntimeConfig:
     device: str = "auto"  # auto (cuda:LOCAL_RANK if CUDA is available, else mps, else cpu) | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # frozen backbones' dtype: auto (bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16; the mapper, its optimiser and the loss stay float32
+    precision: str = "auto"  # the frozen backbones' dtype while training and when the run is loaded to evaluate or predict: auto (the LM in bfloat16 where the hardware computes it natively: CUDA, or a CPU with AVX512-BF16/AMX, else float32; the vision encoder in bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16 (both). The mapper, its optimiser and the loss stay float32. On a CPU without native bfloat16 (e.g. AVX2 only) a bfloat16 LM is ~40x slower (benchmarks/lm_dtype.py)
 
 
 @dataclass
@@ -163,7 +162,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # where the run computes (not what)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # where the run computes, and the frozen backbones' dtype
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -241,6 +240,9 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
         elif preset not in ("", None):
             raise ConfigError(f"mapper.preset is retired (the authors' mapper is mapper.kind=paper), "
                               f"got {preset!r}")
+    t = data.get("train")
+    if isinstance(t, dict) and "lm_dtype" in t:  # the LM's dtype was train.lm_dtype beside runtime.precision
+        notes.append(_lm_dtype_note(t.pop("lm_dtype"), data))
     retired = []
     for section, keys in RETIRED_KEYS.items():
         d = data.get(section)
@@ -252,6 +254,24 @@ def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
     if notes:
         warnings.warn("an older config: " + "; ".join(notes), UserWarning, stacklevel=3)
     return data
+
+
+def _lm_dtype_note(lm_dtype: Any, data: dict[str, Any]) -> str:
+    """Read an older config's ``train.lm_dtype`` into ``data``'s ``runtime.precision`` where that
+    says the same (``auto`` always did; an explicit dtype beside ``precision: auto`` becomes the
+    precision, both backbones'); else it is dropped. Returns the warning's note."""
+    section = data.get("runtime")
+    runtime: dict[str, Any] = section if isinstance(section, dict) else {}
+    precision = runtime.get("precision", RuntimeConfig.precision)
+    if lm_dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"train.lm_dtype is retired (runtime.precision sets the LM's dtype), got {lm_dtype!r}")
+    if lm_dtype == "auto" or lm_dtype == precision:
+        return f"train.lm_dtype={lm_dtype} is retired: runtime.precision={precision} sets the LM's dtype"
+    if precision == "auto":
+        data["runtime"] = {**runtime, "precision": lm_dtype}
+        return f"train.lm_dtype={lm_dtype} is now runtime.precision={lm_dtype} (both backbones)"
+    return (f"train.lm_dtype={lm_dtype} is retired and ignored: runtime.precision={precision} sets "
+            "the LM's dtype")
 
 
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
@@ -342,8 +362,6 @@ def validate(cfg: Config) -> None:
         raise ConfigError("eval.tasks must be >= 0, eval.max_new_tokens and eval.batch_tasks >= 1")
     if cfg.mapper.prefix_len < 1:
         raise ConfigError(f"mapper.prefix_len must be >= 1, got {cfg.mapper.prefix_len}")
-    if t.lm_dtype not in ("auto", "float32", "bfloat16"):
-        raise ConfigError(f"train.lm_dtype must be auto, float32 or bfloat16, got {t.lm_dtype!r}")
     if d.naming not in ("made_up", "real"):
         raise ConfigError(f"data.naming must be made_up or real, got {d.naming!r}")
     if d.source == "mixture" and not d.mixture:
@@ -396,11 +414,13 @@ REPORT_TO = ("tensorboard",)  # train.report_to's choices (train.common.MetricsL
 
 # what may differ between a run's checkpoint and the config it is resumed with: how long it runs,
 # how often it validates and saves, where it finds its files, how it is evaluated, where it computes
+# (and so the frozen backbones' dtype: `auto` resolves per device, and a run trained on a GPU
+# resumes on a CPU)
 RESUMABLE_CHANGES = ("train.updates", "train.max_minutes", "train.val_every", "train.val_tasks",
                      "train.checkpoint_every", "train.keep_last", "train.keep_best", "train.max_bad_updates",
                      "train.report_to",
                      "data.feature_cache", "data.root", "data.mixture_roots", "backbones.vision_path", "backbones.lm_path", "eval.",
-                     "runtime.")
+                     "runtime.device", "runtime.precision")
 
 
 def config_changes(old: Config, new: Config) -> list[str]:

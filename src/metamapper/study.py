@@ -45,7 +45,7 @@ from metamapper.config import (
 # backbones do not have).
 PAPER_MAPPER = (
     "mapper.ff_dim=null", "mapper.norm_first=false", "mapper.standardize=false", "mapper.output_norm=false",
-    "train.cosine=false", "train.spread_weight=0", "train.geometry_weight=0", "train.lm_dtype=float32",
+    "train.cosine=false", "train.spread_weight=0", "train.geometry_weight=0", "runtime.precision=float32",
 )
 STANDARD_RECIPE = ("train.method=standard", "data.naming=real", "train.spread_weight=0",
                    "train.geometry_weight=0", "train.val_every=0")
@@ -295,9 +295,11 @@ def _key(row: Row, seed: int, n_tasks: int, lm_dtype: str) -> str:
 
 
 # What may differ between a study's run and its training without making it another training: what
-# a resumed run may change (config.RESUMABLE_CHANGES) except its length, and the seed (part of a
-# measurement's key and of the run folder's name)
-NOT_THE_TRAINING = (*(k for k in RESUMABLE_CHANGES if k != "train.updates"), "train.seed")
+# a resumed run may change (config.RESUMABLE_CHANGES) except its length and the frozen backbones'
+# dtype (the paper's recipes pin float32), and the seed (part of a measurement's key and of the run
+# folder's name)
+NOT_THE_TRAINING = (*(k for k in RESUMABLE_CHANGES if k not in ("train.updates", "runtime.precision")),
+                    "train.seed")
 
 
 def training_changes(was: Config, now: Config) -> list[str]:
@@ -368,7 +370,7 @@ def eval_dtypes(overrides: Sequence[str] = (), device: str | None = None) -> dic
     from metamapper.device import lm_dtype, resolve_device
 
     where = resolve_device(device)  # where run_study's load_run(run_dir, device=device) scores
-    return {name: lm_dtype(cfg.train.lm_dtype, where, cfg.runtime.precision)
+    return {name: lm_dtype(cfg.runtime.precision, where)
             for name, cfg in training_configs(overrides).items()}
 
 
@@ -615,7 +617,7 @@ def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_ta
              "score other sets, named in their rows). Rows: mean ± sd over the seeds, each run's "
              "95% Wilson interval. Comparisons: paired by seed, *holds* / *fails* at two standard errors "
              "of the mean difference, else *not separated*. The frozen LM scores in the dtype each training "
-             "resolves to on the scoring machine (`train.lm_dtype`; here: "
+             "resolves to on the scoring machine (`runtime.precision`; here: "
              + ", ".join(f"{k} {v}" for k, v in store.dtypes.items()) + ").", ""]
     for name, claim in CLAIMS.items():
         kept = old.get(f"## {claim.title}")
