@@ -9,9 +9,15 @@ Example::
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
 import math
 import re
+import textwrap
+import tokenize
 import types
 import typing
 import warnings
@@ -436,6 +442,70 @@ def config_changes(old: Config, new: Config) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
-def dump_config(cfg: Config) -> str:
-    """The config as YAML text."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+def dump_config(cfg: Config, *, comments: bool = False) -> str:
+    """The config as YAML text; with ``comments``, each setting's comment in this file (the one
+    beside its field, or its line of the class docstring's ``Attributes``) above it, as YAML
+    comments (``metamapper config show``). Both read back (``load_config``) as ``cfg``."""
+    if not comments:
+        return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    head = "# metamapper's config: each setting's meaning above it (src/metamapper/config.py)\n"
+    return head + "".join(_commented(Config, cfg.to_dict(), indent=0))
+
+
+def _commented(cls: type, data: dict[str, Any], indent: int) -> list[str]:
+    """YAML lines of ``data`` (a ``cls`` as a dict), each key under its comment."""
+    pad, notes, hints = " " * indent, _field_comments(cls), typing.get_type_hints(cls)
+    out = []
+    for name, value in data.items():
+        sub = hints[name] if dataclasses.is_dataclass(hints[name]) else None
+        note = " ".join(x for x in (notes.get(name), sub and _field_comments(sub).get("")) if x)
+        lines = textwrap.wrap(note, width=max(40, 98 - indent), break_on_hyphens=False)
+        out += [f"{pad}# {line}\n" for line in lines]
+        if sub is not None:
+            out += [f"{pad}{name}:\n", *_commented(sub, value, indent + 2)]
+        else:
+            out.append(textwrap.indent(yaml.safe_dump({name: value}, sort_keys=False), pad))
+    return out
+
+
+@functools.cache
+def _field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the source of dataclass ``cls``: the ``# ...`` beside it, else its
+    line of the docstring's ``Attributes:``; key ``""``: the comment lines opening the class body.
+    Empty where the source cannot be read."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    notes = _docstring_attributes(inspect.getdoc(cls) or "")
+    on_line = {tok.start[0]: tok.string.lstrip("#").strip()
+               for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    body = typing.cast(ast.ClassDef, ast.parse(source).body[0]).body
+    fields_at = [n for n in body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+    for node in fields_at:
+        if node.end_lineno in on_line:
+            notes[typing.cast(ast.Name, node.target).id] = on_line[node.end_lineno]
+    first = fields_at[0].lineno if fields_at else 0
+    opening = [on_line[i] for i in sorted(on_line) if i < first and source.splitlines()[i - 1].lstrip().startswith("#")]
+    if opening:
+        notes[""] = " ".join(opening)
+    return notes
+
+
+def _docstring_attributes(doc: str) -> dict[str, str]:
+    """``name: text`` entries (continuation lines indented further) of a Google-style
+    ``Attributes:`` section."""
+    out: dict[str, str] = {}
+    lines = doc.splitlines()
+    if "Attributes:" not in lines:
+        return out
+    name = ""
+    for line in lines[lines.index("Attributes:") + 1:]:
+        if line.strip() and not line.startswith(" "):
+            break  # the next section
+        m = re.fullmatch(r" {4}(\w+): (.*)", line)
+        if m:
+            name, out[m[1]] = m[1], m[2].strip()
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+    return {k: v.replace("``", "`") for k, v in out.items()}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -215,3 +216,37 @@ def test_an_older_runs_data_variant_and_step_weights_are_dropped_with_a_warning(
     assert cfg.train.updates == 9 and not hasattr(cfg.train, "step_weights")
     with pytest.raises(ConfigError, match="'train.variant'"):
         config_from_dict({"train": {"variant": "real_name"}})  # retired in data only
+
+
+CONFIGS = sorted(SMOKE.parent.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides", [[], ["train.report_to=[tensorboard]", "train.max_minutes=5",
+                                            "mapper.ff_dim=null", "train.inner.adapt=prefix,out"]])
+@pytest.mark.parametrize("path", [None, *CONFIGS], ids=lambda p: getattr(p, "name", "default"))
+def test_the_commented_config_reads_back_as_the_same_config(tmp_path: Path, path: Path | None,
+                                                             overrides: list[str]) -> None:
+    cfg = load_config(path, overrides)
+    text = dump_config(cfg, comments=True)
+    (tmp_path / "shown.yaml").write_text(text)
+    assert load_config(tmp_path / "shown.yaml") == cfg
+    # the comments are all it adds to the plain YAML
+    assert "".join(x for x in text.splitlines(True) if not x.lstrip().startswith("#")) == dump_config(cfg)
+
+
+def test_config_show_puts_each_settings_comment_in_config_py_above_it() -> None:
+    def settings(d: dict) -> int:  # the fields below the top-level sections, at any depth
+        return sum(1 + (settings(v) if isinstance(v, dict) else 0) for v in d.values())
+
+    cfg = load_config(SMOKE.parent / "fashion.yaml")  # (data.mixture empty: every key is a field)
+    lines = dump_config(cfg, comments=True).splitlines()
+    shown = [i for i, x in enumerate(lines) if re.match(r" +\w+:", x)]
+    assert len(shown) == sum(settings(v) for v in cfg.to_dict().values())
+    for i in shown:  # every setting has its comment above it
+        assert re.fullmatch(r" *# \S.*", lines[i - 1]), lines[i]
+    text = dump_config(Config(), comments=True)
+    # the comment written beside the field, and InnerLoop's docstring Attributes
+    assert "  # attention heads; must divide the LM embedding size\n  num_heads: 8\n" in text
+    assert "    # SGD steps on the support loss (paper: 5).\n    steps: 0\n" in text
+    assert "# where the run computes, and the frozen backbones' dtype\nruntime:\n" in text
+    assert "AVX512-BF16/AMX" in text.split("precision: auto")[0].rsplit("device:", 1)[1]
