@@ -150,7 +150,8 @@ class EvalConfig:
 # warning, so that older runs still load. eval.shots / eval.variants / eval.steps / eval.seed and
 # data.variant were never read: `evaluate` takes them from its flags (--shots, --dataset, --steps,
 # --seed). train.step_weights (a query-loss weight per inner step) was removed unmeasured
-# (docs/EXPERIMENTS.md).
+# (docs/EXPERIMENTS.md). Keys since spelled otherwise (mapper.preset=paper, train.lm_dtype) are read
+# in their new spelling by `_upgrade`, with the same warning.
 RETIRED_KEYS = {"eval": ("shots", "variants", "steps", "seed"), "data": ("variant",),
                 "train": ("step_weights",)}
 
