@@ -1,7 +1,9 @@
 """Device options and the hardware figures each benchmark reports beside its timings.
 
 Every device benchmark takes ``--device`` (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``),
-``--precision`` (the frozen backbones' dtype: ``auto`` is bfloat16 on CUDA, float32 elsewhere),
+``--precision`` (``runtime.precision``, the frozen backbones' dtype: ``auto`` is the LM in bfloat16
+where the hardware computes it natively, CUDA or a CPU with AVX512-BF16/AMX, and the vision encoder
+in bfloat16 on CUDA; float32 elsewhere),
 ``--compile`` (``torch.compile`` of the LM's transformer, to measure whether it pays) and
 ``--repeats`` (timed repeats after one warm-up; the best is reported, as before, and the median).
 """
@@ -43,7 +45,8 @@ PAPER_UPDATES = 15_000  # meta-updates a paper-config run is projected for
 def add_device_args(parser: argparse.ArgumentParser, *, repeats: int) -> None:
     parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     parser.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"],
-                        help="the frozen backbones' dtype (auto: bfloat16 on CUDA, float32 elsewhere)")
+                        help="runtime.precision, the frozen backbones' dtype (auto: the LM in bfloat16 where "
+                             "native, the vision encoder in bfloat16 on CUDA; float32 elsewhere)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the LM's transformer (measure whether it is faster)")
     parser.add_argument("--repeats", type=int, default=repeats, help="timed repeats after a warm-up")

@@ -27,7 +27,7 @@ import torch
 from _hardware import add_device_args, hardware, reset_peak_memory, setup
 from torch.utils.flop_counter import FlopCounterMode
 
-from metamapper.device import backbone_dtype, synchronize
+from metamapper.device import lm_dtype, synchronize
 from metamapper.models.backbones import LanguageModel, build_language_model
 from metamapper.models.generation import generate, stop_token_ids
 
@@ -65,7 +65,7 @@ def main() -> None:
                         help="the language model (default: random-weight GPT-2 124M)")
     args = parser.parse_args()
     device = setup(args)
-    dtype = backbone_dtype(args.precision, device)
+    dtype = getattr(torch, lm_dtype(args.precision, device))  # runtime.precision's LM dtype
     lm = build_language_model(args.lm, **({"seed": 0} if args.lm == "gpt2-random" else {}))
     scale = float(lm.model.get_input_embeddings().weight.std())  # before any cast
     lm.to(device=device, dtype=dtype)

@@ -1,4 +1,4 @@
-"""The frozen LM in float32 vs bfloat16 (``train.lm_dtype``) on the embedded default.
+"""The frozen LM in float32 vs bfloat16 (``runtime.precision``) on the embedded default.
 
 SmolLM2-135M + the default mapper on 4 EfficientNet grid2 tokens of 1280 (random features of that
 shape: the time depends only on shapes), in_context method, 2-way 1-shot. Times one meta-update

@@ -1,5 +1,5 @@
-"""Float32 against bfloat16 matrix products on this machine's CPU (why ``train.lm_dtype: auto``
-keeps float32 on CPUs without native bfloat16). Prints one JSON line.
+"""Float32 against bfloat16 matrix products on this machine's CPU (why ``runtime.precision: auto``
+keeps the LM in float32 on CPUs without native bfloat16). Prints one JSON line.
 
     python benchmarks/matmul_dtype.py
 """

@@ -272,7 +272,7 @@ def _cmd_serve(a: argparse.Namespace) -> None:
 def _cmd_config_show(a: argparse.Namespace) -> None:
     from metamapper.config import dump_config, load_config
 
-    print(dump_config(load_config(a.config, a.overrides)), end="")
+    print(dump_config(load_config(a.config, a.overrides), comments=True), end="")
 
 
 CHECKPOINT_HELP = ("a run folder (or a checkpoint folder in it), a folder written by `metamapper "
@@ -517,7 +517,7 @@ def _add_serve(sub: Any) -> None:
 def _add_config(sub: Any) -> None:
     c = sub.add_parser("config", help="the resolved config")
     csub = c.add_subparsers(dest="config_command", required=True)
-    cs = csub.add_parser("show", help="print the config a run would use, as YAML")
+    cs = csub.add_parser("show", help="print the config a run would use, as YAML, each setting under its comment")
     cs.add_argument("--config", help="YAML config (default: the built-in default)")
     cs.add_argument("overrides", nargs="*", help="config overrides key.sub=value")
     cs.set_defaults(fn=_cmd_config_show)

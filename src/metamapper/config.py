@@ -9,9 +9,15 @@ Example::
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
+import io
 import math
 import re
+import textwrap
+import tokenize
 import types
 import typing
 import warnings
@@ -73,8 +79,7 @@ class BackboneConfig:
 
 @dataclass
 class MapperConfig:
-    kind: str = "attention"  # attention (the meta-mapper) | mlp (the paper's ablation)
-    preset: str = ""  # "" (our attention mapper, the fields below) | paper: the authors' mapper exactly (models.mapper.PaperMapper: prefix in the visual space, Q/K/V to the LM size, one linear feed-forward, post-LN; uses prefix_len, num_heads, dropout, standardize, output_norm; ff_dim and norm_first do not apply)
+    kind: str = "attention"  # attention (our meta-mapper, the fields below) | mlp (the paper's ablation) | paper: the authors' mapper exactly (models.mapper.PaperMapper: prefix in the visual space, Q/K/V to the LM size, one linear feed-forward, post-LN; uses prefix_len, num_heads, dropout, standardize, output_norm; ff_dim and norm_first do not apply)
     prefix_len: int = 4  # visual prefix vectors per image (paper: 4)
     num_heads: int = 8  # attention heads; must divide the LM embedding size
     ff_dim: int | None = 1152  # feed-forward hidden size (None: the LM embedding size)
@@ -94,7 +99,6 @@ DEFAULT_MIXTURE = {"fashion-mnist": 2.0, "icons": 1.0, "emoji": 1.0}
 class DataConfig:
     source: str = "mixture"  # registered task source (metamapper.data.tasks.TASK_SOURCES): fashion-mnist | icons | emoji | glyphs | image-folders | frozen-benchmark | coco | synthetic | mixture (of several: data.mixture)
     root: str | None = None  # data folder (default: the source's own default)
-    variant: str = "open_ended"  # fashion-mnist evaluation variant: open_ended | real_name
     benchmark: str = "open_ended_mi"  # frozen-benchmark name (its JSON prefix)
     ways: int = 2  # classes per task (N)
     shots: int = 1  # support examples per class (k)
@@ -117,7 +121,6 @@ class TrainConfig:
     warmup: int = 0  # linear warm-up updates
     cosine: bool = True  # cosine decay to 0 after warm-up (false: a constant rate, the paper's)
     inner: InnerLoop = field(default_factory=lambda: InnerLoop(steps=0))  # inner loop (maml: steps=5, lr=0.01)
-    step_weights: list[float] | None = None  # query-loss weight per inner step (None: last step only)
     queries_per_row: int = 4  # in_context: queries (with answers) that share one copy of the support context
     spread_weight: float = 1.0  # weight of the anti-collapse hinge on the prefixes' spread over images (0: off)
     spread_target: float = 0.25  # ... the spread it asks for: per-element std over images / mean |element|
@@ -131,7 +134,6 @@ class TrainConfig:
     max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
     max_bad_updates: int = 10  # stop after this many non-finite losses/gradients in a row
     report_to: list[str] = field(default_factory=list)  # where the scalars of metrics.jsonl also go: [] (nowhere else) | [tensorboard] (event files in <run>/tensorboard/; pip install 'metamapper-fewshot[tensorboard]')
-    lm_dtype: str = "auto"  # the frozen LM while training and when the run is loaded to evaluate or predict: auto (bfloat16 where the hardware computes it natively: CUDA, or a CPU with AVX512-BF16/AMX; else float32) | float32 | bfloat16. The mapper, optimiser and loss stay float32. On a CPU without native bfloat16 (e.g. AVX2 only) bfloat16 is ~40x slower (benchmarks/lm_dtype.py)
 
 
 @dataclass
@@ -145,15 +147,19 @@ class EvalConfig:
 
 
 # Keys older runs' configs hold that no longer exist; reading such a config drops them with a
-# warning, so that older runs still load. eval.shots / eval.variants / eval.steps / eval.seed were
-# never read: `evaluate` takes them from its flags (--shots, --dataset, --steps, --seed).
-RETIRED_KEYS = {"eval": ("shots", "variants", "steps", "seed")}
+# warning, so that older runs still load. eval.shots / eval.variants / eval.steps / eval.seed and
+# data.variant were never read: `evaluate` takes them from its flags (--shots, --dataset, --steps,
+# --seed). train.step_weights (a query-loss weight per inner step) was removed unmeasured
+# (docs/EXPERIMENTS.md). Keys since spelled otherwise (mapper.preset=paper, train.lm_dtype) are read
+# in their new spelling by `_upgrade`, with the same warning.
+RETIRED_KEYS = {"eval": ("shots", "variants", "steps", "seed"), "data": ("variant",),
+                "train": ("step_weights",)}
 
 
 @dataclass
 class RuntimeConfig:
     device: str = "auto"  # auto (cuda:LOCAL_RANK if CUDA is available, else mps, else cpu) | cpu | cuda | cuda:N | mps
-    precision: str = "auto"  # frozen backbones' dtype: auto (bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16; the mapper, its optimiser and the loss stay float32
+    precision: str = "auto"  # the frozen backbones' dtype while training and when the run is loaded to evaluate or predict: auto (the LM in bfloat16 where the hardware computes it natively: CUDA, or a CPU with AVX512-BF16/AMX, else float32; the vision encoder in bfloat16 on CUDA, float32 elsewhere) | float32 | bfloat16 (both). The mapper, its optimiser and the loss stay float32. On a CPU without native bfloat16 (e.g. AVX2 only) a bfloat16 LM is ~40x slower (benchmarks/lm_dtype.py)
 
 
 @dataclass
@@ -163,7 +169,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # where the run computes (not what)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)  # where the run computes, and the frozen backbones' dtype
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -223,14 +229,61 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
+def _upgrade(data: dict[str, Any]) -> dict[str, Any]:
+    """An older config (a run's ``config.yaml`` or checkpoint, a user's file) in today's spelling:
+    renamed keys read as their new names, ``RETIRED_KEYS`` dropped, with one warning naming them.
+    Returns a new dict (``data`` is not modified)."""
+    data = {k: dict(v) if isinstance(v, dict) else v for k, v in data.items()}  # sections copied
+    notes: list[str] = []
+    m = data.get("mapper")
+    if isinstance(m, dict) and "preset" in m:  # the authors' mapper was mapper.preset=paper
+        preset = m.pop("preset")
+        if preset == "paper":
+            if m.get("kind", "attention") not in ("attention", "paper"):
+                raise ConfigError("mapper.preset=paper (now mapper.kind=paper) is the authors' attention "
+                                  f"mapper; it contradicts mapper.kind={m['kind']!r}")
+            m["kind"] = "paper"
+            notes.append("mapper.preset=paper is now spelled mapper.kind=paper")
+        elif preset not in ("", None):
+            raise ConfigError(f"mapper.preset is retired (the authors' mapper is mapper.kind=paper), "
+                              f"got {preset!r}")
+    t = data.get("train")
+    if isinstance(t, dict) and "lm_dtype" in t:  # the LM's dtype was train.lm_dtype beside runtime.precision
+        notes.append(_lm_dtype_note(t.pop("lm_dtype"), data))
+    retired = []
+    for section, keys in RETIRED_KEYS.items():
+        d = data.get(section)
+        if isinstance(d, dict):
+            retired += [f"{section}.{k}" for k in d if k in keys]
+            data[section] = {k: v for k, v in d.items() if k not in keys}
+    if retired:
+        notes.append(f"config keys {', '.join(retired)} are retired and ignored")
+    if notes:
+        warnings.warn("an older config: " + "; ".join(notes), UserWarning, stacklevel=3)
+    return data
+
+
+def _lm_dtype_note(lm_dtype: Any, data: dict[str, Any]) -> str:
+    """Read an older config's ``train.lm_dtype`` into ``data``'s ``runtime.precision`` where that
+    says the same (``auto`` always did; an explicit dtype beside ``precision: auto`` becomes the
+    precision, both backbones'); else it is dropped. Returns the warning's note."""
+    section = data.get("runtime")
+    runtime: dict[str, Any] = section if isinstance(section, dict) else {}
+    precision = runtime.get("precision", RuntimeConfig.precision)
+    if lm_dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError(f"train.lm_dtype is retired (runtime.precision sets the LM's dtype), got {lm_dtype!r}")
+    if lm_dtype == "auto" or lm_dtype == precision:
+        return f"train.lm_dtype={lm_dtype} is retired: runtime.precision={precision} sets the LM's dtype"
+    if precision == "auto":
+        data["runtime"] = {**runtime, "precision": lm_dtype}
+        return f"train.lm_dtype={lm_dtype} is now runtime.precision={lm_dtype} (both backbones)"
+    return (f"train.lm_dtype={lm_dtype} is retired and ignored: runtime.precision={precision} sets "
+            "the LM's dtype")
+
+
 def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     known = {f.name for f in fields(cls)}
-    retired = [k for k in data if k not in known and k in RETIRED_KEYS.get(prefix, ())]
-    if retired:
-        warnings.warn(f"config keys {', '.join(f'{prefix}.{k}' for k in retired)} are retired and "
-                      "ignored", UserWarning, stacklevel=2)
-        data = {k: v for k, v in data.items() if k not in retired}
     for k in data:
         if k not in known:
             where = f"{prefix}.{k}" if prefix else k
@@ -268,7 +321,7 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     d = data.get("data")
     if isinstance(d, dict) and d.get("source", DataConfig.source) != "mixture" and "mixture" not in d:
         data["data"] = {**d, "mixture": {}}  # the default mixture belongs to source=mixture only
-    cfg = _from_dict(Config, data)
+    cfg = _from_dict(Config, _upgrade(data))
     validate(cfg)
     return cfg
 
@@ -311,20 +364,13 @@ def validate(cfg: Config) -> None:
     # one when the run starts (this module stays free of torch and of the methods' code)
     if not t.method.strip():
         raise ConfigError("train.method must name a method, e.g. in_context")
-    if cfg.mapper.kind not in ("attention", "mlp"):
-        raise ConfigError(f"mapper.kind must be attention or mlp, got {cfg.mapper.kind!r}")
-    if cfg.mapper.preset not in ("", "paper"):
-        raise ConfigError(f"mapper.preset must be '' or paper, got {cfg.mapper.preset!r}")
-    if cfg.mapper.preset == "paper" and cfg.mapper.kind != "attention":
-        raise ConfigError("mapper.preset=paper is the authors' attention mapper; it needs "
-                          f"mapper.kind=attention, got {cfg.mapper.kind!r}")
+    if cfg.mapper.kind not in ("attention", "mlp", "paper"):
+        raise ConfigError(f"mapper.kind must be attention, mlp or paper, got {cfg.mapper.kind!r}")
     e = cfg.eval
     if e.tasks < 0 or e.max_new_tokens < 1 or e.batch_tasks < 1:
         raise ConfigError("eval.tasks must be >= 0, eval.max_new_tokens and eval.batch_tasks >= 1")
     if cfg.mapper.prefix_len < 1:
         raise ConfigError(f"mapper.prefix_len must be >= 1, got {cfg.mapper.prefix_len}")
-    if t.lm_dtype not in ("auto", "float32", "bfloat16"):
-        raise ConfigError(f"train.lm_dtype must be auto, float32 or bfloat16, got {t.lm_dtype!r}")
     if d.naming not in ("made_up", "real"):
         raise ConfigError(f"data.naming must be made_up or real, got {d.naming!r}")
     if d.source == "mixture" and not d.mixture:
@@ -377,11 +423,13 @@ REPORT_TO = ("tensorboard",)  # train.report_to's choices (train.common.MetricsL
 
 # what may differ between a run's checkpoint and the config it is resumed with: how long it runs,
 # how often it validates and saves, where it finds its files, how it is evaluated, where it computes
+# (and so the frozen backbones' dtype: `auto` resolves per device, and a run trained on a GPU
+# resumes on a CPU)
 RESUMABLE_CHANGES = ("train.updates", "train.max_minutes", "train.val_every", "train.val_tasks",
                      "train.checkpoint_every", "train.keep_last", "train.keep_best", "train.max_bad_updates",
                      "train.report_to",
                      "data.feature_cache", "data.root", "data.mixture_roots", "backbones.vision_path", "backbones.lm_path", "eval.",
-                     "runtime.")
+                     "runtime.device", "runtime.precision")
 
 
 def config_changes(old: Config, new: Config) -> list[str]:
@@ -397,6 +445,70 @@ def config_changes(old: Config, new: Config) -> list[str]:
     return [f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
 
 
-def dump_config(cfg: Config) -> str:
-    """The config as YAML text."""
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+def dump_config(cfg: Config, *, comments: bool = False) -> str:
+    """The config as YAML text; with ``comments``, each setting's comment in this file (the one
+    beside its field, or its line of the class docstring's ``Attributes``) above it, as YAML
+    comments (``metamapper config show``). Both read back (``load_config``) as ``cfg``."""
+    if not comments:
+        return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    head = "# metamapper's config: each setting's meaning above it (src/metamapper/config.py)\n"
+    return head + "".join(_commented(Config, cfg.to_dict(), indent=0))
+
+
+def _commented(cls: type, data: dict[str, Any], indent: int) -> list[str]:
+    """YAML lines of ``data`` (a ``cls`` as a dict), each key under its comment."""
+    pad, notes, hints = " " * indent, _field_comments(cls), typing.get_type_hints(cls)
+    out = []
+    for name, value in data.items():
+        sub = hints[name] if dataclasses.is_dataclass(hints[name]) else None
+        note = " ".join(x for x in (notes.get(name), sub and _field_comments(sub).get("")) if x)
+        lines = textwrap.wrap(note, width=max(40, 98 - indent), break_on_hyphens=False)
+        out += [f"{pad}# {line}\n" for line in lines]
+        if sub is not None:
+            out += [f"{pad}{name}:\n", *_commented(sub, value, indent + 2)]
+        else:
+            out.append(textwrap.indent(yaml.safe_dump({name: value}, sort_keys=False), pad))
+    return out
+
+
+@functools.cache
+def _field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the source of dataclass ``cls``: the ``# ...`` beside it, else its
+    line of the docstring's ``Attributes:``; key ``""``: the comment lines opening the class body.
+    Empty where the source cannot be read."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    notes = _docstring_attributes(inspect.getdoc(cls) or "")
+    on_line = {tok.start[0]: tok.string.lstrip("#").strip()
+               for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.COMMENT}
+    body = typing.cast(ast.ClassDef, ast.parse(source).body[0]).body
+    fields_at = [n for n in body if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)]
+    for node in fields_at:
+        if node.end_lineno in on_line:
+            notes[typing.cast(ast.Name, node.target).id] = on_line[node.end_lineno]
+    first = fields_at[0].lineno if fields_at else 0
+    opening = [on_line[i] for i in sorted(on_line) if i < first and source.splitlines()[i - 1].lstrip().startswith("#")]
+    if opening:
+        notes[""] = " ".join(opening)
+    return notes
+
+
+def _docstring_attributes(doc: str) -> dict[str, str]:
+    """``name: text`` entries (continuation lines indented further) of a Google-style
+    ``Attributes:`` section."""
+    out: dict[str, str] = {}
+    lines = doc.splitlines()
+    if "Attributes:" not in lines:
+        return out
+    name = ""
+    for line in lines[lines.index("Attributes:") + 1:]:
+        if line.strip() and not line.startswith(" "):
+            break  # the next section
+        m = re.fullmatch(r" {4}(\w+): (.*)", line)
+        if m:
+            name, out[m[1]] = m[1], m[2].strip()
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+    return {k: v.replace("``", "`") for k, v in out.items()}

@@ -9,9 +9,10 @@
 Asking for a device this machine does not have raises ``DeviceError`` (a ``ValueError``: the CLI
 prints it as one line) naming the device and what is available.
 
-``runtime.precision`` sets the dtype of the *frozen* backbones: ``auto`` is bfloat16 on CUDA and
-float32 elsewhere; the LM's own setting ``train.lm_dtype`` (``lm_dtype``), used when a run trains
-and when it is loaded, also gives it bfloat16 on a CPU that computes it natively. The mapper, its
+``runtime.precision`` sets the dtype of the *frozen* backbones, when a run trains and when it is
+loaded: ``float32`` or ``bfloat16`` set both; ``auto`` puts the LM in bfloat16 where the hardware
+computes it natively (CUDA, or a CPU with AVX512-BF16/AMX: ``lm_dtype``) and the vision encoder in
+bfloat16 on CUDA only (``backbone_dtype``), float32 elsewhere. The mapper, its
 optimiser state and the loss stay float32 whatever it is (``MetaMapper.loss`` upcasts the logits). Casting the weights, rather than autocasting each op,
 halves the backbones' memory and traffic and casts nothing per step: autocast re-casts frozen
 weights at every call, since it only caches casts of tensors that require grad.
@@ -123,7 +124,8 @@ def setup_device(device: torch.device) -> torch.device:
 
 
 def backbone_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The frozen backbones' dtype for ``runtime.precision`` on ``device``.
+    """The frozen vision encoder's dtype for ``runtime.precision`` on ``device`` (the LM's is
+    ``lm_dtype``).
 
     ``auto``: bfloat16 on CUDA (tensor cores, half the memory), float32 elsewhere (CPUs without
     bfloat16 matmul units run it slower; MPS float32 is the safe default).
@@ -135,24 +137,22 @@ def backbone_dtype(precision: str, device: torch.device) -> torch.dtype:
     return getattr(torch, precision)
 
 
-def lm_dtype(spec: str, device: torch.device, precision: str = "auto") -> str:
-    """The frozen LM's dtype while training and evaluating (``train.lm_dtype``): an explicit dtype
-    wins, then an explicit ``runtime.precision``; ``auto`` is bfloat16 where the hardware computes
-    it natively (CUDA; a CPU with AVX512-BF16 or AMX, as oneDNN reports) and float32 elsewhere,
-    where bfloat16 matrix products are emulated (measured ~40x slower than float32 on an AVX2 CPU).
-    A run is evaluated in the dtype it resolves to on the machine that loads it.
+def lm_dtype(precision: str, device: torch.device) -> str:
+    """The frozen LM's dtype for ``runtime.precision`` on ``device``, while training and
+    evaluating: ``float32`` / ``bfloat16`` as given; ``auto`` is bfloat16 where the hardware
+    computes it natively (CUDA; a CPU with AVX512-BF16 or AMX, as oneDNN reports) and float32
+    elsewhere, where bfloat16 matrix products are emulated (measured ~40x slower than float32 on an
+    AVX2 CPU). A run is evaluated in the dtype it resolves to on the machine that loads it.
 
     Example::
 
         >>> lm_dtype("auto", torch.device("cuda", 0)), lm_dtype("float32", torch.device("cuda", 0))
         ('bfloat16', 'float32')
     """
-    if spec != "auto":
-        return spec
     if precision == "auto" and device.type == "cpu" and torch.backends.mkldnn.is_available() \
             and torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return "bfloat16"
-    return str(backbone_dtype(precision, device)).removeprefix("torch.")  # the backbones' rule
+    return str(backbone_dtype(precision, device)).removeprefix("torch.")  # the encoder's rule
 
 
 def synchronize(device: torch.device) -> None:

@@ -26,7 +26,7 @@ from metamapper.checkpoint import (
     read_checkpoint,
 )
 from metamapper.config import Config, ConfigError, config_from_dict
-from metamapper.device import lm_dtype, resolve_device, setup_device
+from metamapper.device import resolve_device, setup_device
 from metamapper.meta.maml import InnerLearningRates, adapted_names
 from metamapper.models import metamapper as modeling
 from metamapper.models.backbones import BackboneError
@@ -109,9 +109,8 @@ def load_run(source: str | os.PathLike[str], *, checkpoint: str | os.PathLike[st
     where_to = setup_device(resolve_device(device))
     try:
         base = build_model(cfg.backbones, cfg.mapper, visual_dim=ckpt.meta["visual_dim"], with_vision=with_vision,
-                           device=where_to, precision=cfg.runtime.precision,
                            # the LM in the dtype the run trains with here (bfloat16 where native)
-                           lm_dtype=lm_dtype(cfg.train.lm_dtype, where_to, cfg.runtime.precision))
+                           device=where_to, precision=cfg.runtime.precision)
     except BackboneError as e:
         if not exported:
             raise

@@ -91,9 +91,9 @@ with backbones other than the ones it was trained with."""
 
 
 def _mapper_text(cfg: Config) -> str:
-    """``"attention mapper, 4 prefix vectors"``; ``preset: paper`` names the authors' block."""
+    """``"attention mapper, 4 prefix vectors"``; ``kind: paper`` names the authors' block."""
     mc = cfg.mapper
-    return (f"{mc.kind} mapper" + (" (the authors' block, `preset: paper`)" if mc.preset == "paper" else "")
+    return (("paper mapper (the authors' block)" if mc.kind == "paper" else f"{mc.kind} mapper")
             + f", {mc.prefix_len} prefix vectors")
 
 

@@ -27,6 +27,7 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,12 @@ from metamapper.config import (
 )
 
 # The paper's mapper block and schedule (post-LN, raw features, raw output, a constant rate, no
-# regularisers, the LM in float32), as configs/fashion_maml.yaml.
+# regularisers, the LM in float32), as configs/fashion_maml.yaml: our attention mapper at the
+# paper's settings (the authors' exact mapper, mapper.kind=paper, needs widths that the embedded
+# backbones do not have).
 PAPER_MAPPER = (
     "mapper.ff_dim=null", "mapper.norm_first=false", "mapper.standardize=false", "mapper.output_norm=false",
-    "train.cosine=false", "train.spread_weight=0", "train.geometry_weight=0", "train.lm_dtype=float32",
+    "train.cosine=false", "train.spread_weight=0", "train.geometry_weight=0", "runtime.precision=float32",
 )
 STANDARD_RECIPE = ("train.method=standard", "data.naming=real", "train.spread_weight=0",
                    "train.geometry_weight=0", "train.val_every=0")
@@ -72,14 +75,23 @@ def _maml_recipe(main: Config) -> tuple[str, ...]:
 # The recipes the trainings start from. The paper's claims are measured on the Fashion-MNIST recipe
 # (configs/fashion.yaml: the embedded default until the broad mixture was chosen by the
 # broad-selection claim), the baselines at its compute. Broad meta-training (issue #19):
-# Fashion-MNIST's six classes beside the rendered corpora (docs/DATA.md: the default,
-# configs/broad.yaml), and the same corpora without Fashion-MNIST, so that Fashion-MNIST is a
-# domain the mapper never saw. More updates of fewer tasks: the corpora take off late
-# (docs/EXPERIMENTS.md).
+# Fashion-MNIST's six classes beside the rendered corpora (docs/DATA.md), which is the default
+# (``Config()`` as it is: its values are written in config.py only), and the same corpora without
+# Fashion-MNIST, so that Fashion-MNIST is a domain the mapper never saw. More updates of fewer
+# tasks: the corpora take off late (docs/EXPERIMENTS.md).
 FASHION = ("data.source=fashion-mnist", "data.mixture={}", "train.updates=150", "train.meta_batch=32")
-BROAD_SCHEDULE = ("train.updates=300", "train.meta_batch=16")
-BROAD = ("data.source=mixture", "data.mixture={fashion-mnist: 2, icons: 1, emoji: 1}", *BROAD_SCHEDULE)
-BROAD_NO_FASHION = ("data.source=mixture", "data.mixture={icons: 1, emoji: 1}", *BROAD_SCHEDULE)
+BROAD: tuple[str, ...] = ()
+SOURCE_NAMES = {"fashion-mnist": "Fashion-MNIST"}  # task sources as the report names them
+NO_FASHION = {k: v for k, v in Config().data.mixture.items() if k != "fashion-mnist"}
+BROAD_NO_FASHION = (f"data.mixture={json.dumps(NO_FASHION)}",)
+
+
+def _broad_compute(mixture: dict[str, float]) -> str:
+    """``"300 updates x 16 tasks: Fashion-MNIST 1/2, icons 1/4, emoji 1/4"``: the default's
+    schedule over ``mixture``'s shares."""
+    t, total = Config().train, sum(mixture.values())
+    shares = (f"{SOURCE_NAMES.get(k, k)} {Fraction(v / total).limit_denominator(100)}" for k, v in mixture.items())
+    return f"{t.updates} updates x {t.meta_batch} tasks: {', '.join(shares)}"
 
 
 @dataclass(frozen=True)
@@ -111,8 +123,8 @@ def trainings(overrides: Sequence[str] = ()) -> dict[str, Training]:
         "non-episodic-paper": Training(FASHION, (*PAPER_MAPPER, *equal_compute_standard(main)),
                                        f"{t.updates} updates x the pairs of {t.meta_batch} tasks, paper mapper"),
         "mlp": Training(FASHION, ("mapper.kind=mlp",), f"{same}, MLP mapper"),
-        "broad": Training(BROAD, (), "300 updates x 16 tasks: Fashion-MNIST 1/2, icons 1/4, emoji 1/4"),
-        "broad-no-fashion": Training(BROAD_NO_FASHION, (), "300 updates x 16 tasks: icons 1/2, emoji 1/2"),
+        "broad": Training(BROAD, (), _broad_compute(Config().data.mixture)),
+        "broad-no-fashion": Training(BROAD_NO_FASHION, (), _broad_compute(NO_FASHION)),
     }
 
 
@@ -307,9 +319,11 @@ def _canonical_key(key: str) -> str:
 
 
 # What may differ between a study's run and its training without making it another training: what
-# a resumed run may change (config.RESUMABLE_CHANGES) except its length, and the seed (part of a
-# measurement's key and of the run folder's name)
-NOT_THE_TRAINING = (*(k for k in RESUMABLE_CHANGES if k != "train.updates"), "train.seed")
+# a resumed run may change (config.RESUMABLE_CHANGES) except its length and the frozen backbones'
+# dtype (the paper's recipes pin float32), and the seed (part of a measurement's key and of the run
+# folder's name)
+NOT_THE_TRAINING = (*(k for k in RESUMABLE_CHANGES if k not in ("train.updates", "runtime.precision")),
+                    "train.seed")
 
 
 def training_changes(was: Config, now: Config) -> list[str]:
@@ -380,7 +394,7 @@ def eval_dtypes(overrides: Sequence[str] = (), device: str | None = None) -> dic
     from metamapper.device import lm_dtype, resolve_device
 
     where = resolve_device(device)  # where run_study's load_run(run_dir, device=device) scores
-    return {name: lm_dtype(cfg.train.lm_dtype, where, cfg.runtime.precision)
+    return {name: lm_dtype(cfg.runtime.precision, where)
             for name, cfg in training_configs(overrides).items()}
 
 
@@ -627,7 +641,7 @@ def write_report(store: Store, results: Path, *, seeds: int, tasks: int, slow_ta
              "score other sets, named in their rows). Rows: mean ± sd over the seeds, each run's "
              "95% Wilson interval. Comparisons: paired by seed, *holds* / *fails* at two standard errors "
              "of the mean difference, else *not separated*. The frozen LM scores in the dtype each training "
-             "resolves to on the scoring machine (`train.lm_dtype`; here: "
+             "resolves to on the scoring machine (`runtime.precision`; here: "
              + ", ".join(f"{k} {v}" for k, v in store.dtypes.items()) + ").", ""]
     for name, claim in CLAIMS.items():
         kept = old.get(f"## {claim.title}")

@@ -135,7 +135,7 @@ PACKAGED_SIZES = {("efficientnet-lite0", "smollm2-135m"): (1280, 576)}
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_the_mapper_fits_the_real_backbones_sizes(path: Path) -> None:
-    """A config's mapper is built at its real backbones' sizes (no weights loaded): a preset whose
+    """A config's mapper is built at its real backbones' sizes (no weights loaded): a mapper whose
     head widths do not divide them fails here, not at the first update of `make demo`."""
     from metamapper.models.factory import mapper_from_config
 

@@ -26,7 +26,7 @@ CLI = ["-m", "metamapper.cli"]
 # unsynchronised batch norm), so only the plain meta-loss is identical across layouts
 TRAIN = ["train", "--config", str(ROOT / "configs" / "smoke.yaml"), "train.updates=3",
          "train.meta_batch=4", "train.val_every=0", "train.checkpoint_every=1", "mapper.dropout=0.0",
-         "train.keep_last=0", "backbones.lm=hf", "train.lm_dtype=float32", "train.spread_weight=0",
+         "train.keep_last=0", "backbones.lm=hf", "runtime.precision=float32", "train.spread_weight=0",
          "train.geometry_weight=0"]
 EVAL_SCRIPT = Path(__file__).with_name("dist_eval.py")
 

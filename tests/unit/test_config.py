@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -37,14 +38,14 @@ def test_dotted_overrides_reach_nested_sections_with_types() -> None:
     cfg = load_config(SMOKE, [
         "train.inner.steps=5", "train.inner.lr=0.05", "train.inner.first_order=false",
         "train.updates=7", "mapper.prefix_len=3", "eval.max_new_tokens=12", "data.feature_cache=/tmp/x",
-        "train.step_weights=[0, 0, 0.25, 0.25, 0.25, 0.25]", "train.lr=0.01",
+        "train.report_to=[tensorboard]", "train.lr=0.01",
     ])
     assert isinstance(cfg.train.inner, InnerLoop)
     assert (cfg.train.inner.steps, cfg.train.inner.lr, cfg.train.inner.first_order) == (5, 0.05, False)
     assert cfg.train.inner.adapt == "all"  # untouched fields keep their defaults
     assert (cfg.train.updates, cfg.mapper.prefix_len, cfg.eval.max_new_tokens) == (7, 3, 12)
     assert cfg.data.feature_cache == "/tmp/x"
-    assert cfg.train.step_weights == [0.0, 0.0, 0.25, 0.25, 0.25, 0.25]
+    assert cfg.train.report_to == ["tensorboard"]
     assert isinstance(cfg.train.lr, float) and cfg.train.lr == 0.01
     assert cfg.train.meta_batch == 4  # from the file
 
@@ -67,7 +68,7 @@ def test_nested_yaml_section(tmp_path: Path) -> None:
 
 
 def test_dump_and_load_round_trip(tmp_path: Path) -> None:
-    cfg = load_config(SMOKE, ["train.inner.steps=2", "train.step_weights=[0.5, 0.5, 1.0]"])
+    cfg = load_config(SMOKE, ["train.inner.steps=2", "train.report_to=[tensorboard]"])
     p = tmp_path / "dumped.yaml"
     p.write_text(dump_config(cfg))
     assert load_config(p) == cfg
@@ -102,8 +103,8 @@ def test_unknown_key_in_the_file_names_the_key_and_the_file(tmp_path: Path) -> N
         ("train.lr=fast", "train.lr", "number"),
         ("train.cosine=3", "train.cosine", "true/false"),
         ("train.method=3", "train.method", "string"),
-        ("train.step_weights=5", "train.step_weights", "list"),
-        ("train.step_weights=[1, x]", "train.step_weights[1]", "number"),
+        ("train.report_to=5", "train.report_to", "list"),
+        ("train.report_to=[tensorboard, 3]", "train.report_to[1]", "string"),
         ("train.inner=5", "train.inner", "mapping"),
     ],
 )
@@ -129,7 +130,7 @@ def test_wrong_types_name_the_key(override: str, key: str, what: str) -> None:
         ("train.updates=-1", "train.updates"),
         ("train.inner.steps=-1", "inner steps"),
         ("train.inner.lr=-0.5", "inner learning rate"),
-        ("mapper.preset=authors", "mapper.preset"),
+        ("mapper.preset=authors", "mapper.preset"),  # (retired: only its old values read)
         ("eval.tasks=-1", "eval.tasks"),
         ("eval.batch_tasks=0", "eval.batch_tasks"),
     ],
@@ -172,10 +173,26 @@ def test_config_error_is_a_value_error() -> None:
     assert issubclass(ConfigError, ValueError)
 
 
-def test_paper_preset_needs_the_attention_kind() -> None:
-    assert load_config(SMOKE, ["mapper.preset=paper"]).mapper.preset == "paper"
-    with pytest.raises(ConfigError, match="mapper.kind=attention"):
+def test_the_paper_mapper_is_one_kind_and_its_older_spelling_reads_as_it(tmp_path: Path) -> None:
+    assert load_config(SMOKE, ["mapper.kind=paper"]).mapper.kind == "paper"
+    old = tmp_path / "old.yaml"  # an older run's config.yaml / a user's file
+    old.write_text("mapper:\n  kind: attention\n  preset: paper\n  prefix_len: 3\n")
+    with pytest.warns(UserWarning, match="mapper.preset=paper is now spelled mapper.kind=paper") as w:
+        cfg = load_config(old)
+    assert len(w) == 1 and "\n" not in str(w[0].message)  # one line
+    assert cfg == load_config(None, ["mapper.kind=paper", "mapper.prefix_len=3"])
+    with pytest.warns(UserWarning, match="mapper.kind=paper"):  # a command-line override too
+        assert load_config(SMOKE, ["mapper.preset=paper"]).mapper.kind == "paper"
+    with pytest.raises(ConfigError, match="mapper.kind='mlp'"):
         load_config(SMOKE, ["mapper.preset=paper", "mapper.kind=mlp"])
+
+
+def test_an_empty_mapper_preset_is_dropped_silently() -> None:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # ``preset: ""`` was our attention mapper: nothing to say
+        assert config_from_dict({"mapper": {"kind": "mlp", "preset": ""}}).mapper.kind == "mlp"
 
 
 def test_retired_eval_keys_of_older_runs_are_dropped_with_a_warning() -> None:
@@ -186,3 +203,50 @@ def test_retired_eval_keys_of_older_runs_are_dropped_with_a_warning() -> None:
     assert cfg.eval.tasks == 50
     with pytest.raises(ConfigError, match="'eval.shotz'"):  # other unknown keys stay errors
         config_from_dict({"eval": {"shotz": 1}})
+
+
+def test_an_older_runs_data_variant_and_step_weights_are_dropped_with_a_warning() -> None:
+    # data.variant was never read (evaluation takes the variant from --dataset); train.step_weights
+    # was removed unmeasured (docs/EXPERIMENTS.md)
+    with pytest.warns(UserWarning, match="data.variant"):
+        cfg = config_from_dict({"data": {"variant": "real_name", "ways": 3}})
+    assert cfg.data.ways == 3 and not hasattr(cfg.data, "variant")
+    with pytest.warns(UserWarning, match="train.step_weights"):
+        cfg = config_from_dict({"train": {"step_weights": [0, 0, 0.25, 0.25, 0.25, 0.25], "updates": 9}})
+    assert cfg.train.updates == 9 and not hasattr(cfg.train, "step_weights")
+    with pytest.raises(ConfigError, match="'train.variant'"):
+        config_from_dict({"train": {"variant": "real_name"}})  # retired in data only
+
+
+CONFIGS = sorted(SMOKE.parent.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("overrides", [[], ["train.report_to=[tensorboard]", "train.max_minutes=5",
+                                            "mapper.ff_dim=null", "train.inner.adapt=prefix,out"]])
+@pytest.mark.parametrize("path", [None, *CONFIGS], ids=lambda p: getattr(p, "name", "default"))
+def test_the_commented_config_reads_back_as_the_same_config(tmp_path: Path, path: Path | None,
+                                                             overrides: list[str]) -> None:
+    cfg = load_config(path, overrides)
+    text = dump_config(cfg, comments=True)
+    (tmp_path / "shown.yaml").write_text(text)
+    assert load_config(tmp_path / "shown.yaml") == cfg
+    # the comments are all it adds to the plain YAML
+    assert "".join(x for x in text.splitlines(True) if not x.lstrip().startswith("#")) == dump_config(cfg)
+
+
+def test_config_show_puts_each_settings_comment_in_config_py_above_it() -> None:
+    def settings(d: dict) -> int:  # the fields below the top-level sections, at any depth
+        return sum(1 + (settings(v) if isinstance(v, dict) else 0) for v in d.values())
+
+    cfg = load_config(SMOKE.parent / "fashion.yaml")  # (data.mixture empty: every key is a field)
+    lines = dump_config(cfg, comments=True).splitlines()
+    shown = [i for i, x in enumerate(lines) if re.match(r" +\w+:", x)]
+    assert len(shown) == sum(settings(v) for v in cfg.to_dict().values())
+    for i in shown:  # every setting has its comment above it
+        assert re.fullmatch(r" *# \S.*", lines[i - 1]), lines[i]
+    text = dump_config(Config(), comments=True)
+    # the comment written beside the field, and InnerLoop's docstring Attributes
+    assert "  # attention heads; must divide the LM embedding size\n  num_heads: 8\n" in text
+    assert "    # SGD steps on the support loss (paper: 5).\n    steps: 0\n" in text
+    assert "# where the run computes, and the frozen backbones' dtype\nruntime:\n" in text
+    assert "AVX512-BF16/AMX" in text.split("precision: auto")[0].rsplit("device:", 1)[1]

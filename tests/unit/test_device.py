@@ -107,7 +107,7 @@ def _episodes(n: int, dim: int = 16) -> list[Episode]:
 
 
 def test_hot_path_makes_its_tensors_on_the_models_device(smoke_model: MetaMapper, one_thread: None) -> None:
-    """A meta-update (inner loop, Meta-SGD rates, step-weighted query loss, backward), scoring
+    """A meta-update (inner loop, Meta-SGD rates, query loss, backward), scoring
     and a batched generation with the default device set to ``meta`` and the model and its
     features on the CPU: a ``torch.zeros(n)`` without ``device=`` anywhere on the way fails."""
     model = smoke_model
@@ -121,7 +121,7 @@ def test_hot_path_makes_its_tensors_on_the_models_device(smoke_model: MetaMapper
         lrs = InnerLearningRates({k: model.mapper_params()[k] for k in names}, init=0.01, steps=2,
                                  per_step=True)
         traj = adapt(model, eps, loop=loop, lrs=lrs)
-        loss = meta_loss(model, eps, traj, query_rows, step_weights=[0.0, 0.5, 0.5])
+        loss = meta_loss(model, eps, traj, query_rows)
         loss.backward()
         batch = model.pack(in_context_rows(eps[0]))
         per_row = model.loss(eps[0].features, batch, per_row=True)
@@ -165,15 +165,20 @@ def test_bfloat16_backbones_keep_a_float32_mapper_loss_and_gradient(one_thread: 
     assert all(p.grad.dtype == torch.float32 for p in model.mapper.parameters() if p.grad is not None)
 
 
-def test_a_float32_lm_beside_bfloat16_backbones_is_cast_once(one_thread: None) -> None:
-    # train.lm_dtype=float32 with bfloat16 backbones (a paper config on a GPU): the LM's weights
-    # stay exactly the float32 ones, never rounded through bfloat16 on the way
+def test_auto_precision_on_a_native_bfloat16_cpu_is_a_bfloat16_lm_beside_a_float32_encoder(
+        one_thread: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # runtime.precision=auto on a CPU with AVX512-BF16/AMX: the LM in bfloat16 (cast once from its
+    # float32 weights), the vision encoder in float32, as on a CPU without it
     cfg = load_config(SMOKE)
-    ref = build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16)
-    model = build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16,
-                        device=torch.device("cpu"), precision="bfloat16", lm_dtype="float32")
-    for (name, p), q in zip(model.lm.named_parameters(), ref.lm.parameters(), strict=True):
-        assert p.dtype == torch.float32 and torch.equal(p, q), name
+    torch.manual_seed(0)
+    ref = build_model(cfg.backbones, cfg.mapper)
+    for native, want in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda n=native: n)
+        torch.manual_seed(0)
+        model = build_model(cfg.backbones, cfg.mapper, device=torch.device("cpu"))
+        assert {p.dtype for p in model.vision.parameters()} == {torch.float32}
+        for (name, p), q in zip(model.lm.named_parameters(), ref.lm.parameters(), strict=True):
+            assert p.dtype == want and torch.equal(p, q.to(want)), name
 
 
 def test_place_model_moves_every_weight_and_buffer(one_thread: None) -> None:

@@ -183,13 +183,20 @@ def test_the_front_door_names_resolve() -> None:
 
 
 def test_config_show_prints_the_one_default() -> None:
-    """``Config()`` is the documented default: ``config show`` with and without the shipped
-    ``configs/broad.yaml`` prints the same YAML (and loads no torch to do it)."""
+    """``Config()`` is the one written default: ``config show`` prints it, and the shipped
+    ``configs/broad.yaml`` names it without repeating any of its values."""
+    import yaml
+
+    from metamapper.config import Config, config_from_dict
+
     cli = [sys.executable, "-m", "metamapper.cli", "config", "show"]
     plain = subprocess.run(cli, check=True, capture_output=True, text=True).stdout
-    shipped = subprocess.run([*cli, "--config", str(SRC.parent / "configs" / "broad.yaml")],
-                             check=True, capture_output=True, text=True).stdout
-    assert plain == shipped and "method: in_context" in plain and "cosine: true" in plain
+    assert config_from_dict(yaml.safe_load(plain)) == Config()
+    assert "method: in_context" in plain and "cosine: true" in plain
+    broad = SRC.parent / "configs" / "broad.yaml"
+    assert yaml.safe_load(broad.read_text()) == {}  # written once: in config.py
+    shipped = subprocess.run([*cli, "--config", str(broad)], check=True, capture_output=True, text=True).stdout
+    assert shipped == plain
     changed = subprocess.run([*cli, "train.updates=7"], check=True, capture_output=True, text=True).stdout
     assert "updates: 7" in changed and changed.replace("updates: 7", "updates: 300") == plain
 

@@ -141,7 +141,8 @@ def adapt(
         batched: all tasks in one LM forward per step (else task by task; same result).
         trajectory: keep every step's parameters. False keeps only the last step's, ``traj ==
             [last]``: each step holds a copy of the mapper per task (16 MB each at paper size,
-            32 tasks x 6 steps = 3 GB at evaluation), which only a per-step meta-loss needs.
+            32 tasks x 6 steps = 3 GB at evaluation), which only a reader of every step needs
+            (``pretrained.adapt_to_support``'s support loss after each step).
 
     Returns:
         ``traj`` with ``traj[s][t]`` = task t's parameters after s steps (``s = 0..steps``);
@@ -193,28 +194,12 @@ def meta_loss(
     traj: Sequence[Sequence[Mapping[str, torch.Tensor]]],
     query_format: RowFormat,
     *,
-    step_weights: Sequence[float] | None = None,
     batched: bool = True,
     prefixes_of: PrefixFn | None = None,
 ) -> torch.Tensor:
-    """The outer (query) loss: after the last step, or a weighted sum over steps.
+    """The outer (query) loss: the mean over tasks of each task's query loss with its parameters
+    after the last inner step (``traj[-1]``; ``adapt(..., trajectory=False)`` keeps only those).
 
-    ``step_weights[s]`` weights the query loss after ``s`` steps (length ``steps + 1``); the
-    authors' code used the mean over steps 2..5, i.e. ``[0, 0, .25, .25, .25, .25]``.
+    (The authors' code used the mean over steps 2..5 instead, undocumented; docs/EXPERIMENTS.md.)
     """
-    if step_weights is None:
-        return task_losses(model, episodes, traj[-1], query_format, batched=batched, prefixes_of=prefixes_of).mean()
-    if len(step_weights) != len(traj):
-        raise ValueError(f"step_weights needs {len(traj)} entries (steps + 1), got {len(step_weights)}")
-    total: torch.Tensor | None = None
-    for w, params in zip(step_weights, traj, strict=True):
-        if w:
-            term = w * task_losses(model, episodes, params, query_format, batched=batched,
-                                   prefixes_of=prefixes_of).mean()
-            total = term if total is None else total + term
-    if total is None:
-        raise ValueError("step_weights are all zero: the meta-loss would be a constant")
-    return total
-
-
-AUTHORS_STEP_WEIGHTS = (0.0, 0.0, 0.25, 0.25, 0.25, 0.25)
+    return task_losses(model, episodes, traj[-1], query_format, batched=batched, prefixes_of=prefixes_of).mean()

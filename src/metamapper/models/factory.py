@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from metamapper.device import backbone_dtype
+from metamapper.device import backbone_dtype, lm_dtype
 from metamapper.models.backbones import (
     LanguageModel,
     VisionEncoder,
@@ -43,8 +43,7 @@ def build_lm(bb: BackboneConfig) -> LanguageModel:
 
 def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None = None,
                 with_vision: bool = True, vision: VisionEncoder | None = None,
-                device: torch.device | None = None, precision: str = "auto",
-                lm_dtype: str | None = None) -> MetaMapper:
+                device: torch.device | None = None, precision: str = "auto") -> MetaMapper:
     """Frozen encoder + a freshly initialised mapper + frozen LM.
 
     Everything is built on the CPU (the mapper's initialisation is the same on every device),
@@ -58,9 +57,8 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
         vision: an encoder already built from ``bb`` (reused instead of building another).
         device: where the model runs (a resolved device, ``metamapper.device.resolve_device``);
             None: the CPU, in float32.
-        precision: ``runtime.precision``, the frozen backbones' dtype on ``device``.
-        lm_dtype: the LM's own dtype on ``device`` (``metamapper.device.lm_dtype``), if it differs
-            from the backbones'.
+        precision: ``runtime.precision``, the frozen backbones' dtype on ``device``
+            (``place_model``).
     """
     if vision is None and with_vision:
         vision = build_vision(bb)
@@ -71,7 +69,7 @@ def build_model(bb: BackboneConfig, mc: MapperConfig, *, visual_dim: int | None 
     scale = suggested_output_scale(lm.model.get_input_embeddings().weight) if mc.output_norm else None
     mapper = mapper_from_config(mc, visual_dim=dim, embed_dim=lm.embed_dim, output_scale=scale)
     model = MetaMapper(vision=vision, lm=lm, mapper=mapper)
-    return place_model(model, device, precision=precision, lm_dtype=lm_dtype) if device is not None else model
+    return place_model(model, device, precision=precision) if device is not None else model
 
 
 def mapper_from_config(mc: MapperConfig, *, visual_dim: int, embed_dim: int,
@@ -82,29 +80,27 @@ def mapper_from_config(mc: MapperConfig, *, visual_dim: int, embed_dim: int,
         visual_dim=visual_dim, embed_dim=embed_dim, prefix_len=mc.prefix_len, dropout=mc.dropout,
         output_scale=output_scale, standardize=mc.standardize,
     )
-    kind = "paper" if mc.preset == "paper" else mc.kind  # the authors' mapper (PaperMapper)
-    if kind == "attention":
+    if mc.kind == "attention":
         kwargs.update(num_heads=mc.num_heads, ff_dim=mc.ff_dim, norm_first=mc.norm_first)
-    elif kind == "paper":
+    elif mc.kind == "paper":  # the authors' mapper (PaperMapper)
         kwargs.update(num_heads=mc.num_heads)
-    return build_mapper(kind, **kwargs)
+    return build_mapper(mc.kind, **kwargs)
 
 
-def place_model(model: MetaMapper, device: torch.device, *, precision: str = "auto",
-                lm_dtype: str | None = None) -> MetaMapper:
-    """Move ``model`` to ``device``: the frozen backbones in ``precision``'s dtype there
-    (bfloat16 on CUDA by default) or the LM in ``lm_dtype`` when given (cast once: a float32 LM
-    never passes through bfloat16), the mapper in float32. Returns ``model``.
+def place_model(model: MetaMapper, device: torch.device, *, precision: str = "auto") -> MetaMapper:
+    """Move ``model`` to ``device``: the frozen backbones in ``runtime.precision``'s dtypes there
+    (``auto``: the LM in bfloat16 where the hardware computes it natively, ``device.lm_dtype``;
+    the vision encoder in bfloat16 on CUDA, ``device.backbone_dtype``), each cast once from its
+    float32 weights; the mapper in float32. Returns ``model``.
 
     Example::
 
         model = place_model(model, resolve_device("auto"))
     """
-    dtype = backbone_dtype(precision, device)
     model.to(device)
     if model.vision is not None:
-        model.vision.to(dtype)
-    set_lm_dtype(model, lm_dtype or str(dtype).removeprefix("torch."))
+        model.vision.to(backbone_dtype(precision, device))
+    set_lm_dtype(model, lm_dtype(precision, device))
     return model
 
 

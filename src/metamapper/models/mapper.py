@@ -1,6 +1,6 @@
 """The meta-mapper: visual features -> a visual prefix of ``l`` vectors in the LM's embedding space.
 
-Two mappers, both self-contained ``nn.Module`` s whose parameters can be swapped functionally
+Three mappers, all self-contained ``nn.Module`` s whose parameters can be swapped functionally
 (``torch.func.functional_call``) so the MAML code adapts them without touching the module:
 
 * ``AttentionMapper`` — the paper's meta-mapper. ``l`` learnable prefix vectors ``p`` are
@@ -8,7 +8,7 @@ Two mappers, both self-contained ``nn.Module`` s whose parameters can be swapped
   (Q = K = V = [p; x]) with residuals, layer norms and a feed-forward residual; the first ``l``
   outputs are the visual prefix ``p*``.
 * ``MLPMapper`` — the paper's ablation: one hidden layer, pooled feature -> ``l`` prefix vectors.
-* ``PaperMapper`` — the authors' released mapper exactly (``mapper.preset: paper``): the prefix
+* ``PaperMapper`` — the authors' released mapper exactly (``mapper.kind: paper``): the prefix
   lives in the visual space, Q/K/V map the set straight to the LM size, one linear feed-forward;
   ~1.78 M parameters at CLIP 512 / GPT-2 768 against ``AttentionMapper``'s ~3.9 M.
 

@@ -42,7 +42,7 @@ from metamapper.config import (
 from metamapper.data.feature_table import FeatureTable
 from metamapper.data.sources import training_tasks
 from metamapper.data.tasks import Task, filter_tasks
-from metamapper.device import lm_dtype, resolve_device, setup_device
+from metamapper.device import resolve_device, setup_device
 from metamapper.eval.fewshot import EvalResult
 from metamapper.models.factory import build_model, build_vision
 from metamapper.models.metamapper import MetaMapper
@@ -306,8 +306,7 @@ def prepare_run(cfg: Config, *, progress: bool = True) -> PreparedRun:
     seed_everything(t.seed)  # the mapper's initialisation depends only on the seed
     # the LM's dtype: load_run evaluates the run in the dtype this resolves to on its machine
     model = build_model(cfg.backbones, cfg.mapper, vision=vision, device=device,
-                        precision=cfg.runtime.precision,
-                        lm_dtype=lm_dtype(t.lm_dtype, device, cfg.runtime.precision))
+                        precision=cfg.runtime.precision)
     if cfg.mapper.standardize:  # fixed statistics of the training features, saved with the mapper
         flat = tables[0].features.reshape(-1, tables[0].dim)
         model.mapper.set_feature_stats(flat.mean(0), flat.std(0))

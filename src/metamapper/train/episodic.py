@@ -83,11 +83,10 @@ def train(cfg: Config, run_dir: str | Path, *, method: Method, resume: bool = Fa
             episodes = [to_episode(task) for task in distributed.shard(batch, rank, world)]
             # adapt: traj[s][task] = the task's mapper parameters after s inner steps
             traj: list[list[dict[str, torch.Tensor]]] = [[{} for _ in episodes]]  # the mapper's own
-            if t.inner.steps:  # (only the last step's parameters unless step_weights reads them all)
-                traj = adapt(model, episodes, loop=t.inner, lrs=lrs, trajectory=t.step_weights is not None)
+            if t.inner.steps:  # (only the last step's parameters: the query loss reads no other)
+                traj = adapt(model, episodes, loop=t.inner, lrs=lrs, trajectory=False)
             # query loss (+ the default's regularisers), then the outer step
-            loss = meta_loss(model, episodes, traj, query_format, step_weights=t.step_weights,
-                             prefixes_of=method.prefixes)
+            loss = meta_loss(model, episodes, traj, query_format, prefixes_of=method.prefixes)
             extra = {}
             if t.spread_weight:
                 extra["spread_penalty"] = spread_penalty(model, episodes, t.spread_target)

@@ -16,7 +16,6 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from metamapper.meta.episode import Episode, caption_rows, in_context_rows, query_rows
 from metamapper.meta.maml import (
-    AUTHORS_STEP_WEIGHTS,
     InnerLearningRates,
     InnerLoop,
     adapt,
@@ -260,22 +259,6 @@ def test_meta_sgd_rates_get_gradients_and_are_used(model: MetaMapper, per_step: 
         lrs.lrs["prefix"].mul_(2)
     assert not torch.allclose(adapt(model, eps, loop=loop, lrs=lrs)[-1][0]["prefix"], traj[-1][0]["prefix"])
     model.zero_grad(set_to_none=True)
-
-
-def test_step_weights_weight_the_query_loss_after_each_step(model: MetaMapper) -> None:
-    eps = episodes(2)
-    traj = adapt(model, eps, loop=InnerLoop(steps=5, lr=0.3))
-    with torch.no_grad():
-        got = meta_loss(model, eps, traj, query_rows, step_weights=AUTHORS_STEP_WEIGHTS)
-        per_step = [task_losses(model, eps, traj[s], query_rows).mean() for s in range(6)]
-        torch.testing.assert_close(got, 0.25 * sum(per_step[2:]))
-        last = meta_loss(model, eps, traj, query_rows)
-        torch.testing.assert_close(last, per_step[-1])
-        torch.testing.assert_close(meta_loss(model, eps, traj, query_rows, step_weights=[0] * 5 + [1]), last)
-        assert not torch.allclose(got, last)
-    for bad in ([0.5, 0.5], list(AUTHORS_STEP_WEIGHTS) + [0.1]):
-        with pytest.raises(ValueError, match="6 entries"):
-            meta_loss(model, eps, traj, query_rows, step_weights=bad)
 
 
 def test_inner_loop_validation() -> None:

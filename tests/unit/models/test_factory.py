@@ -1,4 +1,4 @@
-"""The bfloat16 language-model option of training (``train.lm_dtype``, ``set_lm_dtype``)."""
+"""The frozen LM's dtype (``runtime.precision``, ``device.lm_dtype``, ``set_lm_dtype``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from metamapper.config import ConfigError, load_config
+from metamapper.config import ConfigError, config_from_dict, load_config
 from metamapper.models.factory import build_model, set_lm_dtype
 from metamapper.models.metamapper import Text
 
@@ -49,7 +49,31 @@ def test_bfloat16_lm_keeps_a_float32_mapper_and_loss(one_thread):
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
 
 
-def test_unknown_lm_dtype_is_a_config_error():
+@pytest.mark.parametrize(("precision", "lm_dtype", "want"), [
+    ("auto", "float32", "float32"),  # the paper's configs: unambiguous, the one knob takes it
+    ("auto", "bfloat16", "bfloat16"),
+    ("auto", "auto", "auto"),  # auto was always the precision's own rule
+    ("float32", "float32", "float32"),
+    ("bfloat16", "float32", "bfloat16"),  # two dtypes: the precision stays, lm_dtype is dropped
+])
+def test_an_older_configs_train_lm_dtype_is_read_onto_runtime_precision_with_a_warning(
+        precision: str, lm_dtype: str, want: str) -> None:
+    old = {"train": {"lm_dtype": lm_dtype}, "runtime": {"precision": precision}}
+    with pytest.warns(UserWarning, match=f"train.lm_dtype={lm_dtype}") as w:
+        cfg = config_from_dict(old)
+    assert len(w) == 1 and "\n" not in str(w[0].message)  # one line
+    assert cfg.runtime.precision == want and not hasattr(cfg.train, "lm_dtype")
+    if want != precision:
+        assert f"runtime.precision={want}" in str(w[0].message)
+    with pytest.warns(UserWarning, match="train.lm_dtype"):  # a command-line override, an empty runtime
+        assert load_config(None, [f"train.lm_dtype={lm_dtype}"]).runtime.precision == (
+            "auto" if lm_dtype == "auto" else lm_dtype)
+    assert old == {"train": {"lm_dtype": lm_dtype}, "runtime": {"precision": precision}}  # not modified
+
+
+def test_an_unknown_dtype_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="runtime.precision"):
+        load_config(SMOKE_CONFIG, ["runtime.precision=float16"])
     with pytest.raises(ConfigError, match="train.lm_dtype"):
         load_config(SMOKE_CONFIG, ["train.lm_dtype=float16"])
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from metamapper.checkpoint import CheckpointError, list_checkpoints, read_checkpoint
 from metamapper.config import Config, ConfigError, load_config
@@ -157,6 +158,47 @@ def test_resume_refuses_another_config_but_may_run_longer(in_context_run: Path, 
     assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5, 6, 7, 8]
 
 
+def _spell_as_older_runs(config: dict) -> dict:
+    """A config as an older metamapper wrote it: the authors' mapper as ``mapper.preset: paper``,
+    the LM's float32 as ``train.lm_dtype`` beside ``runtime.precision: auto``, and the keys since
+    retired."""
+    old = json.loads(json.dumps(config))
+    old["mapper"].update(kind="attention", preset="paper")
+    old["train"]["lm_dtype"] = old["runtime"]["precision"]
+    old["runtime"]["precision"] = "auto"
+    old["data"]["variant"] = "open_ended"
+    old["train"]["step_weights"] = None
+    return old
+
+
+def test_a_run_written_with_the_older_spelling_resumes(features_dir: Path, tmp_path: Path) -> None:
+    """A run trained as ``mapper.preset: paper`` with ``train.lm_dtype: float32`` (its config.yaml
+    and every checkpoint's meta.json) resumes as ``mapper.kind: paper`` with
+    ``runtime.precision: float32``, from its own config.yaml or today's spelling."""
+    run = tmp_path / "old"
+    cfg = config(features_dir, "mapper.kind=paper", "runtime.precision=float32", "train.updates=4")
+    train(cfg, run, progress=False)
+    for ckpt in list_checkpoints(run):
+        meta = json.loads((ckpt / "meta.json").read_text())
+        meta["config"] = _spell_as_older_runs(meta["config"])
+        (ckpt / "meta.json").write_text(json.dumps(meta))
+    (run / "config.yaml").write_text(yaml.safe_dump(_spell_as_older_runs(cfg.to_dict())))
+    shutil.copytree(run, tmp_path / "old-too")
+    with pytest.warns(UserWarning, match="mapper.preset=paper is now spelled mapper.kind=paper.*"
+                      "train.lm_dtype=float32 is now runtime.precision=float32"):
+        again = load_config(run / "config.yaml", ["train.updates=5"])
+    assert (again.mapper.kind, again.runtime.precision) == ("paper", "float32")
+    with pytest.warns(UserWarning, match="mapper.kind=paper"):  # (the checkpoint's config)
+        train(again, run, resume=True, progress=False)
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5]  # resumed, not from 0
+    assert load_config(run / "config.yaml").mapper.kind == "paper"  # rewritten in today's spelling
+    run = tmp_path / "old-too"
+    with pytest.warns(UserWarning, match="mapper.kind=paper"):
+        train(config(features_dir, "mapper.kind=paper", "runtime.precision=float32", "train.updates=5"),
+                       run, resume=True, progress=False)
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5]
+
+
 def test_standard_recipe_runs(tmp_path: Path, features_dir: Path) -> None:
     run = tmp_path / "standard"
     cfg = config(features_dir, "train.method=standard", "train.updates=3", "train.meta_batch=4",
@@ -205,14 +247,14 @@ def test_the_default_regularisers_and_bfloat16_lm_train_and_log(tmp_path: Path, 
     """The default method's training options together: spread and geometry penalties (logged),
     the LM in bfloat16 while training; the saved run loads with its LM in that dtype and answers."""
     run = tmp_path / "aids"
-    cfg = config(features_dir, "train.spread_weight=1", "train.lm_dtype=bfloat16", "train.geometry_weight=1")
+    cfg = config(features_dir, "train.spread_weight=1", "runtime.precision=bfloat16", "train.geometry_weight=1")
     train(cfg, run, progress=False)
     steps = [r for r in metrics(run) if "loss" in r]
     assert len(steps) == 6 and all(math.isfinite(r["loss"]) for r in steps)
     assert all(0 <= r["spread_penalty"] <= 1 for r in steps)
     assert all(0 <= r["geometry_penalty"] <= 4 for r in steps)
     model = MetaMapper.from_pretrained(run)
-    assert all(p.dtype == torch.bfloat16 for p in model.lm.parameters())  # train.lm_dtype, pinned
+    assert all(p.dtype == torch.bfloat16 for p in model.lm.parameters())  # runtime.precision, pinned
     assert all(p.dtype == torch.float32 for p in model.mapper.parameters())
     adapted = model.adapt([draw(6, 0), draw(7, 0)], ["This is a dax", "This is a blicket"])
     assert isinstance(adapted.answer([draw(7, 3)], question="This is a")[0], str)

@@ -1,4 +1,4 @@
-"""``mapper.preset: paper``: the authors' mapper (``PaperMapper``), its size at CLIP 512 / GPT-2
+"""``mapper.kind: paper``: the authors' mapper (``PaperMapper``), its size at CLIP 512 / GPT-2
 768 against the formula written out from their code, and its forward pass against a literal
 transcription of theirs."""
 
@@ -91,18 +91,18 @@ def test_dropout_only_in_train_mode_and_functional_parameters() -> None:
         PaperMapper(visual_dim=16, embed_dim=30, num_heads=4)
 
 
-def test_preset_builds_the_paper_mapper_and_the_paper_configs_use_it() -> None:
+def test_kind_paper_builds_the_paper_mapper_and_the_paper_configs_use_it() -> None:
     assert isinstance(build_mapper("paper", visual_dim=8, embed_dim=16, num_heads=2), PaperMapper)
-    cfg = load_config(SMOKE, ["mapper.preset=paper", "mapper.dropout=0.5"])
+    cfg = load_config(SMOKE, ["mapper.kind=paper", "mapper.dropout=0.5"])
     torch.manual_seed(0)
     model = build_model(cfg.backbones, cfg.mapper, with_vision=False, visual_dim=16)
     assert isinstance(model.mapper, PaperMapper) and model.mapper.dropout.p == 0.5
     model.eval()
     with torch.no_grad():
         assert model.mapper(torch.randn(2, 1, 16)).shape == (2, cfg.mapper.prefix_len, model.lm.embed_dim)
-    # (the Fashion recipes keep the paper's block: the preset's head widths do not divide the
+    # (the Fashion recipes keep the paper's block: the paper mapper's head widths do not divide the
     # embedded backbones' 1280 / 576, see tests/integration/test_configs.py)
     for name in ("paper_coco", "paper_frozen_indomain"):
         m = load_config(CONFIGS / f"{name}.yaml").mapper
-        assert (m.preset, m.prefix_len, m.num_heads, m.dropout) == ("paper", 4, 8, 0.5), name
+        assert (m.kind, m.prefix_len, m.num_heads, m.dropout) == ("paper", 4, 8, 0.5), name
         assert not m.standardize and not m.output_norm, name
