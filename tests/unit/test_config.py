@@ -122,7 +122,7 @@ def test_wrong_types_name_the_key(override: str, key: str, what: str) -> None:
         ("data.ways=1", "data.ways"),
         ("data.shots=0", "data.shots"),
         ("data.queries_per_class=0", "data.queries_per_class"),
-        ("train.method=reptile", "train.method"),
+        ("train.method=\"\"", "train.method"),  # a name; an unregistered one: refused at the start (test_methods)
         ("mapper.kind=lstm", "mapper.kind"),
         ("mapper.prefix_len=0", "mapper.prefix_len"),
         ("data.naming=weird", "data.naming"),
