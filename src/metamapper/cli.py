@@ -55,7 +55,6 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
         read_run_config,
     )
     from metamapper.loading import load_run
-    from metamapper.methods import get_method
 
     rank, _ = init_from_env(a.device)  # under torchrun, ranks share the tasks; rank 0 reports
     # check the cheap things (flags, the run's config, the tasks) before loading the backbones
@@ -63,9 +62,7 @@ def _cmd_evaluate(a: argparse.Namespace) -> None:
         raise ValueError(f"the number of tasks must be >= 0, got {a.tasks}")
     if a.task_induction:
         check_task_induction(a.dataset)
-    if a.method is not None:
-        a.method = get_method(a.method).name  # unknown: refused here; an old spelling: a note
-        get_method(a.method).steps(a.steps)  # steps it cannot take: refused here
+    _check_method(a)
     if a.repeats < 0:
         raise ValueError(f"--repeats must be >= 0, got {a.repeats}")
     # the checkpoint is resolved and checked once: its config now, its weights after the checks
@@ -115,6 +112,18 @@ def _cmd_report(a: argparse.Namespace) -> None:
         print(f"plot written to {plot_accuracy_vs_shots(rows, a.plot, chance=chance)}")
 
 
+def _check_method(a: argparse.Namespace) -> None:
+    """``--method`` and ``--steps`` checked before anything loads: an unknown method or steps it
+    cannot take are refused; an old spelling is replaced by today's (with a note)."""
+    if a.method is None:
+        return
+    from metamapper.methods import get_method
+
+    method = get_method(a.method)
+    method.steps(a.steps)
+    a.method = method.name
+
+
 def _parse_support(items: list[str]) -> tuple[list[str], list[str]]:
     paths, captions = [], []
     for it in items:
@@ -129,12 +138,9 @@ def _parse_support(items: list[str]) -> tuple[list[str], list[str]]:
 def _cmd_predict(a: argparse.Namespace) -> None:
     from metamapper.data.images import load_image
     from metamapper.loading import load_run
-    from metamapper.methods import get_method
     from metamapper.pretrained import adapt_to_support
 
-    if a.method is not None:  # checked before anything loads
-        a.method = get_method(a.method).name
-        get_method(a.method).steps(a.steps)
+    _check_method(a)  # before anything loads
     paths, captions = _parse_support(a.support)
     support, queries = [load_image(p) for p in paths], [load_image(q) for q in a.query]
     run = load_run(a.checkpoint, step=a.step, revision=a.revision, allow_fallback=a.allow_fallback,

@@ -26,7 +26,7 @@ from metamapper.eval.metrics import (
     exact_match,
     normalize_answer,
 )
-from metamapper.meta.episode import Episode, batch_rows, episode_from_task, query_rows
+from metamapper.meta.episode import Episode, batch_rows, episode_for, query_rows
 from metamapper.meta.maml import InnerLearningRates, RowFormat, adapt, task_prefixes
 from metamapper.models.metamapper import MetaMapper
 from metamapper.registry import Method
@@ -188,10 +188,6 @@ def evaluate(
     loop = replace(loop or InnerLoop(steps=0), first_order=True)
     if loop.steps and not method.adapts:
         raise ValueError(f"method {method.name} takes no adaptation steps (got {loop.steps})")
-
-    def to_episode(task: object) -> Episode:
-        return method.episode(model, task, features_of) if method.episode else episode_from_task(task, features_of)
-
     was_training = model.training
     model.eval()
     per_task: list[float] = []
@@ -202,7 +198,7 @@ def evaluate(
     bar = tqdm(total=len(tasks), desc=f"eval {method.name}", disable=not progress, leave=False)
     try:
         for i in range(0, len(tasks), batch_tasks):
-            episodes = [to_episode(t) for t in tasks[i : i + batch_tasks]]
+            episodes = [episode_for(method, model, t, features_of) for t in tasks[i : i + batch_tasks]]
             answers, params = answer_episodes(model, episodes, method=method, loop=loop, lrs=lrs,
                                               max_new_tokens=max_new_tokens)
             for ep, preds in zip(episodes, answers, strict=True):

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from metamapper.models.metamapper import Item, Text
+from metamapper.models.metamapper import Item, MetaMapper, Text
+from metamapper.registry import Method
 
 
 def sentence(text: str) -> str:
@@ -80,6 +81,15 @@ def episode_from_task(task: object, features_of: Callable[[list[str]], torch.Ten
         answers=[q.answer for q in queries],
         instruction=getattr(task, "instruction", ""),
     )
+
+
+def episode_for(method: Method, model: MetaMapper, task: object,
+                features_of: Callable[[list[str]], torch.Tensor]) -> Episode:
+    """A task as ``method`` sees it: its ``episode`` hook (``registry.Method``), else
+    ``episode_from_task``. Training, validation and evaluation all build episodes here."""
+    if method.episode is not None:
+        return method.episode(model, task, features_of)
+    return episode_from_task(task, features_of)
 
 
 def caption_rows(ep: Episode, offset: int = 0) -> list[list[Item]]:

@@ -23,7 +23,7 @@ import torch
 from metamapper import distributed, runs
 from metamapper.config import Config
 from metamapper.eval.fewshot import EvalResult, evaluate
-from metamapper.meta.episode import Episode, episode_from_task
+from metamapper.meta.episode import episode_for
 from metamapper.meta.maml import InnerLearningRates, RowFormat, adapt, adapted_names, meta_loss
 from metamapper.registry import Method
 from metamapper.train import common
@@ -65,9 +65,6 @@ def train(cfg: Config, run_dir: str | Path, *, method: Method, resume: bool = Fa
     if method.queries_per_row:  # several answers trained per copy of the support context
         query_format = functools.partial(query_format, queries_per_row=t.queries_per_row)
 
-    def to_episode(task: Any) -> Episode:
-        return method.episode(model, task, table) if method.episode else episode_from_task(task, table)
-
     def validate() -> EvalResult:
         return evaluate(model, run.val_tasks[: t.val_tasks], run.val_table, method=method, loop=t.inner,
                         lrs=lrs, support_fit=method.support_fit, progress=False, distributed=True)
@@ -80,7 +77,7 @@ def train(cfg: Config, run_dir: str | Path, *, method: Method, resume: bool = Fa
             t0 = time.time()
             # sample: this rank's share of the meta-batch's tasks, as episodes over cached features
             batch = [tasks[(step * t.meta_batch + i) % len(tasks)] for i in range(t.meta_batch)]
-            episodes = [to_episode(task) for task in distributed.shard(batch, rank, world)]
+            episodes = [episode_for(method, model, task, table) for task in distributed.shard(batch, rank, world)]
             # adapt: traj[s][task] = the task's mapper parameters after s inner steps
             traj: list[list[dict[str, torch.Tensor]]] = [[{} for _ in episodes]]  # the mapper's own
             if t.inner.steps:  # (only the last step's parameters: the query loss reads no other)

@@ -59,8 +59,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from metamapper.checkpoint import CKPT_DIR
 from metamapper.data.images import ImageLoadError, load_image
 from metamapper.loading import LoadedRun, load_run
-from metamapper.methods import OLD_SPELLINGS, get_method, method_names
+from metamapper.methods import get_method, method_names
 from metamapper.pretrained import adapt_to_support
+from metamapper.registry import UnknownNameError
 
 STATIC = Path(__file__).parent / "static"
 DEFAULT_RUN = "runs/demo"
@@ -276,10 +277,11 @@ async def parse_request(request: Request, limits: Limits = Limits()) -> dict[str
         raise RequestError(f"give one query image (got {len(queries)})")
     question = _text(fields.get("question"), "the question", limits) or DEFAULT_QUESTION
     method = _text(fields.get("method"), "the method", limits) or None
-    if method is not None and method not in method_names():
-        if method not in OLD_SPELLINGS:
-            raise RequestError(f"unknown method {method!r}; choose from {', '.join(method_names())}")
-        method = get_method(method).name  # an earlier version's spelling
+    if method is not None:
+        try:
+            method = get_method(method).name  # an earlier version's spelling: today's
+        except UnknownNameError:
+            raise RequestError(f"unknown method {method!r}; choose from {', '.join(method_names())}") from None
     steps_text = _text(fields.get("steps"), "steps", limits)
     steps = None
     if steps_text:
