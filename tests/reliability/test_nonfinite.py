@@ -35,10 +35,10 @@ def poison_support(monkeypatch: pytest.MonkeyPatch, meta_batch: int, bad_updates
     query features stay finite, so the NaN reaches the query loss only through the inner loop.
     Returns a list that gets, per update, whether the inner loop produced non-finite parameters."""
     calls = {"n": 0}
-    make = episodic.episode_from_task
+    make = episodic.episode_for
 
-    def episode(task, table) -> Episode:
-        ep = make(task, table)
+    def episode(method, model, task, table) -> Episode:
+        ep = make(method, model, task, table)
         update = calls["n"] // meta_batch + 1
         first = calls["n"] % meta_batch == 0
         calls["n"] += 1
@@ -57,7 +57,7 @@ def poison_support(monkeypatch: pytest.MonkeyPatch, meta_batch: int, bad_updates
         adapted_finite.append(all(torch.isfinite(v).all() for p in traj[-1] for v in p.values()))
         return traj
 
-    monkeypatch.setattr(episodic, "episode_from_task", episode)
+    monkeypatch.setattr(episodic, "episode_for", episode)
     monkeypatch.setattr(episodic, "adapt", spy)
     return adapted_finite
 
